@@ -1,0 +1,99 @@
+//! Storage behind a small trait. Names are the hex ids restic uses (or
+//! `config`); where a backend puts them is its own business.
+
+pub mod local;
+
+use crate::error::Result;
+
+/// The kinds of files in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// The `config` file.
+    Config,
+    /// `keys/`.
+    Key,
+    /// `locks/`.
+    Lock,
+    /// `snapshots/`.
+    Snapshot,
+    /// `index/`.
+    Index,
+    /// `data/` (packs).
+    Pack,
+}
+
+impl FileType {
+    /// The directory restic uses (or the file name for the config).
+    pub fn dirname(self) -> &'static str {
+        match self {
+            FileType::Config => "config",
+            FileType::Key => "keys",
+            FileType::Lock => "locks",
+            FileType::Snapshot => "snapshots",
+            FileType::Index => "index",
+            FileType::Pack => "data",
+        }
+    }
+
+    /// All kinds that are directories.
+    pub const DIRS: [FileType; 5] = [
+        FileType::Key,
+        FileType::Lock,
+        FileType::Snapshot,
+        FileType::Index,
+        FileType::Pack,
+    ];
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileType::Config => "config",
+            FileType::Key => "key",
+            FileType::Lock => "lock",
+            FileType::Snapshot => "snapshot",
+            FileType::Index => "index",
+            FileType::Pack => "pack",
+        })
+    }
+}
+
+/// A file name and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The name (hex id).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Where a repository's files live.
+///
+/// Implementations must make `write` atomic: a reader never sees a partly
+/// written file under its final name.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Human-readable location, for messages.
+    fn location(&self) -> String;
+
+    /// Creates the directory layout of a new repository.
+    fn create(&self) -> Result<()>;
+
+    /// Lists the files of one kind (not for [`FileType::Config`]).
+    fn list(&self, tpe: FileType) -> Result<Vec<FileInfo>>;
+
+    /// Reads a whole file.
+    fn read(&self, tpe: FileType, name: &str) -> Result<Vec<u8>>;
+
+    /// Reads `length` bytes at `offset`.
+    fn read_range(&self, tpe: FileType, name: &str, offset: u64, length: u32) -> Result<Vec<u8>>;
+
+    /// Writes a file atomically; overwriting an existing file is allowed
+    /// only for content-addressed files, where the content is the same.
+    fn write(&self, tpe: FileType, name: &str, data: &[u8]) -> Result<()>;
+
+    /// Removes a file.
+    fn remove(&self, tpe: FileType, name: &str) -> Result<()>;
+
+    /// Whether a file exists.
+    fn exists(&self, tpe: FileType, name: &str) -> Result<bool>;
+}

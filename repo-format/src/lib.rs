@@ -1,0 +1,28 @@
+//! The restic repository format, version 1 and 2, and the engine on top of
+//! it: backup (archiver), restore (restorer) and check (checker).
+//!
+//! The `repofile` modules and `crypto` are pure: bytes in, bytes out. I/O
+//! happens in `backend` implementations and in the engine modules.
+
+pub mod archiver;
+pub mod backend;
+pub mod checker;
+pub mod chunker;
+pub mod crypto;
+pub mod error;
+pub mod filter;
+pub mod id;
+pub mod index;
+pub mod lock;
+pub mod packer;
+pub mod repofile;
+pub mod repository;
+pub mod restorer;
+
+pub use backend::{local::LocalBackend, Backend, FileType};
+pub use crypto::Key;
+pub use error::{Error, Result};
+pub use id::Id;
+pub use repofile::key::KdfParams;
+pub use repofile::{BlobType, Config, Node, NodeType, Snapshot, Tree};
+pub use repository::{Repository, WriteOptions};

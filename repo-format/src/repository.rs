@@ -1,0 +1,658 @@
+//! A repository opened with a key: reading and writing its files and blobs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rayon::prelude::*;
+
+use crate::backend::{Backend, FileType};
+use crate::crypto::Key;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{BlobLocation, Index};
+use crate::packer::Packer;
+use crate::repofile::key::KdfParams;
+use crate::repofile::{BlobType, Config, IndexBlob, IndexFile, IndexPack, KeyFile, Snapshot, Tree};
+
+/// Settings for writing.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// A pack is written once its blobs reach this size.
+    pub pack_size: usize,
+    /// zstd level for blobs and files (v2 only); `None` stores uncompressed.
+    pub compression: Option<i32>,
+    /// An index file is written once this many blobs are pending.
+    pub index_max_blobs: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            pack_size: 16 << 20,
+            compression: Some(3),
+            index_max_blobs: 50_000,
+        }
+    }
+}
+
+/// Blobs written to packs but not yet to an index file, and packs in progress.
+#[derive(Debug, Default)]
+struct WriteState {
+    data: Option<Packer>,
+    tree: Option<Packer>,
+    /// Blobs reserved or in open packers (not yet in the index).
+    in_flight: HashSet<(BlobType, Id)>,
+    /// Packs written since the last index file.
+    pending: Vec<IndexPack>,
+    pending_blobs: usize,
+}
+
+/// Statistics of what a writer added.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteStats {
+    /// Data blobs added.
+    pub data_blobs: u64,
+    /// Tree blobs added.
+    pub tree_blobs: u64,
+    /// Plaintext bytes added.
+    pub data_added: u64,
+    /// Stored bytes added (compressed and encrypted).
+    pub data_added_packed: u64,
+}
+
+/// An open repository.
+#[derive(Debug)]
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: Key,
+    config: Config,
+    key_name: String,
+    index: RwLock<Index>,
+    write: Mutex<WriteState>,
+    stats: Mutex<WriteStats>,
+    opts: WriteOptions,
+}
+
+/// The user name and host name of this process, for key, lock and snapshot files.
+pub fn whoami() -> (String, String) {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_default();
+    (user, host)
+}
+
+impl Repository {
+    /// Creates a new repository of `version` in an empty backend location.
+    pub fn init(backend: Arc<dyn Backend>, password: &[u8], version: u32, kdf: KdfParams) -> Result<Repository> {
+        if backend.exists(FileType::Config, "config")? {
+            return Err(Error::AlreadyInitialized {
+                location: backend.location(),
+            });
+        }
+        let config = Config::new(version)?;
+        let key = Key::random();
+        backend.create()?;
+        let (user, host) = whoami();
+        let kf = KeyFile::create(&key, password, kdf, &user, &host)?;
+        let kbytes = kf.to_json();
+        let key_name = Id::hash(&kbytes).to_hex();
+        backend.write(FileType::Key, &key_name, &kbytes)?;
+        // The config is encrypted but never compressed.
+        backend.write(FileType::Config, "config", &key.encrypt(&config.to_json()))?;
+        tracing::info!(location = %backend.location(), version, "initialized repository");
+        Ok(Self::new(backend, key, config, key_name))
+    }
+
+    fn new(backend: Arc<dyn Backend>, key: Key, config: Config, key_name: String) -> Repository {
+        let mut opts = WriteOptions::default();
+        if config.version < 2 {
+            opts.compression = None;
+        }
+        Repository {
+            backend,
+            key,
+            config,
+            key_name,
+            index: RwLock::new(Index::new()),
+            write: Mutex::new(WriteState::default()),
+            stats: Mutex::new(WriteStats::default()),
+            opts,
+        }
+    }
+
+    /// Opens a repository: finds a key file the password opens, then reads the config.
+    pub fn open(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repository> {
+        let config_ct = match backend.read(FileType::Config, "config") {
+            Ok(c) => c,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository {
+                    location: backend.location(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        let keys = backend.list(FileType::Key)?;
+        if keys.is_empty() {
+            return Err(Error::NoKeys {
+                location: backend.location(),
+            });
+        }
+        let mut tried = 0;
+        for k in &keys {
+            let bytes = backend.read(FileType::Key, &k.name)?;
+            let kf = match KeyFile::from_json(&bytes, &k.name) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    tracing::warn!(key = %k.name, error = %e, "skipping unreadable key file");
+                    continue;
+                }
+            };
+            tried += 1;
+            match kf.open(password, &k.name) {
+                Ok(key) => {
+                    let plain = key.decrypt(&config_ct, &|| "config".into())?;
+                    let config = Config::from_json(&plain)?;
+                    tracing::debug!(key = %k.name, version = config.version, "opened repository");
+                    return Ok(Self::new(backend, key, config, k.name.clone()));
+                }
+                Err(Error::Mac { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::WrongPassword { tried })
+    }
+
+    /// Overrides the write settings (compression is forced off for version 1).
+    pub fn set_write_options(&mut self, mut opts: WriteOptions) {
+        if self.config.version < 2 {
+            opts.compression = None;
+        }
+        self.opts = opts;
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The master key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// The name of the key file that opened the repository.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+
+    /// Adds a key file for another password.
+    pub fn add_key(&self, password: &[u8], kdf: KdfParams) -> Result<String> {
+        let (user, host) = whoami();
+        let kf = KeyFile::create(&self.key, password, kdf, &user, &host)?;
+        let b = kf.to_json();
+        let name = Id::hash(&b).to_hex();
+        self.backend.write(FileType::Key, &name, &b)?;
+        Ok(name)
+    }
+
+    /// Reads, verifies and decrypts an unpacked file (snapshot, index,
+    /// lock), decompressing version-2 content.
+    pub fn load_unpacked(&self, tpe: FileType, name: &str) -> Result<Vec<u8>> {
+        let data = self.backend.read(tpe, name)?;
+        let actual = Id::hash(&data);
+        if actual.to_hex() != name {
+            return Err(Error::HashMismatch {
+                file_type: tpe,
+                name: name.into(),
+                actual,
+            });
+        }
+        let plain = self.key.decrypt(&data, &|| format!("{tpe} file {name}"))?;
+        decode_unpacked(plain, &format!("{tpe} file {name}"))
+    }
+
+    /// Compresses (v2), encrypts and stores an unpacked file; returns its id.
+    pub fn save_unpacked(&self, tpe: FileType, json: &[u8]) -> Result<Id> {
+        let plain = match self.opts.compression {
+            Some(level) if self.config.version >= 2 => {
+                let mut v = vec![2u8];
+                v.extend(zstd::bulk::compress(json, level).map_err(|source| Error::Compression {
+                    what: format!("{tpe} file"),
+                    source,
+                })?);
+                v
+            }
+            _ => json.to_vec(),
+        };
+        let ct = self.key.encrypt(&plain);
+        let id = Id::hash(&ct);
+        self.backend.write(tpe, &id.to_hex(), &ct)?;
+        Ok(id)
+    }
+
+    /// Lists the ids of files of a kind (names that are not ids are skipped).
+    pub fn list_ids(&self, tpe: FileType) -> Result<Vec<Id>> {
+        Ok(self
+            .backend
+            .list(tpe)?
+            .into_iter()
+            .filter_map(|f| Id::from_hex(&f.name))
+            .collect())
+    }
+
+    /// Resolves a unique hex prefix among the files of a kind.
+    pub fn find_id(&self, tpe: FileType, prefix: &str) -> Result<Id> {
+        if let Some(id) = Id::from_hex(prefix) {
+            return Ok(id);
+        }
+        let prefix = prefix.to_ascii_lowercase();
+        let matches: Vec<Id> = self
+            .list_ids(tpe)?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&prefix))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches[0]),
+            0 => Err(Error::Ambiguous {
+                what: format!("no {tpe} file matches {prefix:?}"),
+            }),
+            n => Err(Error::Ambiguous {
+                what: format!("{n} {tpe} files match the prefix {prefix:?}; give more digits"),
+            }),
+        }
+    }
+
+    /// Reads every index file into memory. Damaged index files are errors.
+    pub fn load_index(&self) -> Result<()> {
+        let ids = self.list_ids(FileType::Index)?;
+        let files: Vec<IndexFile> = ids
+            .par_iter()
+            .map(|id| {
+                let name = id.to_hex();
+                let plain = self.load_unpacked(FileType::Index, &name)?;
+                IndexFile::from_json(&plain, &name)
+            })
+            .collect::<Result<_>>()?;
+        let mut idx = self.index.write().expect("index lock");
+        for f in &files {
+            idx.add_file(f);
+        }
+        tracing::debug!(files = files.len(), blobs = idx.len(), "loaded index");
+        Ok(())
+    }
+
+    /// Read access to the in-memory index.
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().expect("index lock")
+    }
+
+    /// Where a blob is stored.
+    pub fn blob_location(&self, tpe: BlobType, id: &Id) -> Option<BlobLocation> {
+        self.index().get(tpe, id)
+    }
+
+    /// Loads, verifies and decompresses one blob.
+    pub fn load_blob(&self, tpe: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .blob_location(tpe, id)
+            .ok_or(Error::BlobNotFound { tpe, id: *id })?;
+        let ct = self
+            .backend
+            .read_range(FileType::Pack, &loc.pack.to_hex(), u64::from(loc.offset), loc.length)?;
+        self.decode_blob(tpe, id, &loc, &ct)
+    }
+
+    /// Decrypts, decompresses and verifies a blob read from `loc`.
+    pub fn decode_blob(&self, tpe: BlobType, id: &Id, loc: &BlobLocation, ct: &[u8]) -> Result<Vec<u8>> {
+        let what = || format!("{tpe} blob {id} in pack {} at offset {}", loc.pack, loc.offset);
+        let mut plain = self.key.decrypt(ct, &what)?;
+        if let Some(u) = loc.uncompressed_length {
+            plain = zstd::bulk::decompress(&plain, u as usize).map_err(|source| Error::Compression {
+                what: what(),
+                source,
+            })?;
+            if plain.len() != u as usize {
+                return Err(Error::format(what(), "decompressed length differs from the index"));
+            }
+        }
+        let actual = Id::hash(&plain);
+        if actual != *id {
+            return Err(Error::BlobHashMismatch {
+                id: *id,
+                pack: loc.pack,
+                actual,
+            });
+        }
+        Ok(plain)
+    }
+
+    /// Loads and parses a tree.
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let b = self.load_blob(BlobType::Tree, id)?;
+        Tree::from_json(&b, id)
+    }
+
+    /// Loads one snapshot.
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let name = id.to_hex();
+        Snapshot::from_json(&self.load_unpacked(FileType::Snapshot, &name)?, &name)
+    }
+
+    /// Loads every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let ids = self.list_ids(FileType::Snapshot)?;
+        let mut v: Vec<(Id, Snapshot)> = ids
+            .par_iter()
+            .map(|id| Ok((*id, self.load_snapshot(id)?)))
+            .collect::<Result<_>>()?;
+        v.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
+    /// Finds a snapshot by full id, unique prefix or `latest`.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            return self
+                .snapshots()?
+                .pop()
+                .ok_or_else(|| Error::Ambiguous {
+                    what: "the repository has no snapshots".into(),
+                });
+        }
+        let id = self.find_id(FileType::Snapshot, spec)?;
+        match self.load_snapshot(&id) {
+            Err(Error::NotFound { .. }) => Err(Error::Ambiguous {
+                what: format!("no snapshot {spec}"),
+            }),
+            r => Ok((id, r?)),
+        }
+    }
+
+    /// Stores a blob unless the repository already has it. Returns the id
+    /// and whether it was new. Safe to call from many threads: compression
+    /// and encryption run outside the lock.
+    pub fn save_blob(&self, tpe: BlobType, data: &[u8]) -> Result<(Id, bool)> {
+        let id = Id::hash(data);
+        self.save_blob_with_id(tpe, id, data).map(|new| (id, new))
+    }
+
+    /// Like [`Repository::save_blob`] with the id already computed.
+    pub fn save_blob_with_id(&self, tpe: BlobType, id: Id, data: &[u8]) -> Result<bool> {
+        {
+            if self.index().contains(tpe, &id) {
+                return Ok(false);
+            }
+            let mut w = self.write.lock().expect("write lock");
+            if !w.in_flight.insert((tpe, id)) {
+                return Ok(false);
+            }
+        }
+        let sealed = self.seal_blob(tpe, &id, data);
+        let (ct, ulen) = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                self.write.lock().expect("write lock").in_flight.remove(&(tpe, id));
+                return Err(e);
+            }
+        };
+        {
+            let mut st = self.stats.lock().expect("stats");
+            match tpe {
+                BlobType::Data => st.data_blobs += 1,
+                BlobType::Tree => st.tree_blobs += 1,
+            }
+            st.data_added += data.len() as u64;
+            st.data_added_packed += ct.len() as u64;
+        }
+        let full = {
+            let mut w = self.write.lock().expect("write lock");
+            let slot = match tpe {
+                BlobType::Data => &mut w.data,
+                BlobType::Tree => &mut w.tree,
+            };
+            let p = slot.get_or_insert_with(|| Packer::new(tpe));
+            p.add(id, &ct, ulen);
+            if p.size() >= self.opts.pack_size {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            self.write_pack(p)?;
+        }
+        Ok(true)
+    }
+
+    /// Compresses (when it helps) and encrypts a blob, then checks that the
+    /// result decrypts back to the same content before it may be stored,
+    /// as restic does, so a fault in memory or in the crypto cannot put a
+    /// bad blob into the repository unnoticed.
+    fn seal_blob(&self, tpe: BlobType, id: &Id, data: &[u8]) -> Result<(Vec<u8>, Option<u32>)> {
+        let what = || format!("new {tpe} blob {id}");
+        let compressed = match self.opts.compression {
+            Some(level) if !data.is_empty() => {
+                let c = zstd::bulk::compress(data, level).map_err(|source| Error::Compression {
+                    what: what(),
+                    source,
+                })?;
+                (c.len() < data.len()).then_some(c)
+            }
+            _ => None,
+        };
+        let (payload, ulen) = match &compressed {
+            Some(c) => (&c[..], Some(data.len() as u32)),
+            None => (data, None),
+        };
+        let ct = self.key.encrypt(payload);
+        let loc = BlobLocation {
+            pack: Id::default(),
+            offset: 0,
+            length: ct.len() as u32,
+            uncompressed_length: ulen,
+        };
+        self.decode_blob(tpe, id, &loc, &ct)
+            .map_err(|e| Error::format(what(), format!("verification after encryption failed: {e}")))?;
+        Ok((ct, ulen))
+    }
+
+    fn write_pack(&self, p: Packer) -> Result<()> {
+        let tpe = p.blob_type();
+        let f = p.finish(&self.key);
+        let name = f.id.to_hex();
+        self.backend.write(FileType::Pack, &name, &f.bytes)?;
+        tracing::debug!(pack = %name, blobs = f.entries.len(), bytes = f.bytes.len(), %tpe, "wrote pack");
+        let ipack = IndexPack {
+            id: f.id,
+            blobs: f
+                .entries
+                .iter()
+                .map(|e| IndexBlob {
+                    id: e.id,
+                    tpe: e.tpe,
+                    offset: e.offset,
+                    length: e.length,
+                    uncompressed_length: e.uncompressed_length,
+                })
+                .collect(),
+        };
+        {
+            let mut idx = self.index.write().expect("index lock");
+            idx.add_file(&IndexFile {
+                supersedes: vec![],
+                packs: vec![ipack.clone()],
+            });
+        }
+        let flush_index = {
+            let mut w = self.write.lock().expect("write lock");
+            for e in &f.entries {
+                w.in_flight.remove(&(e.tpe, e.id));
+            }
+            w.pending_blobs += ipack.blobs.len();
+            w.pending.push(ipack);
+            if w.pending_blobs >= self.opts.index_max_blobs {
+                w.pending_blobs = 0;
+                Some(std::mem::take(&mut w.pending))
+            } else {
+                None
+            }
+        };
+        if let Some(packs) = flush_index {
+            self.write_index(packs)?;
+        }
+        Ok(())
+    }
+
+    fn write_index(&self, packs: Vec<IndexPack>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let f = IndexFile {
+            supersedes: vec![],
+            packs,
+        };
+        let id = self.save_unpacked(FileType::Index, &f.to_json())?;
+        tracing::debug!(index = %id, packs = f.packs.len(), "wrote index");
+        Ok(())
+    }
+
+    /// Writes the open packs and then an index file for everything pending.
+    /// Call before writing a snapshot that refers to the blobs.
+    pub fn flush(&self) -> Result<()> {
+        let (d, t) = {
+            let mut w = self.write.lock().expect("write lock");
+            (w.data.take(), w.tree.take())
+        };
+        for p in [d, t].into_iter().flatten() {
+            if p.count() > 0 {
+                self.write_pack(p)?;
+            }
+        }
+        let pending = {
+            let mut w = self.write.lock().expect("write lock");
+            w.pending_blobs = 0;
+            std::mem::take(&mut w.pending)
+        };
+        self.write_index(pending)
+    }
+
+    /// What this process has added so far.
+    pub fn write_stats(&self) -> WriteStats {
+        *self.stats.lock().expect("stats")
+    }
+}
+
+/// Interprets a decrypted unpacked file: `0x02 ‖ zstd` (version 2) or
+/// plain JSON (`{` / `[`).
+fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+    match plain.first() {
+        Some(b'{') | Some(b'[') => Ok(plain),
+        Some(2) => zstd::stream::decode_all(&plain[1..]).map_err(|source| Error::Compression {
+            what: what.into(),
+            source,
+        }),
+        Some(b) => Err(Error::format(what, format!("unknown content version byte 0x{b:02x}"))),
+        None => Err(Error::format(what, "empty")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::local::LocalBackend;
+
+    fn repo(version: u32) -> (tempfile::TempDir, Repository) {
+        let d = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("r")));
+        let r = Repository::init(b, b"pw", version, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        (d, r)
+    }
+
+    #[test]
+    fn init_open_and_wrong_password() {
+        let (d, r) = repo(2);
+        let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("r")));
+        let r2 = Repository::open(b.clone(), b"pw").unwrap();
+        assert_eq!(r2.config(), r.config());
+        assert!(matches!(Repository::open(b.clone(), b"nope"), Err(Error::WrongPassword { tried: 1 })));
+        r.add_key(b"second", KdfParams::INSECURE_FOR_TESTS).unwrap();
+        assert!(Repository::open(b.clone(), b"second").is_ok());
+        assert!(matches!(
+            Repository::init(b, b"pw", 2, KdfParams::INSECURE_FOR_TESTS),
+            Err(Error::AlreadyInitialized { .. })
+        ));
+        let missing: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("none")));
+        assert!(matches!(Repository::open(missing, b"pw"), Err(Error::NoRepository { .. })));
+    }
+
+    #[test]
+    fn blobs_round_trip_through_packs_and_index() {
+        for version in [1, 2] {
+            let (d, mut r) = repo(version);
+            r.set_write_options(WriteOptions {
+                pack_size: 4096,
+                ..WriteOptions::default()
+            });
+            let mut ids = Vec::new();
+            for i in 0..50u32 {
+                let mut data = format!("blob {i} ").repeat(i as usize * 20).into_bytes();
+                if i % 2 == 1 {
+                    // Incompressible: stored without compression.
+                    data = (0..i * 100).flat_map(|j| Id::hash(&j.to_le_bytes()).0).collect();
+                }
+                let (id, new) = r.save_blob(BlobType::Data, &data).unwrap();
+                assert!(new);
+                assert!(!r.save_blob(BlobType::Data, &data).unwrap().1);
+                ids.push((id, data));
+            }
+            r.flush().unwrap();
+            let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("r")));
+            let r2 = Repository::open(b.clone(), b"pw").unwrap();
+            r2.load_index().unwrap();
+            for (id, data) in &ids {
+                assert_eq!(&r2.load_blob(BlobType::Data, id).unwrap(), data);
+                let loc = r2.blob_location(BlobType::Data, id).unwrap();
+                let compressible = data.len() > 100 && data.starts_with(b"blob");
+                assert_eq!(loc.uncompressed_length.is_some(), version == 2 && compressible);
+            }
+            assert!(b.list(FileType::Pack).unwrap().len() > 1);
+        }
+    }
+
+    #[test]
+    fn unpacked_files_are_compressed_in_v2_only() {
+        for version in [1, 2] {
+            let (_d, r) = repo(version);
+            let json = br#"{"packs":[]}"#;
+            let id = r.save_unpacked(FileType::Index, json).unwrap();
+            let raw = r.backend().read(FileType::Index, &id.to_hex()).unwrap();
+            let plain = r.key().decrypt(&raw, &|| "x".into()).unwrap();
+            assert_eq!(plain[0] == 2, version == 2);
+            assert_eq!(r.load_unpacked(FileType::Index, &id.to_hex()).unwrap(), json);
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_named() {
+        let (d, r) = repo(2);
+        let id = r.save_unpacked(FileType::Snapshot, b"{}").unwrap();
+        let p = d.path().join("r/snapshots").join(id.to_hex());
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[20] ^= 1;
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, &bytes).unwrap();
+        let e = r.load_unpacked(FileType::Snapshot, &id.to_hex()).unwrap_err();
+        assert!(e.to_string().contains(&id.to_hex()), "{e}");
+    }
+}
