@@ -1,1 +1,47 @@
-fn main() {}
+//! `stash`: a restic-compatible backup tool. This binary is also, in later
+//! work, the node agent and the sidecar; today it is the command line on a
+//! repository.
+
+mod cli;
+mod cmd;
+mod format;
+mod repo;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for a backup that finished but skipped files (restic's code 3).
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STASH_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match args.global.verbose {
+            0 => "error",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match cmd::run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // One or two lines a person can act on: the error and its causes.
+            let mut msg = format!("stash: {e}");
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
+            }
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}

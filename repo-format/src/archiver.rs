@@ -1,1 +1,579 @@
-//! todo
+//! Backup: walk paths, store file contents and trees, write the snapshot.
+//!
+//! The snapshot keeps the absolute paths of its targets, as restic does:
+//! backing up `/srv/data` gives a root tree with `srv`, whose subtree holds
+//! `data`. Intermediate directories carry the metadata of the real ones.
+//!
+//! Entries of one directory are processed in parallel (rayon); results are
+//! collected in name order, so the snapshot does not depend on timing or
+//! thread count. An error on one file is recorded and the backup goes on;
+//! errors of the repository itself stop it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use chrono::{DateTime, FixedOffset, TimeZone};
+use rayon::prelude::*;
+
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::filter::Patterns;
+use crate::id::Id;
+use crate::repofile::tree::gomode;
+use crate::repofile::{BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree};
+use crate::repository::{whoami, Repository};
+
+/// What to back up and how to label it.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Files and directories to back up.
+    pub paths: Vec<PathBuf>,
+    /// Host name for the snapshot (defaults to this host).
+    pub host: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Exclude patterns (restic syntax).
+    pub excludes: Vec<String>,
+    /// Parent snapshot; `None` picks the latest with the same host and paths.
+    pub parent: Option<Id>,
+    /// Do not use any parent (read every file).
+    pub force: bool,
+    /// Snapshot time (defaults to now).
+    pub time: Option<DateTime<FixedOffset>>,
+}
+
+/// A file that could not be backed up.
+#[derive(Debug, Clone)]
+pub struct FileError {
+    /// The path.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The outcome of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupResult {
+    /// The new snapshot's id.
+    pub snapshot_id: Id,
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Files that were skipped because of errors.
+    pub errors: Vec<FileError>,
+}
+
+/// Counters shared by the worker threads.
+#[derive(Debug, Default)]
+struct Counters {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs_new: AtomicU64,
+    dirs_changed: AtomicU64,
+    dirs_unmodified: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Maps uids and gids to names once each.
+#[derive(Debug, Default)]
+struct NameCache {
+    users: Mutex<HashMap<u32, String>>,
+    groups: Mutex<HashMap<u32, String>>,
+}
+
+impl NameCache {
+    fn user(&self, uid: u32) -> String {
+        self.users
+            .lock()
+            .expect("user cache")
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn group(&self, gid: u32) -> String {
+        self.groups
+            .lock()
+            .expect("group cache")
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+struct Archiver<'a> {
+    repo: &'a Repository,
+    excludes: Patterns,
+    names: NameCache,
+    counters: Counters,
+    errors: Mutex<Vec<FileError>>,
+    seed: u64,
+}
+
+/// The targets as a tree of path components.
+#[derive(Debug, Default)]
+struct Trie {
+    children: BTreeMap<Vec<u8>, TrieNode>,
+}
+
+#[derive(Debug)]
+enum TrieNode {
+    Target(PathBuf),
+    Inner(PathBuf, Trie),
+}
+
+fn time_of(secs: i64, nsec: i64) -> DateTime<FixedOffset> {
+    chrono::Local
+        .timestamp_opt(secs, nsec.clamp(0, 999_999_999) as u32)
+        .single()
+        .map(|t| t.fixed_offset())
+        .unwrap_or_else(crate::repofile::gotime::zero)
+}
+
+/// Cleans an absolute path lexically (like Go's `filepath.Clean`).
+fn clean_abs(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::local("resolve path", p, e))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn build_trie(paths: &[PathBuf]) -> Result<(Trie, Vec<String>)> {
+    let mut abs: Vec<PathBuf> = paths.iter().map(|p| clean_abs(p)).collect::<Result<_>>()?;
+    abs.sort();
+    abs.dedup();
+    let mut trie = Trie::default();
+    let mut shown = Vec::new();
+    'paths: for p in &abs {
+        shown.push(p.to_string_lossy().into_owned());
+        let comps: Vec<&OsStr> = p.iter().skip(1).collect();
+        if comps.is_empty() {
+            return Err(Error::InvalidArgument(
+                "backing up / itself is not supported; name the directories below it".into(),
+            ));
+        }
+        let mut cur = &mut trie;
+        let mut so_far = PathBuf::from("/");
+        for (i, c) in comps.iter().enumerate() {
+            so_far.push(c);
+            let key = c.as_bytes().to_vec();
+            if i + 1 == comps.len() {
+                cur.children.insert(key, TrieNode::Target(so_far.clone()));
+                continue 'paths;
+            }
+            let entry = cur
+                .children
+                .entry(key)
+                .or_insert_with(|| TrieNode::Inner(so_far.clone(), Trie::default()));
+            match entry {
+                // A parent directory is itself a target: it covers this path.
+                TrieNode::Target(_) => continue 'paths,
+                TrieNode::Inner(_, t) => cur = t,
+            }
+        }
+    }
+    Ok((trie, shown))
+}
+
+impl Archiver<'_> {
+    fn record_error(&self, path: &Path, message: String) {
+        tracing::warn!(path = %path.display(), %message, "skipping");
+        self.errors.lock().expect("errors").push(FileError {
+            path: path.to_path_buf(),
+            message,
+        });
+    }
+
+    /// Metadata of `path` as a tree node (without content or subtree).
+    fn node_from_path(&self, path: &Path, name: &[u8], md: &fs::Metadata) -> Node {
+        let st_mode = md.mode();
+        let node_type = match st_mode & libc::S_IFMT {
+            libc::S_IFREG => NodeType::File,
+            libc::S_IFDIR => NodeType::Dir,
+            libc::S_IFLNK => NodeType::Symlink,
+            libc::S_IFBLK => NodeType::Dev,
+            libc::S_IFCHR => NodeType::Chardev,
+            libc::S_IFIFO => NodeType::Fifo,
+            libc::S_IFSOCK => NodeType::Socket,
+            _ => NodeType::Irregular,
+        };
+        let mut n = Node::new(name.to_vec(), node_type);
+        n.mode = gomode::from_unix(st_mode);
+        n.mtime = time_of(md.mtime(), md.mtime_nsec());
+        n.atime = time_of(md.atime(), md.atime_nsec());
+        n.ctime = time_of(md.ctime(), md.ctime_nsec());
+        n.uid = md.uid();
+        n.gid = md.gid();
+        n.user = self.names.user(md.uid());
+        n.group = self.names.group(md.gid());
+        n.inode = md.ino();
+        n.device_id = md.dev();
+        match node_type {
+            NodeType::File => {
+                n.size = md.size();
+                n.links = md.nlink();
+            }
+            NodeType::Symlink => {
+                n.links = md.nlink();
+                match fs::read_link(path) {
+                    Ok(t) => n.link_target = t.into_os_string().into_vec_bytes(),
+                    Err(e) => n.error = format!("readlink: {e}"),
+                }
+            }
+            NodeType::Dev | NodeType::Chardev => {
+                n.device = md.rdev();
+                n.links = md.nlink();
+            }
+            _ => {}
+        }
+        n.extended_attributes = read_xattrs(path);
+        n
+    }
+
+    /// Stores the content of a regular file; returns its blob list.
+    fn save_file_content(&self, path: &Path) -> Result<(Vec<Id>, u64), ContentError> {
+        // O_NOFOLLOW: the entry was a regular file when we looked; if it was
+        // swapped for a symlink since, do not follow it.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
+            .open(path)
+            .or_else(|e| {
+                if e.raw_os_error() == Some(libc::EPERM) {
+                    // O_NOATIME is refused for files we do not own.
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(path)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(ContentError::File)?;
+        let mut content = Vec::new();
+        let mut size = 0u64;
+        let params = self.repo.config().chunker();
+        for chunk in Chunker::new(std::io::BufReader::with_capacity(1 << 20, f), &params, self.seed) {
+            let chunk = chunk.map_err(ContentError::File)?;
+            size += chunk.len() as u64;
+            self.counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let (id, _) = self.repo.save_blob(BlobType::Data, &chunk).map_err(ContentError::Repository)?;
+            content.push(id);
+        }
+        Ok((content, size))
+    }
+
+    /// Backs up one directory entry; `None` when it is skipped.
+    fn save_entry(&self, path: &Path, name: &[u8], parent: Option<&Node>) -> Result<Option<Node>> {
+        if self.excludes.matches(path.as_os_str().as_bytes()) {
+            return Ok(None);
+        }
+        let md = match fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) => {
+                self.record_error(path, format!("stat: {e}"));
+                return Ok(None);
+            }
+        };
+        let mut node = self.node_from_path(path, name, &md);
+        match node.node_type {
+            NodeType::Dir => {
+                let parent_tree = parent.filter(|p| p.node_type == NodeType::Dir).and_then(|p| p.subtree);
+                let tree = self.save_dir(path, parent_tree)?;
+                match parent.and_then(|p| p.subtree) {
+                    None => self.counters.dirs_new.fetch_add(1, Ordering::Relaxed),
+                    Some(t) if t == tree => self.counters.dirs_unmodified.fetch_add(1, Ordering::Relaxed),
+                    Some(_) => self.counters.dirs_changed.fetch_add(1, Ordering::Relaxed),
+                };
+                node.subtree = Some(tree);
+            }
+            NodeType::File => {
+                self.counters.files.fetch_add(1, Ordering::Relaxed);
+                if let Some(content) = parent.and_then(|p| self.unchanged_content(p, &node)) {
+                    self.counters.files_unmodified.fetch_add(1, Ordering::Relaxed);
+                    self.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
+                    node.content = Some(content);
+                    return Ok(Some(node));
+                }
+                match self.save_file_content(path) {
+                    Ok((content, size)) => {
+                        // The size we read is what the content holds, even if
+                        // the file grew or shrank while we read it.
+                        node.size = size;
+                        node.content = Some(content);
+                    }
+                    // The repository failed, not the file: stop.
+                    Err(ContentError::Repository(e)) => return Err(e),
+                    Err(ContentError::File(e)) => {
+                        self.record_error(path, format!("read: {e}"));
+                        return Ok(None);
+                    }
+                }
+                if parent.is_some_and(|p| p.node_type == NodeType::File) {
+                    self.counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.counters.files_new.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(node))
+    }
+
+    /// The parent's content list when the file looks unchanged (size,
+    /// mtime, ctime and inode equal) and all its blobs are still indexed.
+    fn unchanged_content(&self, parent: &Node, node: &Node) -> Option<Vec<Id>> {
+        if parent.node_type != NodeType::File
+            || parent.size != node.size
+            || parent.mtime != node.mtime
+            || parent.ctime != node.ctime
+            || parent.inode != node.inode
+        {
+            return None;
+        }
+        let content = parent.content.clone()?;
+        let idx = self.repo.index();
+        content
+            .iter()
+            .all(|id| idx.contains(BlobType::Data, id))
+            .then_some(content)
+    }
+
+    fn parent_nodes(&self, parent_tree: Option<Id>) -> HashMap<Vec<u8>, Node> {
+        let Some(id) = parent_tree else {
+            return HashMap::new();
+        };
+        match self.repo.load_tree(&id) {
+            Ok(t) => t.nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            Err(e) => {
+                // A damaged parent only costs re-reading the files.
+                tracing::warn!(tree = %id, error = %e, "cannot use parent tree");
+                HashMap::new()
+            }
+        }
+    }
+
+    fn save_dir(&self, dir: &Path, parent_tree: Option<Id>) -> Result<Id> {
+        let mut names: Vec<Vec<u8>> = match fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
+                    Err(err) => {
+                        self.record_error(dir, format!("read directory: {err}"));
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                self.record_error(dir, format!("read directory: {e}"));
+                Vec::new()
+            }
+        };
+        names.sort();
+        let parents = self.parent_nodes(parent_tree);
+        let nodes: Vec<Option<Node>> = names
+            .par_iter()
+            .map(|name| {
+                let path = dir.join(OsStr::from_bytes(name));
+                self.save_entry(&path, name, parents.get(name))
+            })
+            .collect::<Result<_>>()?;
+        self.save_tree(nodes.into_iter().flatten().collect())
+    }
+
+    fn save_tree(&self, nodes: Vec<Node>) -> Result<Id> {
+        let mut tree = Tree { nodes };
+        tree.sort_and_check()?;
+        let (id, _) = self.repo.save_blob(BlobType::Tree, &tree.to_json())?;
+        Ok(id)
+    }
+
+    fn save_trie(&self, trie: &Trie, parent_tree: Option<Id>) -> Result<Id> {
+        let parents = self.parent_nodes(parent_tree);
+        let mut nodes = Vec::new();
+        for (name, child) in &trie.children {
+            let parent = parents.get(name);
+            match child {
+                TrieNode::Target(path) => {
+                    if let Some(n) = self.save_entry(path, name, parent)? {
+                        nodes.push(n);
+                    }
+                }
+                TrieNode::Inner(path, sub) => {
+                    let md = match fs::symlink_metadata(path) {
+                        Ok(md) => md,
+                        Err(e) => {
+                            self.record_error(path, format!("stat: {e}"));
+                            continue;
+                        }
+                    };
+                    let mut node = self.node_from_path(path, name, &md);
+                    if node.node_type != NodeType::Dir {
+                        node = Node::new(name.clone(), NodeType::Dir);
+                        node.mode = gomode::DIR | 0o755;
+                    }
+                    node.subtree = Some(self.save_trie(sub, parent.and_then(|p| p.subtree))?);
+                    nodes.push(node);
+                }
+            }
+        }
+        self.save_tree(nodes)
+    }
+}
+
+/// Why a file's content could not be stored.
+enum ContentError {
+    /// Reading the file failed: skip the file.
+    File(std::io::Error),
+    /// Writing to the repository failed: stop the backup.
+    Repository(Error),
+}
+
+trait IntoVecBytes {
+    fn into_vec_bytes(self) -> Vec<u8>;
+}
+
+impl IntoVecBytes for std::ffi::OsString {
+    fn into_vec_bytes(self) -> Vec<u8> {
+        std::os::unix::ffi::OsStringExt::into_vec(self)
+    }
+}
+
+/// Extended attributes of a path (not following symlinks). File systems
+/// without xattr support simply give none.
+fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ExtendedAttribute> = names
+        .filter_map(|n| {
+            let value = xattr::get(path, &n).ok().flatten()?;
+            Some(ExtendedAttribute {
+                name: n.to_string_lossy().into_owned(),
+                value,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Finds the latest snapshot with the same host and paths.
+pub fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<(Id, Snapshot)>> {
+    let mut want: Vec<&String> = paths.iter().collect();
+    want.sort();
+    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+        let mut have: Vec<&String> = s.paths.iter().collect();
+        have.sort();
+        s.hostname == host && have == want
+    }))
+}
+
+/// Backs up `opts.paths` into `repo` and writes a snapshot.
+/// The repository's index must be loaded.
+pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
+    if opts.paths.is_empty() {
+        return Err(Error::InvalidArgument("nothing to back up: give at least one path".into()));
+    }
+    for p in &opts.paths {
+        if let Err(e) = fs::symlink_metadata(p) {
+            return Err(Error::local("stat", p, e));
+        }
+    }
+    let start = chrono::Local::now().fixed_offset();
+    let (user, this_host) = whoami();
+    let host = opts.host.clone().unwrap_or(this_host);
+    let (trie, shown_paths) = build_trie(&opts.paths)?;
+    let excludes = Patterns::new(&opts.excludes).map_err(Error::InvalidArgument)?;
+    let parent = if opts.force {
+        None
+    } else if let Some(p) = opts.parent {
+        Some((p, repo.load_snapshot(&p)?))
+    } else {
+        find_parent(repo, &host, &shown_paths)?
+    };
+    if let Some((pid, _)) = &parent {
+        tracing::info!(parent = %pid, "using parent snapshot");
+    }
+    let a = Archiver {
+        repo,
+        excludes,
+        names: NameCache::default(),
+        counters: Counters::default(),
+        errors: Mutex::new(Vec::new()),
+        seed: repo.key().chunker_seed(),
+    };
+    let before = repo.write_stats();
+    let tree = a.save_trie(&trie, parent.as_ref().map(|(_, s)| s.tree))?;
+    // Packs and index first, then the snapshot that refers to them.
+    repo.flush()?;
+    let after = repo.write_stats();
+    let c = &a.counters;
+    let ld = |x: &AtomicU64| x.load(Ordering::Relaxed);
+    let summary = SnapshotSummary {
+        backup_start: start,
+        backup_end: chrono::Local::now().fixed_offset(),
+        files_new: ld(&c.files_new),
+        files_changed: ld(&c.files_changed),
+        files_unmodified: ld(&c.files_unmodified),
+        dirs_new: ld(&c.dirs_new),
+        dirs_changed: ld(&c.dirs_changed),
+        dirs_unmodified: ld(&c.dirs_unmodified),
+        data_blobs: after.data_blobs - before.data_blobs,
+        tree_blobs: after.tree_blobs - before.tree_blobs,
+        data_added: after.data_added - before.data_added,
+        data_added_packed: after.data_added_packed - before.data_added_packed,
+        total_files_processed: ld(&c.files),
+        total_bytes_processed: ld(&c.bytes),
+    };
+    let snapshot = Snapshot {
+        time: opts.time.unwrap_or(start),
+        parent: parent.map(|(id, _)| id),
+        tree,
+        paths: shown_paths,
+        hostname: host,
+        username: user,
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        excludes: opts.excludes.clone(),
+        tags: opts.tags.clone(),
+        original: None,
+        program_version: format!("stash {}", env!("CARGO_PKG_VERSION")),
+        summary: Some(summary),
+    };
+    let snapshot_id = repo.save_unpacked(crate::FileType::Snapshot, &snapshot.to_json())?;
+    let errors = a.errors.into_inner().expect("errors");
+    tracing::info!(snapshot = %snapshot_id, errors = errors.len(), "backup done");
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+        errors,
+    })
+}

@@ -1,1 +1,306 @@
-//! todo
+//! `check`: is the repository consistent, and (with `read_data`) is every
+//! byte of it intact?
+//!
+//! Structure: every index file decrypts and parses; every pack the index
+//! names exists with the size the index implies; every snapshot loads; every
+//! tree reachable from a snapshot loads and decodes, has safe names, and
+//! every blob it refers to is in the index. With `read_data`, every pack is
+//! read whole: its hash must match its name, its header must match the
+//! index, and every blob must decrypt and hash to its id.
+//!
+//! Problems are collected, not thrown: a check reports everything it finds.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use crate::backend::FileType;
+use crate::crypto::OVERHEAD;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{BlobLocation, Index};
+use crate::repofile::pack::{header_from_bytes, split_pack};
+use crate::repofile::{BlobType, IndexFile, Node, NodeType};
+use crate::repository::Repository;
+
+/// What to check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Read and verify all pack data.
+    pub read_data: bool,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Damage: the repository is not healthy.
+    pub errors: Vec<String>,
+    /// Things worth knowing that do not lose data (e.g. unreferenced packs).
+    pub warnings: Vec<String>,
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Trees checked.
+    pub trees: usize,
+    /// Packs read (with `read_data`).
+    pub packs_read: usize,
+}
+
+impl CheckReport {
+    /// Whether no errors were found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Checks `repo` (its index need not be loaded; the checker reads it itself).
+pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+
+    // 1. Index files.
+    let index_ids = repo.list_ids(FileType::Index)?;
+    let loaded: Vec<(Id, Result<IndexFile>)> = index_ids
+        .par_iter()
+        .map(|id| {
+            let name = id.to_hex();
+            (*id, repo.load_unpacked(FileType::Index, &name).and_then(|b| IndexFile::from_json(&b, &name)))
+        })
+        .collect();
+    let mut index = Index::new();
+    let mut pack_blobs: HashMap<Id, Vec<(BlobType, Id, BlobLocation)>> = HashMap::new();
+    for (id, r) in loaded {
+        match r {
+            Ok(f) => {
+                index.add_file(&f);
+                for p in &f.packs {
+                    let e = pack_blobs.entry(p.id).or_default();
+                    for b in &p.blobs {
+                        e.push((
+                            b.tpe,
+                            b.id,
+                            BlobLocation {
+                                pack: p.id,
+                                offset: b.offset,
+                                length: b.length,
+                                uncompressed_length: b.uncompressed_length,
+                            },
+                        ));
+                    }
+                }
+            }
+            Err(e) => report.errors.push(format!("index file {id}: {e}")),
+        }
+    }
+    // A pack listed in several index files is counted once.
+    for blobs in pack_blobs.values_mut() {
+        blobs.sort_by_key(|b| (b.2.offset, b.1));
+        blobs.dedup_by_key(|b| (b.2.offset, b.1));
+    }
+
+    // 2. Packs: present, and of the size the index implies.
+    let packs_on_disk: HashMap<Id, u64> = repo
+        .backend()
+        .list(FileType::Pack)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).map(|id| (id, f.size)))
+        .collect();
+    let mut pack_ids: Vec<&Id> = pack_blobs.keys().collect();
+    pack_ids.sort();
+    for pack in &pack_ids {
+        let blobs = &pack_blobs[*pack];
+        match packs_on_disk.get(*pack) {
+            None => report
+                .errors
+                .push(format!("pack {pack}: in the index but missing from the repository ({} blobs lost)", blobs.len())),
+            Some(&size) => {
+                let expected = expected_pack_size(blobs);
+                if size != expected {
+                    report.errors.push(format!(
+                        "pack {pack}: size is {size} bytes, the index implies {expected} (truncated or damaged?)"
+                    ));
+                }
+            }
+        }
+    }
+    let mut unreferenced: Vec<&Id> = packs_on_disk.keys().filter(|p| !pack_blobs.contains_key(*p)).collect();
+    unreferenced.sort();
+    for p in unreferenced {
+        report
+            .warnings
+            .push(format!("pack {p}: not referenced by any index file (left by an interrupted run; prune removes it)"));
+    }
+
+    // 3. Snapshots and the trees they reach.
+    let snapshot_ids = repo.list_ids(FileType::Snapshot)?;
+    let mut roots = Vec::new();
+    for id in &snapshot_ids {
+        match repo.load_snapshot(id) {
+            Ok(s) => roots.push((*id, s.tree)),
+            Err(e) => report.errors.push(format!("snapshot {id}: {e}")),
+        }
+    }
+    report.snapshots = roots.len();
+    let mut seen: HashSet<Id> = HashSet::new();
+    for (snap, root) in roots {
+        let mut stack: Vec<(Id, String)> = vec![(root, "/".to_string())];
+        while let Some((tree_id, path)) = stack.pop() {
+            if !seen.insert(tree_id) {
+                continue;
+            }
+            report.trees += 1;
+            let Some(loc) = index.get(BlobType::Tree, &tree_id) else {
+                report
+                    .errors
+                    .push(format!("snapshot {}: tree {tree_id} for {path:?} is not in the index", snap.short()));
+                continue;
+            };
+            let tree = repo
+                .backend()
+                .read_range(FileType::Pack, &loc.pack.to_hex(), u64::from(loc.offset), loc.length)
+                .and_then(|ct| repo.decode_blob(BlobType::Tree, &tree_id, &loc, &ct))
+                .and_then(|b| crate::repofile::Tree::from_json(&b, &tree_id));
+            let tree = match tree {
+                Ok(t) => t,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("snapshot {}: tree {tree_id} for {path:?}: {e}", snap.short()));
+                    continue;
+                }
+            };
+            let mut last: Option<&[u8]> = None;
+            for node in &tree.nodes {
+                let npath = format!("{}{}{}", path, if path.ends_with('/') { "" } else { "/" }, node.name_lossy());
+                if let Some(prev) = last {
+                    if prev >= node.name.as_slice() {
+                        report.errors.push(format!(
+                            "snapshot {}: tree {tree_id} for {path:?}: nodes not sorted or duplicated at {npath:?}",
+                            snap.short()
+                        ));
+                    }
+                }
+                last = Some(&node.name);
+                if let Err(why) = Node::check_name(&node.name) {
+                    report.errors.push(format!(
+                        "snapshot {}: tree {tree_id} for {path:?}: unsafe node name {:?}: {why}",
+                        snap.short(),
+                        node.name_lossy()
+                    ));
+                }
+                match node.node_type {
+                    NodeType::Dir => match node.subtree {
+                        Some(st) => stack.push((st, npath)),
+                        None => report
+                            .errors
+                            .push(format!("snapshot {}: directory {npath:?} has no subtree", snap.short())),
+                    },
+                    NodeType::File => match &node.content {
+                        None => report
+                            .errors
+                            .push(format!("snapshot {}: file {npath:?} has no content list (null)", snap.short())),
+                        Some(content) => {
+                            let mut size = 0u64;
+                            for (i, b) in content.iter().enumerate() {
+                                match index.get(BlobType::Data, b) {
+                                    Some(l) => size += l.data_length(),
+                                    None => report.errors.push(format!(
+                                        "snapshot {}: file {npath:?}: data blob {i} ({b}) is not in the index",
+                                        snap.short()
+                                    )),
+                                }
+                            }
+                            if content.iter().all(|b| index.contains(BlobType::Data, b)) && size != node.size {
+                                report.warnings.push(format!(
+                                    "snapshot {}: file {npath:?}: size {} differs from its content ({size} bytes)",
+                                    snap.short(),
+                                    node.size
+                                ));
+                            }
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    // 4. Every byte of every pack.
+    if opts.read_data {
+        let results: Vec<Vec<String>> = pack_ids
+            .par_iter()
+            .filter(|p| packs_on_disk.contains_key(**p))
+            .map(|p| read_pack(repo, p, &pack_blobs[*p]))
+            .collect();
+        report.packs_read = results.len();
+        for r in results {
+            report.errors.extend(r);
+        }
+    }
+    Ok(report)
+}
+
+fn expected_pack_size(blobs: &[(BlobType, Id, BlobLocation)]) -> u64 {
+    let data: u64 = blobs.iter().map(|b| u64::from(b.2.length)).sum();
+    let header: u64 = blobs
+        .iter()
+        .map(|b| if b.2.uncompressed_length.is_some() { 41 } else { 37 })
+        .sum();
+    data + header + OVERHEAD as u64 + 4
+}
+
+/// Reads one pack and verifies everything in it; returns the problems.
+fn read_pack(repo: &Repository, pack: &Id, indexed: &[(BlobType, Id, BlobLocation)]) -> Vec<String> {
+    let mut errs = Vec::new();
+    let bytes = match repo.backend().read(FileType::Pack, &pack.to_hex()) {
+        Ok(b) => b,
+        Err(e) => return vec![format!("pack {pack}: {e}")],
+    };
+    let actual = Id::hash(&bytes);
+    if actual != *pack {
+        errs.push(format!("pack {pack}: content hash is {actual}: the pack file is damaged"));
+    }
+    let header = split_pack(&bytes, pack).and_then(|(_, hdr)| {
+        let plain = repo.key().decrypt(hdr, &|| format!("pack {pack} header"))?;
+        header_from_bytes(&plain, pack)
+    });
+    let entries = match header {
+        Ok(h) => Some(h),
+        Err(e) => {
+            errs.push(format!("pack {pack}: cannot read header: {e}; checking blobs by the index"));
+            None
+        }
+    };
+    if let Some(entries) = &entries {
+        let in_header: HashSet<(BlobType, Id, u32, u32)> =
+            entries.iter().map(|e| (e.tpe, e.id, e.offset, e.length)).collect();
+        let in_index: HashSet<(BlobType, Id, u32, u32)> =
+            indexed.iter().map(|b| (b.0, b.1, b.2.offset, b.2.length)).collect();
+        for b in in_index.difference(&in_header) {
+            errs.push(format!(
+                "pack {pack}: {} blob {} at offset {} (length {}) is in the index but not in the pack header",
+                b.0, b.1, b.2, b.3
+            ));
+        }
+        for b in in_header.difference(&in_index) {
+            errs.push(format!(
+                "pack {pack}: {} blob {} at offset {} is in the pack header but not in the index",
+                b.0, b.1, b.2
+            ));
+        }
+    }
+    for (tpe, id, loc) in indexed {
+        let start = loc.offset as usize;
+        let end = start + loc.length as usize;
+        let Some(ct) = bytes.get(start..end) else {
+            errs.push(format!("pack {pack}: {tpe} blob {id} at offset {start}: beyond the end of the pack"));
+            continue;
+        };
+        if let Err(e) = repo.decode_blob(*tpe, id, loc, ct) {
+            let e = match e {
+                Error::BlobHashMismatch { actual, .. } => format!("content hash is {actual}"),
+                e => e.to_string(),
+            };
+            errs.push(format!("pack {pack}: {tpe} blob {id} at offset {start}: {e}"));
+        }
+    }
+    errs
+}

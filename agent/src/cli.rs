@@ -1,0 +1,118 @@
+//! The command line contract. Other tooling depends on these names.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Back up and restore directories to a restic-format repository.
+#[derive(Debug, Parser)]
+#[command(name = "stash", version, about)]
+pub struct Cli {
+    /// Options for every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options for every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Repository: `local:/path` or a plain path (env: STASH_REPOSITORY, RESTIC_REPOSITORY)
+    #[arg(short = 'r', long = "repo", global = true)]
+    pub repo: Option<String>,
+    /// File holding the password (env: STASH_PASSWORD_FILE, RESTIC_PASSWORD_FILE; or STASH_PASSWORD / RESTIC_PASSWORD)
+    #[arg(long = "password-file", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// More log output on stderr (repeat for more)
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new repository
+    Init {
+        /// Repository format version (1 or 2)
+        #[arg(long = "repository-version", default_value = "2")]
+        repository_version: String,
+    },
+    /// Back up files and directories
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the files of a snapshot
+    Ls {
+        /// Snapshot id, unique prefix, or `latest`
+        snapshot: String,
+        /// Print JSON lines
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print repository objects: config, snapshot ID, index ID, pack ID, blob ID, key ID
+    Cat {
+        /// config | snapshot | index | pack | blob | key
+        what: String,
+        /// The object's id (or a unique prefix); not for config
+        id: Option<String>,
+    },
+    /// Restore a snapshot into a directory
+    Restore(RestoreArgs),
+    /// Check the repository for errors
+    Check {
+        /// Also read and verify all data
+        #[arg(long = "read-data")]
+        read_data: bool,
+    },
+}
+
+/// `stash backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host)
+    #[arg(long = "host")]
+    pub host: Option<String>,
+    /// Exclude paths matching a pattern (repeatable; restic syntax)
+    #[arg(long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Snapshot to use as parent (default: latest with the same host and paths)
+    #[arg(long = "parent")]
+    pub parent: Option<String>,
+    /// Read every file even if the parent says it is unchanged
+    #[arg(long)]
+    pub force: bool,
+    /// Snapshot time instead of now (RFC 3339, or "YYYY-MM-DD HH:MM:SS" local time)
+    #[arg(long = "time")]
+    pub time: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stash restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id, unique prefix, or `latest`
+    pub snapshot: String,
+    /// Directory to restore into
+    #[arg(short = 't', long = "target", required = true)]
+    pub target: PathBuf,
+    /// Restore only paths matching a pattern (repeatable)
+    #[arg(short = 'i', long = "include")]
+    pub includes: Vec<String>,
+    /// Do not restore paths matching a pattern (repeatable)
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+}

@@ -1,0 +1,115 @@
+//! `stash backup`.
+
+use anyhow::{Context, Result};
+use chrono::TimeZone;
+use repo_format::archiver::{backup, BackupOptions};
+use repo_format::lock::RepoLock;
+use repo_format::FileType;
+use serde_json::json;
+
+use crate::cli::{BackupArgs, GlobalArgs};
+use crate::{format, repo, EXIT_INCOMPLETE};
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .with_context(|| format!("--time {s:?}: use RFC 3339 or \"YYYY-MM-DD HH:MM:SS\""))?;
+    chrono::Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.fixed_offset())
+        .with_context(|| format!("--time {s:?}: not a valid local time"))
+}
+
+pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
+    let started = std::time::Instant::now();
+    let r = repo::open(g)?;
+    let _lock = RepoLock::acquire(r.clone(), false)?;
+    r.load_index().context("loading the index")?;
+    let parent = a
+        .parent
+        .as_deref()
+        .map(|p| r.find_id(FileType::Snapshot, p))
+        .transpose()
+        .context("--parent")?;
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        host: a.host.clone(),
+        tags: a.tags.clone(),
+        excludes: a.excludes.clone(),
+        parent,
+        force: a.force,
+        time: a.time.as_deref().map(parse_time).transpose()?,
+    };
+    let res = backup(&r, &opts)?;
+    let s = res.snapshot.summary.clone().unwrap_or_default();
+    for e in &res.errors {
+        if a.json {
+            eprintln!(
+                "{}",
+                json!({"message_type": "error", "error": {"message": e.message}, "during": "archival", "item": e.path.to_string_lossy()})
+            );
+        } else {
+            eprintln!("error: {}: {}", e.path.display(), e.message);
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "message_type": "summary",
+                "files_new": s.files_new,
+                "files_changed": s.files_changed,
+                "files_unmodified": s.files_unmodified,
+                "dirs_new": s.dirs_new,
+                "dirs_changed": s.dirs_changed,
+                "dirs_unmodified": s.dirs_unmodified,
+                "data_blobs": s.data_blobs,
+                "tree_blobs": s.tree_blobs,
+                "data_added": s.data_added,
+                "data_added_packed": s.data_added_packed,
+                "total_files_processed": s.total_files_processed,
+                "total_bytes_processed": s.total_bytes_processed,
+                "total_duration": started.elapsed().as_secs_f64(),
+                "snapshot_id": res.snapshot_id.to_hex(),
+                "parent": res.snapshot.parent.map(|p| p.to_hex()),
+                "errors": res.errors.len(),
+            })
+        );
+    } else {
+        if let Some(p) = res.snapshot.parent {
+            println!("using parent snapshot {}", p.short());
+        }
+        println!(
+            "Files:       {:5} new, {:5} changed, {:5} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        );
+        println!(
+            "Dirs:        {:5} new, {:5} changed, {:5} unmodified",
+            s.dirs_new, s.dirs_changed, s.dirs_unmodified
+        );
+        println!(
+            "Added to the repository: {} ({} stored)",
+            format::bytes(s.data_added),
+            format::bytes(s.data_added_packed)
+        );
+        println!(
+            "processed {} files, {} in {}",
+            s.total_files_processed,
+            format::bytes(s.total_bytes_processed),
+            format::duration(started.elapsed())
+        );
+        println!("snapshot {} saved", res.snapshot_id.short());
+    }
+    if res.errors.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!(
+            "Warning: {} file(s) could not be read; the snapshot is incomplete",
+            res.errors.len()
+        );
+        Ok(EXIT_INCOMPLETE)
+    }
+}

@@ -1,0 +1,36 @@
+//! One module per command; `run` dispatches.
+
+mod backup;
+mod cat;
+mod check;
+mod init;
+mod ls;
+mod restore;
+mod snapshots;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+/// Runs a command; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init { repository_version } => init::run(g, &repository_version),
+        Command::Backup(args) => backup::run(g, &args),
+        Command::Snapshots { json } => snapshots::run(g, json),
+        Command::Ls { snapshot, json } => ls::run(g, &snapshot, json),
+        Command::Cat { what, id } => cat::run(g, &what, id.as_deref()),
+        Command::Restore(args) => restore::run(g, &args),
+        Command::Check { read_data } => check::run(g, read_data),
+    }
+}
+
+/// The snapshot as restic's JSON shows it, with `id` and `short_id` added.
+pub fn snapshot_json(id: &repo_format::Id, s: &repo_format::Snapshot) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("snapshot json");
+    let o = v.as_object_mut().expect("object");
+    o.insert("id".into(), id.to_hex().into());
+    o.insert("short_id".into(), id.short().into());
+    v
+}
