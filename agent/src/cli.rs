@@ -96,6 +96,9 @@ pub struct BackupArgs {
     /// Snapshot time instead of now (RFC 3339, or "YYYY-MM-DD HH:MM:SS" local time)
     #[arg(long = "time")]
     pub time: Option<String>,
+    /// Record access times (off by default, like restic: they change on every read)
+    #[arg(long = "with-atime")]
+    pub with_atime: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

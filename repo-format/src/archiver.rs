@@ -46,6 +46,10 @@ pub struct BackupOptions {
     pub force: bool,
     /// Snapshot time (defaults to now).
     pub time: Option<DateTime<FixedOffset>>,
+    /// Record real access times. Off by default, as in restic: reading a
+    /// directory changes its atime, so recording it would make every
+    /// directory look changed and store new trees on every run.
+    pub with_atime: bool,
 }
 
 /// A file that could not be backed up.
@@ -122,6 +126,7 @@ impl NameCache {
 
 struct Archiver<'a> {
     repo: &'a Repository,
+    with_atime: bool,
     excludes: Patterns,
     names: NameCache,
     counters: Counters,
@@ -227,7 +232,11 @@ impl Archiver<'_> {
         let mut n = Node::new(name.to_vec(), node_type);
         n.mode = gomode::from_unix(st_mode);
         n.mtime = time_of(md.mtime(), md.mtime_nsec());
-        n.atime = time_of(md.atime(), md.atime_nsec());
+        n.atime = if self.with_atime {
+            time_of(md.atime(), md.atime_nsec())
+        } else {
+            n.mtime
+        };
         n.ctime = time_of(md.ctime(), md.ctime_nsec());
         n.uid = md.uid();
         n.gid = md.gid();
@@ -524,6 +533,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     }
     let a = Archiver {
         repo,
+        with_atime: opts.with_atime,
         excludes,
         names: NameCache::default(),
         counters: Counters::default(),

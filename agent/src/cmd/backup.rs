@@ -42,6 +42,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         parent,
         force: a.force,
         time: a.time.as_deref().map(parse_time).transpose()?,
+        with_atime: a.with_atime,
     };
     let res = backup(&r, &opts)?;
     let s = res.snapshot.summary.clone().unwrap_or_default();

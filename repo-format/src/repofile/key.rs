@@ -31,7 +31,7 @@ impl KdfParams {
         let _ = derive(b"calibration", &[0u8; 64], params);
         let took = start.elapsed().max(std::time::Duration::from_micros(100));
         let mut factor = target.as_secs_f64() / took.as_secs_f64();
-        while factor >= 2.0 && params.n < (1 << 16) {
+        while factor >= 2.0 && params.n < (1 << 15) {
             params.n *= 2;
             factor /= 2.0;
         }

@@ -1,0 +1,254 @@
+//! Integration tests of the engine on a real local repository: restore
+//! safety against hostile snapshots, and damage handling.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use repo_format::archiver::{backup, BackupOptions};
+use repo_format::checker::{check, CheckOptions};
+use repo_format::repofile::tree::gomode;
+use repo_format::restorer::{restore, RestoreOptions};
+use repo_format::{Backend, BlobType, Id, KdfParams, LocalBackend, Node, NodeType, Repository, Tree};
+
+fn new_repo(dir: &Path) -> Repository {
+    let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.join("repo")));
+    Repository::init(b, b"pw", 2, KdfParams::INSECURE_FOR_TESTS).unwrap()
+}
+
+fn file_node(name: &[u8], repo: &Repository, content: &[u8]) -> Node {
+    let (id, _) = repo.save_blob(BlobType::Data, content).unwrap();
+    let mut n = Node::new(name.to_vec(), NodeType::File);
+    n.mode = 0o644;
+    n.size = content.len() as u64;
+    n.content = Some(vec![id]);
+    n
+}
+
+fn save_tree_unsorted(repo: &Repository, nodes: Vec<Node>) -> Id {
+    // Hostile trees need not be sorted; write the JSON as an attacker would.
+    let t = Tree { nodes };
+    repo.save_blob(BlobType::Tree, &t.to_json()).unwrap().0
+}
+
+fn dir_node(name: &[u8], subtree: Id) -> Node {
+    let mut n = Node::new(name.to_vec(), NodeType::Dir);
+    n.mode = gomode::DIR | 0o755;
+    n.subtree = Some(subtree);
+    n
+}
+
+/// Lists every path below `root` (relative), following nothing.
+fn all_paths(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir(root);
+    v.sort();
+    v
+}
+
+fn walkdir(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn hostile_names_never_escape_the_target() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let inner = save_tree_unsorted(&repo, vec![file_node(b"evil", &repo, b"pwned")]);
+    let root = save_tree_unsorted(
+        &repo,
+        vec![
+            file_node(b"..", &repo, b"dotdot"),
+            file_node(b".", &repo, b"dot"),
+            file_node(b"", &repo, b"empty"),
+            file_node(b"../escaped", &repo, b"x"),
+            file_node(b"/etc/passwd-stash-test", &repo, b"x"),
+            file_node(b"sub/../../escaped2", &repo, b"x"),
+            dir_node(b"..", inner),
+            dir_node(b"a/../..", inner),
+            file_node(b"good", &repo, b"fine"),
+        ],
+    );
+    repo.flush().unwrap();
+    let target = t.path().join("target");
+    let res = restore(&repo, &root, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
+    // Every hostile node is refused and reported; the good one is restored.
+    assert_eq!(res.errors.len(), 8, "{:#?}", res.errors);
+    assert!(res.errors.iter().all(|e| e.message.contains("refusing unsafe name")));
+    assert_eq!(fs::read(target.join("good")).unwrap(), b"fine");
+    assert_eq!(all_paths(&target), vec!["good"]);
+    // Nothing appeared next to the target, nor in /etc.
+    let mut outside = all_paths(t.path());
+    outside.retain(|p| !p.starts_with("repo") && !p.starts_with("target"));
+    assert_eq!(outside, vec![] as Vec<String>);
+    assert!(!Path::new("/etc/passwd-stash-test").exists());
+}
+
+#[test]
+fn a_symlink_in_the_way_is_replaced_not_followed() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    // Snapshot 1: "s" is a symlink to a directory outside the target,
+    // "f" a symlink to a file outside.
+    let mut s = Node::new(b"s".to_vec(), NodeType::Symlink);
+    s.link_target = outside.as_os_str().as_encoded_bytes().to_vec();
+    let mut f = Node::new(b"f".to_vec(), NodeType::Symlink);
+    f.link_target = outside.join("file").as_os_str().as_encoded_bytes().to_vec();
+    let root1 = save_tree_unsorted(&repo, vec![f, s]);
+    // Snapshot 2: "s" is a directory with a file, "f" a regular file.
+    let inner = save_tree_unsorted(&repo, vec![file_node(b"evil", &repo, b"pwned")]);
+    let root2 = save_tree_unsorted(&repo, vec![file_node(b"f", &repo, b"data"), dir_node(b"s", inner)]);
+    repo.flush().unwrap();
+    let target = t.path().join("target");
+    let opts = RestoreOptions { target: target.clone(), ..Default::default() };
+    let r1 = restore(&repo, &root1, &opts).unwrap();
+    assert!(r1.errors.is_empty(), "{:?}", r1.errors);
+    assert!(fs::symlink_metadata(target.join("s")).unwrap().file_type().is_symlink());
+    let r2 = restore(&repo, &root2, &opts).unwrap();
+    assert!(r2.errors.is_empty(), "{:?}", r2.errors);
+    assert!(fs::symlink_metadata(target.join("s")).unwrap().is_dir());
+    assert_eq!(fs::read(target.join("s/evil")).unwrap(), b"pwned");
+    assert_eq!(fs::read(target.join("f")).unwrap(), b"data");
+    assert_eq!(all_paths(&outside), vec![] as Vec<String>, "wrote through a symlink");
+}
+
+#[test]
+fn damaged_blob_costs_only_its_file_and_check_names_it() {
+    let t = tempfile::tempdir().unwrap();
+    let mut repo = new_repo(t.path());
+    repo.set_write_options(repo_format::WriteOptions { pack_size: 1, ..Default::default() });
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..5 {
+        fs::write(src.join(format!("f{i}")), format!("content of file {i}").repeat(100 + i)).unwrap();
+    }
+    let res = backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }).unwrap();
+    assert!(res.errors.is_empty());
+    // Find the blob of f2 and flip one byte of it in its pack.
+    let id = blob_of(&repo, &res.snapshot.tree, &src, "f2");
+    let loc = repo.blob_location(BlobType::Data, &id).unwrap();
+    let pack_path = t.path().join("repo/data").join(&loc.pack.to_hex()[..2]).join(loc.pack.to_hex());
+    let mut bytes = fs::read(&pack_path).unwrap();
+    bytes[loc.offset as usize + 20] ^= 0x01;
+    fs::remove_file(&pack_path).unwrap();
+    fs::write(&pack_path, &bytes).unwrap();
+
+    let rep = check(&repo, CheckOptions { read_data: true }).unwrap();
+    assert!(!rep.is_ok());
+    let joined = rep.errors.join("\n");
+    assert!(joined.contains(&loc.pack.to_hex()), "{joined}");
+    assert!(joined.contains(&id.to_hex()), "{joined}");
+    // Without reading data the structure is still fine.
+    assert!(check(&repo, CheckOptions { read_data: false }).unwrap().is_ok());
+
+    let target = t.path().join("target");
+    let r = restore(&repo, &res.snapshot.tree, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors[0].path.ends_with("/f2"));
+    assert!(r.errors[0].message.contains(&id.to_hex()));
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    for i in [0, 1, 3, 4] {
+        assert_eq!(fs::read(restored.join(format!("f{i}"))).unwrap(), fs::read(src.join(format!("f{i}"))).unwrap());
+    }
+    assert!(!restored.join("f2").exists());
+}
+
+fn blob_of(repo: &Repository, root: &Id, src: &Path, name: &str) -> Id {
+    let mut tree = *root;
+    for comp in src.iter().skip(1) {
+        let t = repo.load_tree(&tree).unwrap();
+        tree = t.nodes.iter().find(|n| n.name == comp.as_encoded_bytes()).unwrap().subtree.unwrap();
+    }
+    let t = repo.load_tree(&tree).unwrap();
+    t.nodes.iter().find(|n| n.name == name.as_bytes()).unwrap().content.as_ref().unwrap()[0]
+}
+
+#[test]
+fn incremental_backup_reuses_unchanged_files_and_is_deterministic() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a"), b"aaaa").unwrap();
+    fs::write(src.join("d/b"), b"bbbb").unwrap();
+    let opts = BackupOptions { paths: vec![src.clone()], ..Default::default() };
+    let first = backup(&repo, &opts).unwrap();
+    let s1 = first.snapshot.summary.clone().unwrap();
+    assert_eq!((s1.files_new, s1.files_unmodified), (2, 0));
+    let second = backup(&repo, &opts).unwrap();
+    assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
+    assert_eq!(second.snapshot.tree, first.snapshot.tree);
+    let s2 = second.snapshot.summary.clone().unwrap();
+    assert_eq!((s2.files_new, s2.files_changed, s2.files_unmodified), (0, 0, 2));
+    assert_eq!(s2.data_blobs + s2.tree_blobs, 0);
+    fs::write(src.join("d/b"), b"changed!").unwrap();
+    let third = backup(&repo, &opts).unwrap();
+    let s3 = third.snapshot.summary.clone().unwrap();
+    assert_eq!((s3.files_changed, s3.files_unmodified), (1, 1));
+    assert_ne!(third.snapshot.tree, first.snapshot.tree);
+    // --force re-reads but stores nothing new.
+    let forced = backup(&repo, &BackupOptions { force: true, ..opts.clone() }).unwrap();
+    assert_eq!(forced.snapshot.tree, third.snapshot.tree);
+    assert_eq!(forced.snapshot.parent, None);
+}
+
+#[test]
+fn excludes_skip_matching_paths() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("keep.txt"), b"k").unwrap();
+    fs::write(src.join("skip.log"), b"s").unwrap();
+    fs::write(src.join("cache/x"), b"x").unwrap();
+    let res = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            excludes: vec!["*.log".into(), "cache".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let target = t.path().join("target");
+    restore(&repo, &res.snapshot.tree, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(all_paths(&restored), vec!["keep.txt"]);
+}
+
+#[test]
+fn restore_includes_select_paths_and_their_parents() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::create_dir_all(src.join("c")).unwrap();
+    fs::write(src.join("a/b/x"), b"x").unwrap();
+    fs::write(src.join("a/y"), b"y").unwrap();
+    fs::write(src.join("c/z"), b"z").unwrap();
+    let res = backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }).unwrap();
+    let target = t.path().join("target");
+    let include = format!("{}/a/b", src.display());
+    let r = restore(
+        &repo,
+        &res.snapshot.tree,
+        &RestoreOptions { target: target.clone(), includes: vec![include], ..Default::default() },
+    )
+    .unwrap();
+    assert!(r.errors.is_empty());
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(all_paths(&restored), vec!["a", "a/b", "a/b/x"]);
+}
