@@ -32,6 +32,9 @@ mod tests {
     fn human_sizes() {
         assert_eq!(super::bytes(12), "12 B");
         assert_eq!(super::bytes(1536), "1.500 KiB");
-        assert_eq!(super::duration(std::time::Duration::from_secs(3725)), "1:02:05");
+        assert_eq!(
+            super::duration(std::time::Duration::from_secs(3725)),
+            "1:02:05"
+        );
     }
 }

@@ -43,7 +43,8 @@ pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
 /// surrounding white space in a password file is ignored.
 pub fn password(global: &GlobalArgs) -> Result<Vec<u8>> {
     let from_file = |p: PathBuf| -> Result<Vec<u8>> {
-        let s = std::fs::read(&p).with_context(|| format!("reading password file {}", p.display()))?;
+        let s =
+            std::fs::read(&p).with_context(|| format!("reading password file {}", p.display()))?;
         let t = s.trim_ascii();
         if t.is_empty() {
             bail!("password file {} is empty", p.display());

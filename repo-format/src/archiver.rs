@@ -26,7 +26,9 @@ use crate::error::{Error, Result};
 use crate::filter::Patterns;
 use crate::id::Id;
 use crate::repofile::tree::gomode;
-use crate::repofile::{BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree};
+use crate::repofile::{
+    BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree,
+};
 use crate::repository::{whoami, Repository};
 
 /// What to back up and how to label it.
@@ -289,11 +291,20 @@ impl Archiver<'_> {
         let mut content = Vec::new();
         let mut size = 0u64;
         let params = self.repo.config().chunker();
-        for chunk in Chunker::new(std::io::BufReader::with_capacity(1 << 20, f), &params, self.seed) {
+        for chunk in Chunker::new(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            &params,
+            self.seed,
+        ) {
             let chunk = chunk.map_err(ContentError::File)?;
             size += chunk.len() as u64;
-            self.counters.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let (id, _) = self.repo.save_blob(BlobType::Data, &chunk).map_err(ContentError::Repository)?;
+            self.counters
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let (id, _) = self
+                .repo
+                .save_blob(BlobType::Data, &chunk)
+                .map_err(ContentError::Repository)?;
             content.push(id);
         }
         Ok((content, size))
@@ -314,11 +325,16 @@ impl Archiver<'_> {
         let mut node = self.node_from_path(path, name, &md);
         match node.node_type {
             NodeType::Dir => {
-                let parent_tree = parent.filter(|p| p.node_type == NodeType::Dir).and_then(|p| p.subtree);
+                let parent_tree = parent
+                    .filter(|p| p.node_type == NodeType::Dir)
+                    .and_then(|p| p.subtree);
                 let tree = self.save_dir(path, parent_tree)?;
                 match parent.and_then(|p| p.subtree) {
                     None => self.counters.dirs_new.fetch_add(1, Ordering::Relaxed),
-                    Some(t) if t == tree => self.counters.dirs_unmodified.fetch_add(1, Ordering::Relaxed),
+                    Some(t) if t == tree => self
+                        .counters
+                        .dirs_unmodified
+                        .fetch_add(1, Ordering::Relaxed),
                     Some(_) => self.counters.dirs_changed.fetch_add(1, Ordering::Relaxed),
                 };
                 node.subtree = Some(tree);
@@ -326,7 +342,9 @@ impl Archiver<'_> {
             NodeType::File => {
                 self.counters.files.fetch_add(1, Ordering::Relaxed);
                 if let Some(content) = parent.and_then(|p| self.unchanged_content(p, &node)) {
-                    self.counters.files_unmodified.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .files_unmodified
+                        .fetch_add(1, Ordering::Relaxed);
                     self.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
                     node.content = Some(content);
                     return Ok(Some(node));
@@ -495,7 +513,11 @@ fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
 }
 
 /// Finds the latest snapshot with the same host and paths.
-pub fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<(Id, Snapshot)>> {
+pub fn find_parent(
+    repo: &Repository,
+    host: &str,
+    paths: &[String],
+) -> Result<Option<(Id, Snapshot)>> {
     let mut want: Vec<&String> = paths.iter().collect();
     want.sort();
     Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
@@ -509,7 +531,9 @@ pub fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Op
 /// The repository's index must be loaded.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     if opts.paths.is_empty() {
-        return Err(Error::InvalidArgument("nothing to back up: give at least one path".into()));
+        return Err(Error::InvalidArgument(
+            "nothing to back up: give at least one path".into(),
+        ));
     }
     for p in &opts.paths {
         if let Err(e) = fs::symlink_metadata(p) {

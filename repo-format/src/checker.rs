@@ -62,7 +62,11 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
         .par_iter()
         .map(|id| {
             let name = id.to_hex();
-            (*id, repo.load_unpacked(FileType::Index, &name).and_then(|b| IndexFile::from_json(&b, &name)))
+            (
+                *id,
+                repo.load_unpacked(FileType::Index, &name)
+                    .and_then(|b| IndexFile::from_json(&b, &name)),
+            )
         })
         .collect();
     let mut index = Index::new();
@@ -108,9 +112,10 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     for pack in &pack_ids {
         let blobs = &pack_blobs[*pack];
         match packs_on_disk.get(*pack) {
-            None => report
-                .errors
-                .push(format!("pack {pack}: in the index but missing from the repository ({} blobs lost)", blobs.len())),
+            None => report.errors.push(format!(
+                "pack {pack}: in the index but missing from the repository ({} blobs lost)",
+                blobs.len()
+            )),
             Some(&size) => {
                 let expected = expected_pack_size(blobs);
                 if size != expected {
@@ -121,7 +126,10 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
         }
     }
-    let mut unreferenced: Vec<&Id> = packs_on_disk.keys().filter(|p| !pack_blobs.contains_key(*p)).collect();
+    let mut unreferenced: Vec<&Id> = packs_on_disk
+        .keys()
+        .filter(|p| !pack_blobs.contains_key(*p))
+        .collect();
     unreferenced.sort();
     for p in unreferenced {
         report
@@ -148,28 +156,40 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             }
             report.trees += 1;
             let Some(loc) = index.get(BlobType::Tree, &tree_id) else {
-                report
-                    .errors
-                    .push(format!("snapshot {}: tree {tree_id} for {path:?} is not in the index", snap.short()));
+                report.errors.push(format!(
+                    "snapshot {}: tree {tree_id} for {path:?} is not in the index",
+                    snap.short()
+                ));
                 continue;
             };
             let tree = repo
                 .backend()
-                .read_range(FileType::Pack, &loc.pack.to_hex(), u64::from(loc.offset), loc.length)
+                .read_range(
+                    FileType::Pack,
+                    &loc.pack.to_hex(),
+                    u64::from(loc.offset),
+                    loc.length,
+                )
                 .and_then(|ct| repo.decode_blob(BlobType::Tree, &tree_id, &loc, &ct))
                 .and_then(|b| crate::repofile::Tree::from_json(&b, &tree_id));
             let tree = match tree {
                 Ok(t) => t,
                 Err(e) => {
-                    report
-                        .errors
-                        .push(format!("snapshot {}: tree {tree_id} for {path:?}: {e}", snap.short()));
+                    report.errors.push(format!(
+                        "snapshot {}: tree {tree_id} for {path:?}: {e}",
+                        snap.short()
+                    ));
                     continue;
                 }
             };
             let mut last: Option<&[u8]> = None;
             for node in &tree.nodes {
-                let npath = format!("{}{}{}", path, if path.ends_with('/') { "" } else { "/" }, node.name_lossy());
+                let npath = format!(
+                    "{}{}{}",
+                    path,
+                    if path.ends_with('/') { "" } else { "/" },
+                    node.name_lossy()
+                );
                 if let Some(prev) = last {
                     if prev >= node.name.as_slice() {
                         report.errors.push(format!(
@@ -189,14 +209,16 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                 match node.node_type {
                     NodeType::Dir => match node.subtree {
                         Some(st) => stack.push((st, npath)),
-                        None => report
-                            .errors
-                            .push(format!("snapshot {}: directory {npath:?} has no subtree", snap.short())),
+                        None => report.errors.push(format!(
+                            "snapshot {}: directory {npath:?} has no subtree",
+                            snap.short()
+                        )),
                     },
                     NodeType::File => match &node.content {
-                        None => report
-                            .errors
-                            .push(format!("snapshot {}: file {npath:?} has no content list (null)", snap.short())),
+                        None => report.errors.push(format!(
+                            "snapshot {}: file {npath:?} has no content list (null)",
+                            snap.short()
+                        )),
                         Some(content) => {
                             let mut size = 0u64;
                             for (i, b) in content.iter().enumerate() {
@@ -208,7 +230,9 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                                     )),
                                 }
                             }
-                            if content.iter().all(|b| index.contains(BlobType::Data, b)) && size != node.size {
+                            if content.iter().all(|b| index.contains(BlobType::Data, b))
+                                && size != node.size
+                            {
                                 report.warnings.push(format!(
                                     "snapshot {}: file {npath:?}: size {} differs from its content ({size} bytes)",
                                     snap.short(),
@@ -242,13 +266,23 @@ fn expected_pack_size(blobs: &[(BlobType, Id, BlobLocation)]) -> u64 {
     let data: u64 = blobs.iter().map(|b| u64::from(b.2.length)).sum();
     let header: u64 = blobs
         .iter()
-        .map(|b| if b.2.uncompressed_length.is_some() { 41 } else { 37 })
+        .map(|b| {
+            if b.2.uncompressed_length.is_some() {
+                41
+            } else {
+                37
+            }
+        })
         .sum();
     data + header + OVERHEAD as u64 + 4
 }
 
 /// Reads one pack and verifies everything in it; returns the problems.
-fn read_pack(repo: &Repository, pack: &Id, indexed: &[(BlobType, Id, BlobLocation)]) -> Vec<String> {
+fn read_pack(
+    repo: &Repository,
+    pack: &Id,
+    indexed: &[(BlobType, Id, BlobLocation)],
+) -> Vec<String> {
     let mut errs = Vec::new();
     let bytes = match repo.backend().read(FileType::Pack, &pack.to_hex()) {
         Ok(b) => b,
@@ -256,7 +290,9 @@ fn read_pack(repo: &Repository, pack: &Id, indexed: &[(BlobType, Id, BlobLocatio
     };
     let actual = Id::hash(&bytes);
     if actual != *pack {
-        errs.push(format!("pack {pack}: content hash is {actual}: the pack file is damaged"));
+        errs.push(format!(
+            "pack {pack}: content hash is {actual}: the pack file is damaged"
+        ));
     }
     let header = split_pack(&bytes, pack).and_then(|(_, hdr)| {
         let plain = repo.key().decrypt(hdr, &|| format!("pack {pack} header"))?;
@@ -265,15 +301,21 @@ fn read_pack(repo: &Repository, pack: &Id, indexed: &[(BlobType, Id, BlobLocatio
     let entries = match header {
         Ok(h) => Some(h),
         Err(e) => {
-            errs.push(format!("pack {pack}: cannot read header: {e}; checking blobs by the index"));
+            errs.push(format!(
+                "pack {pack}: cannot read header: {e}; checking blobs by the index"
+            ));
             None
         }
     };
     if let Some(entries) = &entries {
-        let in_header: HashSet<(BlobType, Id, u32, u32)> =
-            entries.iter().map(|e| (e.tpe, e.id, e.offset, e.length)).collect();
-        let in_index: HashSet<(BlobType, Id, u32, u32)> =
-            indexed.iter().map(|b| (b.0, b.1, b.2.offset, b.2.length)).collect();
+        let in_header: HashSet<(BlobType, Id, u32, u32)> = entries
+            .iter()
+            .map(|e| (e.tpe, e.id, e.offset, e.length))
+            .collect();
+        let in_index: HashSet<(BlobType, Id, u32, u32)> = indexed
+            .iter()
+            .map(|b| (b.0, b.1, b.2.offset, b.2.length))
+            .collect();
         for b in in_index.difference(&in_header) {
             errs.push(format!(
                 "pack {pack}: {} blob {} at offset {} (length {}) is in the index but not in the pack header",
@@ -291,7 +333,9 @@ fn read_pack(repo: &Repository, pack: &Id, indexed: &[(BlobType, Id, BlobLocatio
         let start = loc.offset as usize;
         let end = start + loc.length as usize;
         let Some(ct) = bytes.get(start..end) else {
-            errs.push(format!("pack {pack}: {tpe} blob {id} at offset {start}: beyond the end of the pack"));
+            errs.push(format!(
+                "pack {pack}: {tpe} blob {id} at offset {start}: beyond the end of the pack"
+            ));
             continue;
         };
         if let Err(e) = repo.decode_blob(*tpe, id, loc, ct) {
@@ -299,7 +343,9 @@ fn read_pack(repo: &Repository, pack: &Id, indexed: &[(BlobType, Id, BlobLocatio
                 Error::BlobHashMismatch { actual, .. } => format!("content hash is {actual}"),
                 e => e.to_string(),
             };
-            errs.push(format!("pack {pack}: {tpe} blob {id} at offset {start}: {e}"));
+            errs.push(format!(
+                "pack {pack}: {tpe} blob {id} at offset {start}: {e}"
+            ));
         }
     }
     errs

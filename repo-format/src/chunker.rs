@@ -174,7 +174,9 @@ mod tests {
             ..ChunkerParams::default()
         };
         let a = cut_slice(&data, &p, 7);
-        let s: Vec<usize> = Chunker::new(&data[..], &p, 7).map(|c| c.unwrap().len()).collect();
+        let s: Vec<usize> = Chunker::new(&data[..], &p, 7)
+            .map(|c| c.unwrap().len())
+            .collect();
         assert_eq!(a.iter().map(|c| c.1).collect::<Vec<_>>(), s);
         assert_eq!(s.iter().sum::<usize>(), data.len());
         assert_ne!(cut_slice(&data, &p, 8), a);

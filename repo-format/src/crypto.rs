@@ -267,7 +267,10 @@ mod tests {
         let mut ct = key.encrypt(b"hello world, this is a test of tampering");
         for i in [0, 5, 16, 20, ct.len() - 1] {
             ct[i] ^= 0x10;
-            assert!(matches!(key.decrypt(&ct, &|| "x".into()), Err(Error::Mac { .. })), "byte {i}");
+            assert!(
+                matches!(key.decrypt(&ct, &|| "x".into()), Err(Error::Mac { .. })),
+                "byte {i}"
+            );
             ct[i] ^= 0x10;
         }
         assert!(key.decrypt(&ct, &|| "x".into()).is_ok());

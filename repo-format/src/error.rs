@@ -133,7 +133,9 @@ pub enum Error {
     },
 
     /// A blob is not in the index.
-    #[error("{tpe} blob {id} is not in the index; run `stash check` (the repository may be damaged)")]
+    #[error(
+        "{tpe} blob {id} is not in the index; run `stash check` (the repository may be damaged)"
+    )]
     BlobNotFound {
         /// Blob type.
         tpe: crate::repofile::BlobType,
@@ -198,7 +200,11 @@ impl Error {
     }
 
     /// Shorthand for [`Error::Local`].
-    pub(crate) fn local(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn local(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         Error::Local {
             op,
             path: path.into(),

@@ -54,7 +54,10 @@ impl Patterns {
     /// Whether any pattern matches `path` (an absolute path, as bytes) or
     /// one of its parent directories.
     pub fn matches(&self, path: &[u8]) -> bool {
-        let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let comps: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
         self.list.iter().any(|p| {
             if p.anchored {
                 match_prefix(&p.parts, &comps)
@@ -67,7 +70,10 @@ impl Patterns {
     /// Whether some pattern could match a path below the directory `dir`
     /// (used to decide whether to descend when including).
     pub fn may_match_below(&self, dir: &[u8]) -> bool {
-        let comps: Vec<&[u8]> = dir.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        let comps: Vec<&[u8]> = dir
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
         self.list.iter().any(|p| {
             if !p.anchored {
                 return true;
@@ -97,7 +103,9 @@ fn could_extend(pat: &[Vec<u8>], comps: &[&[u8]]) -> bool {
         (_, None) => true,
         (None, Some(_)) => true, // the pattern matched a parent: everything below matches
         (Some(p), Some(_)) if p == b"**" => true,
-        (Some(p), Some(c)) => glob_match(p, c).unwrap_or(false) && could_extend(&pat[1..], &comps[1..]),
+        (Some(p), Some(c)) => {
+            glob_match(p, c).unwrap_or(false) && could_extend(&pat[1..], &comps[1..])
+        }
     }
 }
 
@@ -224,7 +232,9 @@ mod tests {
         assert!(m(&["cache"], "/home/u/.cache/../cache"));
         assert!(Patterns::new(&["bad["]).is_err());
         assert!(Patterns::new(&["/ok/[a-z]*"]).is_ok());
-        assert!(Patterns::new(&[&b"/bad-\xff"[..]]).unwrap().matches(b"/bad-\xff/x"));
+        assert!(Patterns::new(&[&b"/bad-\xff"[..]])
+            .unwrap()
+            .matches(b"/bad-\xff/x"));
     }
 
     #[test]

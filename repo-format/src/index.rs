@@ -131,7 +131,8 @@ impl Index {
                         pack: self.packs[e.pack as usize],
                         offset: e.offset,
                         length: e.length,
-                        uncompressed_length: (e.uncompressed_length != 0).then_some(e.uncompressed_length),
+                        uncompressed_length: (e.uncompressed_length != 0)
+                            .then_some(e.uncompressed_length),
                     },
                 )
             })
@@ -158,8 +159,20 @@ mod tests {
             packs: vec![IndexPack {
                 id: pack,
                 blobs: vec![
-                    IndexBlob { id: Id::hash(b"a"), tpe: BlobType::Data, offset: 0, length: 42, uncompressed_length: None },
-                    IndexBlob { id: Id::hash(b"b"), tpe: BlobType::Tree, offset: 42, length: 10, uncompressed_length: Some(99) },
+                    IndexBlob {
+                        id: Id::hash(b"a"),
+                        tpe: BlobType::Data,
+                        offset: 0,
+                        length: 42,
+                        uncompressed_length: None,
+                    },
+                    IndexBlob {
+                        id: Id::hash(b"b"),
+                        tpe: BlobType::Tree,
+                        offset: 42,
+                        length: 10,
+                        uncompressed_length: Some(99),
+                    },
                 ],
             }],
         };
@@ -167,9 +180,17 @@ mod tests {
         idx.add_file(&f);
         assert_eq!(idx.len(), 2);
         let a = idx.get(BlobType::Data, &Id::hash(b"a")).unwrap();
-        assert_eq!((a.pack, a.offset, a.length, a.data_length()), (pack, 0, 42, 10));
+        assert_eq!(
+            (a.pack, a.offset, a.length, a.data_length()),
+            (pack, 0, 42, 10)
+        );
         assert!(idx.get(BlobType::Tree, &Id::hash(b"a")).is_none());
-        assert_eq!(idx.get(BlobType::Tree, &Id::hash(b"b")).unwrap().data_length(), 99);
+        assert_eq!(
+            idx.get(BlobType::Tree, &Id::hash(b"b"))
+                .unwrap()
+                .data_length(),
+            99
+        );
         assert_eq!(idx.packs(), &[pack]);
         assert_eq!(idx.iter().count(), 2);
     }

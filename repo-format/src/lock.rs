@@ -102,7 +102,10 @@ impl RepoLock {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
                     match r2.save_unpacked(FileType::Lock, &new_lock_file(exclusive).to_json()) {
                         Ok(new) => {
-                            let old = std::mem::replace(&mut *n2.lock().expect("lock name"), new.to_hex());
+                            let old = std::mem::replace(
+                                &mut *n2.lock().expect("lock name"),
+                                new.to_hex(),
+                            );
                             let _ = r2.backend().remove(FileType::Lock, &old);
                             tracing::debug!(lock = %new, "refreshed lock");
                         }

@@ -13,7 +13,7 @@ pub use config::Config;
 pub use index::{IndexBlob, IndexFile, IndexPack};
 pub use key::KeyFile;
 pub use lock::LockFile;
-pub use pack::{PackHeaderEntry, BlobType};
+pub use pack::{BlobType, PackHeaderEntry};
 pub use snapshot::{Snapshot, SnapshotSummary};
 pub use tree::{ExtendedAttribute, Node, NodeType, Tree};
 

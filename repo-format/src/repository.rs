@@ -89,7 +89,12 @@ pub fn whoami() -> (String, String) {
 
 impl Repository {
     /// Creates a new repository of `version` in an empty backend location.
-    pub fn init(backend: Arc<dyn Backend>, password: &[u8], version: u32, kdf: KdfParams) -> Result<Repository> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &[u8],
+        version: u32,
+        kdf: KdfParams,
+    ) -> Result<Repository> {
         if backend.exists(FileType::Config, "config")? {
             return Err(Error::AlreadyInitialized {
                 location: backend.location(),
@@ -227,9 +232,11 @@ impl Repository {
         let plain = match self.opts.compression {
             Some(level) if self.config.version >= 2 => {
                 let mut v = vec![2u8];
-                v.extend(zstd::bulk::compress(json, level).map_err(|source| Error::Compression {
-                    what: format!("{tpe} file"),
-                    source,
+                v.extend(zstd::bulk::compress(json, level).map_err(|source| {
+                    Error::Compression {
+                        what: format!("{tpe} file"),
+                        source,
+                    }
                 })?);
                 v
             }
@@ -307,23 +314,42 @@ impl Repository {
         let loc = self
             .blob_location(tpe, id)
             .ok_or(Error::BlobNotFound { tpe, id: *id })?;
-        let ct = self
-            .backend
-            .read_range(FileType::Pack, &loc.pack.to_hex(), u64::from(loc.offset), loc.length)?;
+        let ct = self.backend.read_range(
+            FileType::Pack,
+            &loc.pack.to_hex(),
+            u64::from(loc.offset),
+            loc.length,
+        )?;
         self.decode_blob(tpe, id, &loc, &ct)
     }
 
     /// Decrypts, decompresses and verifies a blob read from `loc`.
-    pub fn decode_blob(&self, tpe: BlobType, id: &Id, loc: &BlobLocation, ct: &[u8]) -> Result<Vec<u8>> {
-        let what = || format!("{tpe} blob {id} in pack {} at offset {}", loc.pack, loc.offset);
+    pub fn decode_blob(
+        &self,
+        tpe: BlobType,
+        id: &Id,
+        loc: &BlobLocation,
+        ct: &[u8],
+    ) -> Result<Vec<u8>> {
+        let what = || {
+            format!(
+                "{tpe} blob {id} in pack {} at offset {}",
+                loc.pack, loc.offset
+            )
+        };
         let mut plain = self.key.decrypt(ct, &what)?;
         if let Some(u) = loc.uncompressed_length {
-            plain = zstd::bulk::decompress(&plain, u as usize).map_err(|source| Error::Compression {
-                what: what(),
-                source,
+            plain = zstd::bulk::decompress(&plain, u as usize).map_err(|source| {
+                Error::Compression {
+                    what: what(),
+                    source,
+                }
             })?;
             if plain.len() != u as usize {
-                return Err(Error::format(what(), "decompressed length differs from the index"));
+                return Err(Error::format(
+                    what(),
+                    "decompressed length differs from the index",
+                ));
             }
         }
         let actual = Id::hash(&plain);
@@ -363,12 +389,9 @@ impl Repository {
     /// Finds a snapshot by full id, unique prefix or `latest`.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
         if spec == "latest" {
-            return self
-                .snapshots()?
-                .pop()
-                .ok_or_else(|| Error::Ambiguous {
-                    what: "the repository has no snapshots".into(),
-                });
+            return self.snapshots()?.pop().ok_or_else(|| Error::Ambiguous {
+                what: "the repository has no snapshots".into(),
+            });
         }
         let id = self.find_id(FileType::Snapshot, spec)?;
         match self.load_snapshot(&id) {
@@ -402,7 +425,11 @@ impl Repository {
         let (ct, ulen) = match sealed {
             Ok(s) => s,
             Err(e) => {
-                self.write.lock().expect("write lock").in_flight.remove(&(tpe, id));
+                self.write
+                    .lock()
+                    .expect("write lock")
+                    .in_flight
+                    .remove(&(tpe, id));
                 return Err(e);
             }
         };
@@ -462,8 +489,9 @@ impl Repository {
             length: ct.len() as u32,
             uncompressed_length: ulen,
         };
-        self.decode_blob(tpe, id, &loc, &ct)
-            .map_err(|e| Error::format(what(), format!("verification after encryption failed: {e}")))?;
+        self.decode_blob(tpe, id, &loc, &ct).map_err(|e| {
+            Error::format(what(), format!("verification after encryption failed: {e}"))
+        })?;
         Ok((ct, ulen))
     }
 
@@ -562,7 +590,10 @@ fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
             what: what.into(),
             source,
         }),
-        Some(b) => Err(Error::format(what, format!("unknown content version byte 0x{b:02x}"))),
+        Some(b) => Err(Error::format(
+            what,
+            format!("unknown content version byte 0x{b:02x}"),
+        )),
         None => Err(Error::format(what, "empty")),
     }
 }
@@ -585,7 +616,10 @@ mod tests {
         let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("r")));
         let r2 = Repository::open(b.clone(), b"pw").unwrap();
         assert_eq!(r2.config(), r.config());
-        assert!(matches!(Repository::open(b.clone(), b"nope"), Err(Error::WrongPassword { tried: 1 })));
+        assert!(matches!(
+            Repository::open(b.clone(), b"nope"),
+            Err(Error::WrongPassword { tried: 1 })
+        ));
         r.add_key(b"second", KdfParams::INSECURE_FOR_TESTS).unwrap();
         assert!(Repository::open(b.clone(), b"second").is_ok());
         assert!(matches!(
@@ -593,7 +627,10 @@ mod tests {
             Err(Error::AlreadyInitialized { .. })
         ));
         let missing: Arc<dyn Backend> = Arc::new(LocalBackend::new(d.path().join("none")));
-        assert!(matches!(Repository::open(missing, b"pw"), Err(Error::NoRepository { .. })));
+        assert!(matches!(
+            Repository::open(missing, b"pw"),
+            Err(Error::NoRepository { .. })
+        ));
     }
 
     #[test]
@@ -609,7 +646,9 @@ mod tests {
                 let mut data = format!("blob {i} ").repeat(i as usize * 20).into_bytes();
                 if i % 2 == 1 {
                     // Incompressible: stored without compression.
-                    data = (0..i * 100).flat_map(|j| Id::hash(&j.to_le_bytes()).0).collect();
+                    data = (0..i * 100)
+                        .flat_map(|j| Id::hash(&j.to_le_bytes()).0)
+                        .collect();
                 }
                 let (id, new) = r.save_blob(BlobType::Data, &data).unwrap();
                 assert!(new);
@@ -624,7 +663,10 @@ mod tests {
                 assert_eq!(&r2.load_blob(BlobType::Data, id).unwrap(), data);
                 let loc = r2.blob_location(BlobType::Data, id).unwrap();
                 let compressible = data.len() > 100 && data.starts_with(b"blob");
-                assert_eq!(loc.uncompressed_length.is_some(), version == 2 && compressible);
+                assert_eq!(
+                    loc.uncompressed_length.is_some(),
+                    version == 2 && compressible
+                );
             }
             assert!(b.list(FileType::Pack).unwrap().len() > 1);
         }
@@ -639,7 +681,10 @@ mod tests {
             let raw = r.backend().read(FileType::Index, &id.to_hex()).unwrap();
             let plain = r.key().decrypt(&raw, &|| "x".into()).unwrap();
             assert_eq!(plain[0] == 2, version == 2);
-            assert_eq!(r.load_unpacked(FileType::Index, &id.to_hex()).unwrap(), json);
+            assert_eq!(
+                r.load_unpacked(FileType::Index, &id.to_hex()).unwrap(),
+                json
+            );
         }
     }
 
@@ -652,7 +697,9 @@ mod tests {
         bytes[20] ^= 1;
         std::fs::remove_file(&p).unwrap();
         std::fs::write(&p, &bytes).unwrap();
-        let e = r.load_unpacked(FileType::Snapshot, &id.to_hex()).unwrap_err();
+        let e = r
+            .load_unpacked(FileType::Snapshot, &id.to_hex())
+            .unwrap_err();
         assert!(e.to_string().contains(&id.to_hex()), "{e}");
     }
 }

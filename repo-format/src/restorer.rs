@@ -113,7 +113,10 @@ impl Restorer<'_> {
             if let Err(why) = Node::check_name(&node.name) {
                 self.fail(
                     &snap_path,
-                    format!("refusing unsafe name {:?} in tree {tree_id}: {why}", lossy(&node.name)),
+                    format!(
+                        "refusing unsafe name {:?} in tree {tree_id}: {why}",
+                        lossy(&node.name)
+                    ),
                 );
                 continue;
             }
@@ -136,13 +139,19 @@ impl Restorer<'_> {
             return Ok(false);
         }
         let Some(subtree) = node.subtree else {
-            self.fail(snap_path, "directory without subtree in the snapshot".into());
+            self.fail(
+                snap_path,
+                "directory without subtree in the snapshot".into(),
+            );
             return Ok(false);
         };
         let created = match prepare_dir(path) {
             Ok(c) => c,
             Err(e) => {
-                self.fail(snap_path, format!("create directory {}: {e}", path.display()));
+                self.fail(
+                    snap_path,
+                    format!("create directory {}: {e}", path.display()),
+                );
                 return Ok(false);
             }
         };
@@ -161,20 +170,27 @@ impl Restorer<'_> {
 
     fn restore_leaf(&mut self, node: &Node, path: &Path, snap_path: &[u8]) -> Result<bool> {
         if let Err(e) = remove_non_dir(path) {
-            self.fail(snap_path, format!("remove existing {}: {e}", path.display()));
+            self.fail(
+                snap_path,
+                format!("remove existing {}: {e}", path.display()),
+            );
             return Ok(false);
         }
         let res = match node.node_type {
             NodeType::File => {
                 if node.links > 1 {
-                    if let Some(first) = self.hardlinks.get(&(node.device_id, node.inode)).cloned() {
+                    if let Some(first) = self.hardlinks.get(&(node.device_id, node.inode)).cloned()
+                    {
                         return match fs::hard_link(&first, path) {
                             Ok(()) => {
                                 self.result.files += 1;
                                 Ok(true)
                             }
                             Err(e) => {
-                                self.fail(snap_path, format!("hard link to {}: {e}", first.display()));
+                                self.fail(
+                                    snap_path,
+                                    format!("hard link to {}: {e}", first.display()),
+                                );
                                 Ok(false)
                             }
                         };
@@ -183,7 +199,8 @@ impl Restorer<'_> {
                 match self.write_file(node, path, snap_path)? {
                     true => {
                         if node.links > 1 {
-                            self.hardlinks.insert((node.device_id, node.inode), path.to_path_buf());
+                            self.hardlinks
+                                .insert((node.device_id, node.inode), path.to_path_buf());
                         }
                         self.result.files += 1;
                         Ok(())
@@ -191,22 +208,34 @@ impl Restorer<'_> {
                     false => return Ok(false),
                 }
             }
-            NodeType::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target), path),
-            NodeType::Fifo => nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .map_err(std::io::Error::from),
+            NodeType::Symlink => {
+                std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target), path)
+            }
+            NodeType::Fifo => {
+                nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(std::io::Error::from)
+            }
             NodeType::Dev | NodeType::Chardev => {
                 let kind = if node.node_type == NodeType::Dev {
                     nix::sys::stat::SFlag::S_IFBLK
                 } else {
                     nix::sys::stat::SFlag::S_IFCHR
                 };
-                nix::sys::stat::mknod(path, kind, nix::sys::stat::Mode::from_bits_truncate(0o600), node.device as _)
-                    .map_err(std::io::Error::from)
+                nix::sys::stat::mknod(
+                    path,
+                    kind,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                    node.device as _,
+                )
+                .map_err(std::io::Error::from)
             }
             // Sockets belong to a running process; restic does not restore them either.
             NodeType::Socket => return Ok(false),
             NodeType::Dir | NodeType::Irregular => {
-                self.fail(snap_path, format!("cannot restore a node of type {}", node.node_type.as_str()));
+                self.fail(
+                    snap_path,
+                    format!("cannot restore a node of type {}", node.node_type.as_str()),
+                );
                 return Ok(false);
             }
         };
@@ -272,7 +301,8 @@ impl Restorer<'_> {
         let mut problems = Vec::new();
         if let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)) {
             // Like cp -a and restic: only root is expected to be able to chown.
-            if nix::unistd::geteuid().is_root() || e.kind() != std::io::ErrorKind::PermissionDenied {
+            if nix::unistd::geteuid().is_root() || e.kind() != std::io::ErrorKind::PermissionDenied
+            {
                 problems.push(format!("chown: {e}"));
             }
         }
@@ -351,8 +381,10 @@ fn remove_non_dir(path: &Path) -> std::io::Result<()> {
 pub fn restore(repo: &Repository, tree: &Id, opts: &RestoreOptions) -> Result<RestoreResult> {
     let includes = Patterns::new(&opts.includes).map_err(Error::InvalidArgument)?;
     let excludes = Patterns::new(&opts.excludes).map_err(Error::InvalidArgument)?;
-    fs::create_dir_all(&opts.target).map_err(|e| Error::local("create target directory", &opts.target, e))?;
-    let target = fs::canonicalize(&opts.target).map_err(|e| Error::local("resolve target", &opts.target, e))?;
+    fs::create_dir_all(&opts.target)
+        .map_err(|e| Error::local("create target directory", &opts.target, e))?;
+    let target = fs::canonicalize(&opts.target)
+        .map_err(|e| Error::local("resolve target", &opts.target, e))?;
     let mut r = Restorer {
         repo,
         includes,

@@ -9,7 +9,9 @@ use repo_format::archiver::{backup, BackupOptions};
 use repo_format::checker::{check, CheckOptions};
 use repo_format::repofile::tree::gomode;
 use repo_format::restorer::{restore, RestoreOptions};
-use repo_format::{Backend, BlobType, Id, KdfParams, LocalBackend, Node, NodeType, Repository, Tree};
+use repo_format::{
+    Backend, BlobType, Id, KdfParams, LocalBackend, Node, NodeType, Repository, Tree,
+};
 
 fn new_repo(dir: &Path) -> Repository {
     let b: Arc<dyn Backend> = Arc::new(LocalBackend::new(dir.join("repo")));
@@ -82,10 +84,21 @@ fn hostile_names_never_escape_the_target() {
     );
     repo.flush().unwrap();
     let target = t.path().join("target");
-    let res = restore(&repo, &root, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
+    let res = restore(
+        &repo,
+        &root,
+        &RestoreOptions {
+            target: target.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     // Every hostile node is refused and reported; the good one is restored.
     assert_eq!(res.errors.len(), 8, "{:#?}", res.errors);
-    assert!(res.errors.iter().all(|e| e.message.contains("refusing unsafe name")));
+    assert!(res
+        .errors
+        .iter()
+        .all(|e| e.message.contains("refusing unsafe name")));
     assert_eq!(fs::read(target.join("good")).unwrap(), b"fine");
     assert_eq!(all_paths(&target), vec!["good"]);
     // Nothing appeared next to the target, nor in /etc.
@@ -110,37 +123,68 @@ fn a_symlink_in_the_way_is_replaced_not_followed() {
     let root1 = save_tree_unsorted(&repo, vec![f, s]);
     // Snapshot 2: "s" is a directory with a file, "f" a regular file.
     let inner = save_tree_unsorted(&repo, vec![file_node(b"evil", &repo, b"pwned")]);
-    let root2 = save_tree_unsorted(&repo, vec![file_node(b"f", &repo, b"data"), dir_node(b"s", inner)]);
+    let root2 = save_tree_unsorted(
+        &repo,
+        vec![file_node(b"f", &repo, b"data"), dir_node(b"s", inner)],
+    );
     repo.flush().unwrap();
     let target = t.path().join("target");
-    let opts = RestoreOptions { target: target.clone(), ..Default::default() };
+    let opts = RestoreOptions {
+        target: target.clone(),
+        ..Default::default()
+    };
     let r1 = restore(&repo, &root1, &opts).unwrap();
     assert!(r1.errors.is_empty(), "{:?}", r1.errors);
-    assert!(fs::symlink_metadata(target.join("s")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(target.join("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let r2 = restore(&repo, &root2, &opts).unwrap();
     assert!(r2.errors.is_empty(), "{:?}", r2.errors);
     assert!(fs::symlink_metadata(target.join("s")).unwrap().is_dir());
     assert_eq!(fs::read(target.join("s/evil")).unwrap(), b"pwned");
     assert_eq!(fs::read(target.join("f")).unwrap(), b"data");
-    assert_eq!(all_paths(&outside), vec![] as Vec<String>, "wrote through a symlink");
+    assert_eq!(
+        all_paths(&outside),
+        vec![] as Vec<String>,
+        "wrote through a symlink"
+    );
 }
 
 #[test]
 fn damaged_blob_costs_only_its_file_and_check_names_it() {
     let t = tempfile::tempdir().unwrap();
     let mut repo = new_repo(t.path());
-    repo.set_write_options(repo_format::WriteOptions { pack_size: 1, ..Default::default() });
+    repo.set_write_options(repo_format::WriteOptions {
+        pack_size: 1,
+        ..Default::default()
+    });
     let src = t.path().join("src");
     fs::create_dir(&src).unwrap();
     for i in 0..5 {
-        fs::write(src.join(format!("f{i}")), format!("content of file {i}").repeat(100 + i)).unwrap();
+        fs::write(
+            src.join(format!("f{i}")),
+            format!("content of file {i}").repeat(100 + i),
+        )
+        .unwrap();
     }
-    let res = backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }).unwrap();
+    let res = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(res.errors.is_empty());
     // Find the blob of f2 and flip one byte of it in its pack.
     let id = blob_of(&repo, &res.snapshot.tree, &src, "f2");
     let loc = repo.blob_location(BlobType::Data, &id).unwrap();
-    let pack_path = t.path().join("repo/data").join(&loc.pack.to_hex()[..2]).join(loc.pack.to_hex());
+    let pack_path = t
+        .path()
+        .join("repo/data")
+        .join(&loc.pack.to_hex()[..2])
+        .join(loc.pack.to_hex());
     let mut bytes = fs::read(&pack_path).unwrap();
     bytes[loc.offset as usize + 20] ^= 0x01;
     fs::remove_file(&pack_path).unwrap();
@@ -152,16 +196,29 @@ fn damaged_blob_costs_only_its_file_and_check_names_it() {
     assert!(joined.contains(&loc.pack.to_hex()), "{joined}");
     assert!(joined.contains(&id.to_hex()), "{joined}");
     // Without reading data the structure is still fine.
-    assert!(check(&repo, CheckOptions { read_data: false }).unwrap().is_ok());
+    assert!(check(&repo, CheckOptions { read_data: false })
+        .unwrap()
+        .is_ok());
 
     let target = t.path().join("target");
-    let r = restore(&repo, &res.snapshot.tree, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
+    let r = restore(
+        &repo,
+        &res.snapshot.tree,
+        &RestoreOptions {
+            target: target.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     assert!(r.errors[0].path.ends_with("/f2"));
     assert!(r.errors[0].message.contains(&id.to_hex()));
     let restored = target.join(src.strip_prefix("/").unwrap());
     for i in [0, 1, 3, 4] {
-        assert_eq!(fs::read(restored.join(format!("f{i}"))).unwrap(), fs::read(src.join(format!("f{i}"))).unwrap());
+        assert_eq!(
+            fs::read(restored.join(format!("f{i}"))).unwrap(),
+            fs::read(src.join(format!("f{i}"))).unwrap()
+        );
     }
     assert!(!restored.join("f2").exists());
 }
@@ -170,10 +227,22 @@ fn blob_of(repo: &Repository, root: &Id, src: &Path, name: &str) -> Id {
     let mut tree = *root;
     for comp in src.iter().skip(1) {
         let t = repo.load_tree(&tree).unwrap();
-        tree = t.nodes.iter().find(|n| n.name == comp.as_encoded_bytes()).unwrap().subtree.unwrap();
+        tree = t
+            .nodes
+            .iter()
+            .find(|n| n.name == comp.as_encoded_bytes())
+            .unwrap()
+            .subtree
+            .unwrap();
     }
     let t = repo.load_tree(&tree).unwrap();
-    t.nodes.iter().find(|n| n.name == name.as_bytes()).unwrap().content.as_ref().unwrap()[0]
+    t.nodes
+        .iter()
+        .find(|n| n.name == name.as_bytes())
+        .unwrap()
+        .content
+        .as_ref()
+        .unwrap()[0]
 }
 
 #[test]
@@ -184,7 +253,10 @@ fn incremental_backup_reuses_unchanged_files_and_is_deterministic() {
     fs::create_dir_all(src.join("d")).unwrap();
     fs::write(src.join("a"), b"aaaa").unwrap();
     fs::write(src.join("d/b"), b"bbbb").unwrap();
-    let opts = BackupOptions { paths: vec![src.clone()], ..Default::default() };
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..Default::default()
+    };
     let first = backup(&repo, &opts).unwrap();
     let s1 = first.snapshot.summary.clone().unwrap();
     assert_eq!((s1.files_new, s1.files_unmodified), (2, 0));
@@ -192,7 +264,10 @@ fn incremental_backup_reuses_unchanged_files_and_is_deterministic() {
     assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
     assert_eq!(second.snapshot.tree, first.snapshot.tree);
     let s2 = second.snapshot.summary.clone().unwrap();
-    assert_eq!((s2.files_new, s2.files_changed, s2.files_unmodified), (0, 0, 2));
+    assert_eq!(
+        (s2.files_new, s2.files_changed, s2.files_unmodified),
+        (0, 0, 2)
+    );
     assert_eq!(s2.data_blobs + s2.tree_blobs, 0);
     fs::write(src.join("d/b"), b"changed!").unwrap();
     let third = backup(&repo, &opts).unwrap();
@@ -200,7 +275,14 @@ fn incremental_backup_reuses_unchanged_files_and_is_deterministic() {
     assert_eq!((s3.files_changed, s3.files_unmodified), (1, 1));
     assert_ne!(third.snapshot.tree, first.snapshot.tree);
     // --force re-reads but stores nothing new.
-    let forced = backup(&repo, &BackupOptions { force: true, ..opts.clone() }).unwrap();
+    let forced = backup(
+        &repo,
+        &BackupOptions {
+            force: true,
+            ..opts.clone()
+        },
+    )
+    .unwrap();
     assert_eq!(forced.snapshot.tree, third.snapshot.tree);
     assert_eq!(forced.snapshot.parent, None);
 }
@@ -224,7 +306,15 @@ fn excludes_skip_matching_paths() {
     )
     .unwrap();
     let target = t.path().join("target");
-    restore(&repo, &res.snapshot.tree, &RestoreOptions { target: target.clone(), ..Default::default() }).unwrap();
+    restore(
+        &repo,
+        &res.snapshot.tree,
+        &RestoreOptions {
+            target: target.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let restored = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(all_paths(&restored), vec!["keep.txt"]);
 }
@@ -239,13 +329,24 @@ fn restore_includes_select_paths_and_their_parents() {
     fs::write(src.join("a/b/x"), b"x").unwrap();
     fs::write(src.join("a/y"), b"y").unwrap();
     fs::write(src.join("c/z"), b"z").unwrap();
-    let res = backup(&repo, &BackupOptions { paths: vec![src.clone()], ..Default::default() }).unwrap();
+    let res = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![src.clone()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let target = t.path().join("target");
     let include = format!("{}/a/b", src.display());
     let r = restore(
         &repo,
         &res.snapshot.tree,
-        &RestoreOptions { target: target.clone(), includes: vec![include], ..Default::default() },
+        &RestoreOptions {
+            target: target.clone(),
+            includes: vec![include],
+            ..Default::default()
+        },
     )
     .unwrap();
     assert!(r.errors.is_empty());

@@ -24,20 +24,35 @@ pub fn run(g: &GlobalArgs, what: &str, id: Option<&str>) -> Result<u8> {
         }
         "snapshot" => {
             let (sid, _) = r.find_snapshot(need_id()?)?;
-            writeln!(out, "{}", pretty(&r.load_unpacked(FileType::Snapshot, &sid.to_hex())?)?)?;
+            writeln!(
+                out,
+                "{}",
+                pretty(&r.load_unpacked(FileType::Snapshot, &sid.to_hex())?)?
+            )?;
         }
         "index" => {
             let iid = r.find_id(FileType::Index, need_id()?)?;
-            writeln!(out, "{}", pretty(&r.load_unpacked(FileType::Index, &iid.to_hex())?)?)?;
+            writeln!(
+                out,
+                "{}",
+                pretty(&r.load_unpacked(FileType::Index, &iid.to_hex())?)?
+            )?;
         }
         "key" => {
             let kid = r.find_id(FileType::Key, need_id()?)?;
-            let kf = KeyFile::from_json(&r.backend().read(FileType::Key, &kid.to_hex())?, &kid.to_hex())?;
+            let kf = KeyFile::from_json(
+                &r.backend().read(FileType::Key, &kid.to_hex())?,
+                &kid.to_hex(),
+            )?;
             writeln!(out, "{}", serde_json::to_string_pretty(&kf)?)?;
         }
         "lock" => {
             let lid = r.find_id(FileType::Lock, need_id()?)?;
-            writeln!(out, "{}", pretty(&r.load_unpacked(FileType::Lock, &lid.to_hex())?)?)?;
+            writeln!(
+                out,
+                "{}",
+                pretty(&r.load_unpacked(FileType::Lock, &lid.to_hex())?)?
+            )?;
         }
         "pack" => {
             let pid = r.find_id(FileType::Pack, need_id()?)?;
@@ -67,7 +82,9 @@ pub fn run(g: &GlobalArgs, what: &str, id: Option<&str>) -> Result<u8> {
                 out.write_all(&data)?;
             }
         }
-        other => bail!("cannot cat {other:?}: use config, snapshot, index, key, lock, pack, blob or tree"),
+        other => bail!(
+            "cannot cat {other:?}: use config, snapshot, index, key, lock, pack, blob or tree"
+        ),
     }
     Ok(0)
 }

@@ -10,7 +10,14 @@ use crate::repo;
 pub fn run(g: &GlobalArgs, read_data: bool) -> Result<u8> {
     let r = repo::open(g)?;
     let _lock = RepoLock::acquire(r.clone(), false)?;
-    println!("checking index, packs, snapshots and trees{}", if read_data { ", and reading all data" } else { "" });
+    println!(
+        "checking index, packs, snapshots and trees{}",
+        if read_data {
+            ", and reading all data"
+        } else {
+            ""
+        }
+    );
     let rep = check(&r, CheckOptions { read_data })?;
     for w in &rep.warnings {
         println!("warning: {w}");
@@ -22,7 +29,11 @@ pub fn run(g: &GlobalArgs, read_data: bool) -> Result<u8> {
         "checked {} snapshots, {} trees{}",
         rep.snapshots,
         rep.trees,
-        if read_data { format!(", {} packs read", rep.packs_read) } else { String::new() }
+        if read_data {
+            format!(", {} packs read", rep.packs_read)
+        } else {
+            String::new()
+        }
     );
     if rep.is_ok() {
         println!("no errors were found");

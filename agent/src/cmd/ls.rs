@@ -23,7 +23,10 @@ fn permissions(node: &Node) -> String {
     };
     let mut s = String::new();
     s.push(t);
-    for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x'].iter().enumerate() {
+    for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x']
+        .iter()
+        .enumerate()
+    {
         s.push(if m & (1 << (8 - i)) != 0 { *c } else { '-' });
     }
     if m & gomode::SETUID != 0 {
@@ -38,7 +41,13 @@ fn permissions(node: &Node) -> String {
     s
 }
 
-fn walk(r: &repo_format::Repository, tree: &Id, prefix: &[u8], json: bool, out: &mut impl std::io::Write) -> Result<()> {
+fn walk(
+    r: &repo_format::Repository,
+    tree: &Id,
+    prefix: &[u8],
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
     let t = r.load_tree(tree)?;
     for n in &t.nodes {
         let mut path = prefix.to_vec();
@@ -93,7 +102,9 @@ pub fn run(g: &GlobalArgs, spec: &str, json: bool) -> Result<u8> {
             "snapshot {} of [{}] at {}):",
             id.short(),
             s.paths.join(" "),
-            s.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S%.9f %z")
+            s.time
+                .with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S%.9f %z")
         )?;
     }
     walk(&r, &s.tree, b"", json, &mut out)?;

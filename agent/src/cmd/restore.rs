@@ -17,7 +17,9 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
         "restoring snapshot {} of [{}] at {} to {}",
         id.short(),
         s.paths.join(" "),
-        s.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"),
+        s.time
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S"),
         a.target.display()
     );
     let res = restore(
@@ -43,7 +45,10 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
     if res.errors.is_empty() {
         Ok(0)
     } else {
-        eprintln!("Fatal: {} error(s) during restore; see above for what was not restored", res.errors.len());
+        eprintln!(
+            "Fatal: {} error(s) during restore; see above for what was not restored",
+            res.errors.len()
+        );
         Ok(1)
     }
 }

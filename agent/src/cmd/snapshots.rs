@@ -9,7 +9,10 @@ pub fn run(g: &GlobalArgs, json: bool) -> Result<u8> {
     let r = repo::open(g)?;
     let snaps = r.snapshots()?;
     if json {
-        let v: Vec<serde_json::Value> = snaps.iter().map(|(id, s)| super::snapshot_json(id, s)).collect();
+        let v: Vec<serde_json::Value> = snaps
+            .iter()
+            .map(|(id, s)| super::snapshot_json(id, s))
+            .collect();
         println!("{}", serde_json::to_string(&v)?);
         return Ok(0);
     }
@@ -18,7 +21,10 @@ pub fn run(g: &GlobalArgs, json: bool) -> Result<u8> {
         .map(|(id, s)| {
             [
                 id.short(),
-                s.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string(),
+                s.time
+                    .with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
                 s.hostname.clone(),
                 s.tags.join(","),
                 s.paths.join("\n"),
@@ -53,7 +59,14 @@ pub fn run(g: &GlobalArgs, json: bool) -> Result<u8> {
         let mut paths = row[4].lines();
         println!(
             "{}",
-            line([&row[0], &row[1], &row[2], &row[3], paths.next().unwrap_or("")]).trim_end()
+            line([
+                &row[0],
+                &row[1],
+                &row[2],
+                &row[3],
+                paths.next().unwrap_or("")
+            ])
+            .trim_end()
         );
         for p in paths {
             println!("{}", line(["", "", "", "", p]).trim_end());

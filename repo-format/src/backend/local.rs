@@ -59,7 +59,10 @@ impl Backend for LocalBackend {
     }
 
     fn create(&self) -> Result<()> {
-        let mut dirs: Vec<PathBuf> = FileType::DIRS.iter().map(|t| self.root.join(t.dirname())).collect();
+        let mut dirs: Vec<PathBuf> = FileType::DIRS
+            .iter()
+            .map(|t| self.root.join(t.dirname()))
+            .collect();
         for i in 0..=255u8 {
             dirs.push(self.root.join("data").join(format!("{i:02x}")));
         }
@@ -85,9 +88,14 @@ impl Backend for LocalBackend {
                 if name.starts_with('.') || name.contains(".tmp-") {
                     continue;
                 }
-                let md = ent.metadata().map_err(|e| Self::err("stat", &ent.path(), e))?;
+                let md = ent
+                    .metadata()
+                    .map_err(|e| Self::err("stat", &ent.path(), e))?;
                 if md.is_file() {
-                    out.push(FileInfo { name, size: md.len() });
+                    out.push(FileInfo {
+                        name,
+                        size: md.len(),
+                    });
                 }
             }
             Ok(())
@@ -119,13 +127,18 @@ impl Backend for LocalBackend {
     fn read_range(&self, tpe: FileType, name: &str, offset: u64, length: u32) -> Result<Vec<u8>> {
         let p = self.path(tpe, name);
         let mut f = fs::File::open(&p).map_err(|e| Self::err("open", &p, e))?;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| Self::err("seek", &p, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| Self::err("seek", &p, e))?;
         let mut buf = vec![0u8; length as usize];
         f.read_exact(&mut buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::Backend {
                     op: "read",
-                    location: format!("{} (bytes {offset}..{}): file is shorter (truncated?)", p.display(), offset + u64::from(length)),
+                    location: format!(
+                        "{} (bytes {offset}..{}): file is shorter (truncated?)",
+                        p.display(),
+                        offset + u64::from(length)
+                    ),
                     source: e,
                 }
             } else {
@@ -143,7 +156,11 @@ impl Backend for LocalBackend {
         }
         // Write to a temporary name, fsync, then rename: a crash leaves at
         // worst a temporary file that `list` ignores.
-        let tmp = dir.join(format!("{name}.tmp-{}-{}", std::process::id(), rand::random::<u32>()));
+        let tmp = dir.join(format!(
+            "{name}.tmp-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         let res = (|| {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
@@ -193,10 +210,19 @@ mod tests {
         assert_eq!(b.read(FileType::Pack, &name).unwrap(), b"hello world");
         assert_eq!(b.read_range(FileType::Pack, &name, 6, 5).unwrap(), b"world");
         assert!(b.read_range(FileType::Pack, &name, 6, 50).is_err());
-        assert_eq!(b.list(FileType::Pack).unwrap(), vec![FileInfo { name: name.clone(), size: 11 }]);
+        assert_eq!(
+            b.list(FileType::Pack).unwrap(),
+            vec![FileInfo {
+                name: name.clone(),
+                size: 11
+            }]
+        );
         assert!(b.exists(FileType::Pack, &name).unwrap());
         b.remove(FileType::Pack, &name).unwrap();
-        assert!(matches!(b.read(FileType::Pack, &name), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            b.read(FileType::Pack, &name),
+            Err(Error::NotFound { .. })
+        ));
         b.write(FileType::Config, "config", b"c").unwrap();
         assert_eq!(b.read(FileType::Config, "config").unwrap(), b"c");
     }

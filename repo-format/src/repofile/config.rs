@@ -85,7 +85,10 @@ impl Config {
                 ));
             }
             if !(p.min_size <= p.avg_size && p.avg_size <= p.max_size && p.min_size >= 64) {
-                return Err(Error::format("config", "stash_chunker sizes are inconsistent"));
+                return Err(Error::format(
+                    "config",
+                    "stash_chunker sizes are inconsistent",
+                ));
             }
         }
         Ok(c)

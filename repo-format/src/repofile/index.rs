@@ -48,11 +48,20 @@ impl IndexFile {
     pub fn from_json(data: &[u8], name: &str) -> Result<IndexFile> {
         let what = || format!("index file {name}");
         if data.first() == Some(&b'[') {
-            let packs: Vec<IndexPack> = serde_json::from_slice(data)
-                .map_err(|source| Error::Json { what: what(), source })?;
-            return Ok(IndexFile { supersedes: vec![], packs });
+            let packs: Vec<IndexPack> =
+                serde_json::from_slice(data).map_err(|source| Error::Json {
+                    what: what(),
+                    source,
+                })?;
+            return Ok(IndexFile {
+                supersedes: vec![],
+                packs,
+            });
         }
-        serde_json::from_slice(data).map_err(|source| Error::Json { what: what(), source })
+        serde_json::from_slice(data).map_err(|source| Error::Json {
+            what: what(),
+            source,
+        })
     }
 
     /// The JSON to store.
@@ -73,7 +82,9 @@ mod tests {
         assert_eq!(idx.packs[0].blobs[1].tpe, BlobType::Tree);
         let back = IndexFile::from_json(&idx.to_json(), "x").unwrap();
         assert_eq!(back, idx);
-        assert!(!String::from_utf8(idx.to_json()).unwrap().contains("supersedes"));
+        assert!(!String::from_utf8(idx.to_json())
+            .unwrap()
+            .contains("supersedes"));
         assert!(IndexFile::from_json(b"{\"packs\": 3}", "x").is_err());
     }
 }

@@ -21,12 +21,20 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// Cheap parameters for tests (never for real repositories).
-    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { n: 1024, r: 8, p: 1 };
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams {
+        n: 1024,
+        r: 8,
+        p: 1,
+    };
 
     /// Chooses parameters taking about `target` on this machine, the way
     /// restic calibrates: N grows while memory stays under 64 MiB, then p.
     pub fn calibrate(target: std::time::Duration) -> KdfParams {
-        let mut params = KdfParams { n: 1 << 14, r: 8, p: 1 };
+        let mut params = KdfParams {
+            n: 1 << 14,
+            r: 8,
+            p: 1,
+        };
         let start = std::time::Instant::now();
         let _ = derive(b"calibration", &[0u8; 64], params);
         let took = start.elapsed().max(std::time::Duration::from_micros(100));
@@ -170,7 +178,8 @@ mod tests {
     #[test]
     fn key_file_opens_with_its_password_only() {
         let master = Key::random();
-        let kf = KeyFile::create(&master, b"geheim", KdfParams::INSECURE_FOR_TESTS, "u", "h").unwrap();
+        let kf =
+            KeyFile::create(&master, b"geheim", KdfParams::INSECURE_FOR_TESTS, "u", "h").unwrap();
         let parsed = KeyFile::from_json(&kf.to_json(), "k").unwrap();
         assert_eq!(parsed.salt.len(), 64);
         assert_eq!(parsed.open(b"geheim", "k").unwrap(), master);
@@ -180,7 +189,16 @@ mod tests {
     #[test]
     fn scrypt_matches_rfc7914_vector() {
         // RFC 7914 test vector 2: P="password", S="NaCl", N=1024, r=8, p=16.
-        let k = derive(b"password", b"NaCl", KdfParams { n: 1024, r: 8, p: 16 }).unwrap();
+        let k = derive(
+            b"password",
+            b"NaCl",
+            KdfParams {
+                n: 1024,
+                r: 8,
+                p: 16,
+            },
+        )
+        .unwrap();
         let expect = "fdbabe1c9d3472007856e7190d01e9fe7c6ad7cbc8237830e77376634b3731622eaf30d92e22a3886ff109279d9830dac727afb94a83ee6d8360cbdfa2cc0640";
         let mut all = Vec::new();
         // Re-derive the 64 bytes through encryption-independent parts.
@@ -193,7 +211,9 @@ mod tests {
         let v = serde_json::to_value(j).unwrap();
         use base64::Engine;
         let d = |s: &serde_json::Value| {
-            base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap()).unwrap()
+            base64::engine::general_purpose::STANDARD
+                .decode(s.as_str().unwrap())
+                .unwrap()
         };
         let mut out = d(&v["encrypt"]);
         out.extend(d(&v["mac"]["k"]));
@@ -203,6 +223,15 @@ mod tests {
 
     #[test]
     fn bad_params_are_refused() {
-        assert!(derive(b"x", b"y", KdfParams { n: 1000, r: 8, p: 1 }).is_err());
+        assert!(derive(
+            b"x",
+            b"y",
+            KdfParams {
+                n: 1000,
+                r: 8,
+                p: 1
+            }
+        )
+        .is_err());
     }
 }

@@ -92,7 +92,10 @@ mod tests {
         assert!(!l.is_stale(now, "h", |_| true));
         assert!(l.is_stale(now, "h", |_| false));
         assert!(!l.is_stale(now, "other", |_| false));
-        let old = LockFile { time: now - chrono::Duration::minutes(31), ..l.clone() };
+        let old = LockFile {
+            time: now - chrono::Duration::minutes(31),
+            ..l.clone()
+        };
         assert!(old.is_stale(now, "other", |_| true));
         assert_eq!(LockFile::from_json(&l.to_json(), "x").unwrap(), l);
     }

@@ -79,7 +79,12 @@ pub fn header_from_bytes(data: &[u8], pack: &Id) -> Result<Vec<PackHeaderEntry>>
             1 => (BlobType::Tree, false, ENTRY_LEN),
             2 => (BlobType::Data, true, ENTRY_LEN_COMPRESSED),
             3 => (BlobType::Tree, true, ENTRY_LEN_COMPRESSED),
-            _ => return Err(Error::format(what(), format!("unknown entry type {t} at byte {pos}"))),
+            _ => {
+                return Err(Error::format(
+                    what(),
+                    format!("unknown entry type {t} at byte {pos}"),
+                ))
+            }
         };
         if pos + len > data.len() {
             return Err(Error::format(what(), "truncated entry"));
@@ -87,7 +92,10 @@ pub fn header_from_bytes(data: &[u8], pack: &Id) -> Result<Vec<PackHeaderEntry>>
         let e = &data[pos + 1..pos + len];
         let length = u32::from_le_bytes(e[..4].try_into().expect("4"));
         let (uncompressed_length, idb) = if compressed {
-            (Some(u32::from_le_bytes(e[4..8].try_into().expect("4"))), &e[8..])
+            (
+                Some(u32::from_le_bytes(e[4..8].try_into().expect("4"))),
+                &e[8..],
+            )
         } else {
             (None, &e[4..])
         };
@@ -96,7 +104,8 @@ pub fn header_from_bytes(data: &[u8], pack: &Id) -> Result<Vec<PackHeaderEntry>>
             length,
             uncompressed_length,
             id: Id(idb.try_into().expect("32")),
-            offset: u32::try_from(offset).map_err(|_| Error::format(what(), "pack larger than 4 GiB"))?,
+            offset: u32::try_from(offset)
+                .map_err(|_| Error::format(what(), "pack larger than 4 GiB"))?,
         });
         offset += u64::from(length);
         pos += len;
@@ -109,17 +118,25 @@ pub fn header_from_bytes(data: &[u8], pack: &Id) -> Result<Vec<PackHeaderEntry>>
 pub fn split_pack<'a>(pack_bytes: &'a [u8], pack: &Id) -> Result<(&'a [u8], &'a [u8])> {
     let what = || format!("pack {pack}");
     if pack_bytes.len() < 4 {
-        return Err(Error::format(what(), "shorter than its header length field (truncated?)"));
+        return Err(Error::format(
+            what(),
+            "shorter than its header length field (truncated?)",
+        ));
     }
     let n = pack_bytes.len();
     let hlen = u32::from_le_bytes(pack_bytes[n - 4..].try_into().expect("4")) as usize;
     if hlen + 4 > n || hlen < crate::crypto::OVERHEAD {
         return Err(Error::format(
             what(),
-            format!("header length {hlen} does not fit in a pack of {n} bytes (truncated or damaged)"),
+            format!(
+                "header length {hlen} does not fit in a pack of {n} bytes (truncated or damaged)"
+            ),
         ));
     }
-    Ok((&pack_bytes[..n - 4 - hlen], &pack_bytes[n - 4 - hlen..n - 4]))
+    Ok((
+        &pack_bytes[..n - 4 - hlen],
+        &pack_bytes[n - 4 - hlen..n - 4],
+    ))
 }
 
 #[cfg(test)]
@@ -129,10 +146,34 @@ mod tests {
     #[test]
     fn header_round_trip_all_types() {
         let entries = vec![
-            PackHeaderEntry { tpe: BlobType::Data, length: 100, uncompressed_length: None, id: Id::hash(b"a"), offset: 0 },
-            PackHeaderEntry { tpe: BlobType::Tree, length: 50, uncompressed_length: None, id: Id::hash(b"b"), offset: 100 },
-            PackHeaderEntry { tpe: BlobType::Data, length: 70, uncompressed_length: Some(700), id: Id::hash(b"c"), offset: 150 },
-            PackHeaderEntry { tpe: BlobType::Tree, length: 9, uncompressed_length: Some(90), id: Id::hash(b"d"), offset: 220 },
+            PackHeaderEntry {
+                tpe: BlobType::Data,
+                length: 100,
+                uncompressed_length: None,
+                id: Id::hash(b"a"),
+                offset: 0,
+            },
+            PackHeaderEntry {
+                tpe: BlobType::Tree,
+                length: 50,
+                uncompressed_length: None,
+                id: Id::hash(b"b"),
+                offset: 100,
+            },
+            PackHeaderEntry {
+                tpe: BlobType::Data,
+                length: 70,
+                uncompressed_length: Some(700),
+                id: Id::hash(b"c"),
+                offset: 150,
+            },
+            PackHeaderEntry {
+                tpe: BlobType::Tree,
+                length: 9,
+                uncompressed_length: Some(90),
+                id: Id::hash(b"d"),
+                offset: 220,
+            },
         ];
         let b = header_to_bytes(&entries);
         assert_eq!(b.len(), 2 * 37 + 2 * 41);

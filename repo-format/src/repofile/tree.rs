@@ -179,11 +179,20 @@ struct NodeJson {
     node_type: NodeType,
     #[serde(default, skip_serializing_if = "is_zero32")]
     mode: u32,
-    #[serde(default = "crate::repofile::gotime::zero", with = "crate::repofile::gotime")]
+    #[serde(
+        default = "crate::repofile::gotime::zero",
+        with = "crate::repofile::gotime"
+    )]
     mtime: DateTime<FixedOffset>,
-    #[serde(default = "crate::repofile::gotime::zero", with = "crate::repofile::gotime")]
+    #[serde(
+        default = "crate::repofile::gotime::zero",
+        with = "crate::repofile::gotime"
+    )]
     atime: DateTime<FixedOffset>,
-    #[serde(default = "crate::repofile::gotime::zero", with = "crate::repofile::gotime")]
+    #[serde(
+        default = "crate::repofile::gotime::zero",
+        with = "crate::repofile::gotime"
+    )]
     ctime: DateTime<FixedOffset>,
     #[serde(default)]
     uid: u32,
@@ -203,7 +212,11 @@ struct NodeJson {
     links: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     linktarget: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::repofile::b64::opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::repofile::b64::opt"
+    )]
     linktarget_raw: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     extended_attributes: Vec<ExtendedAttribute>,
@@ -266,8 +279,12 @@ impl Serialize for Node {
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let j = NodeJson::deserialize(d)?;
-        let name = go_unquote(&j.name)
-            .ok_or_else(|| serde::de::Error::custom(format!("node name {:?} is not a valid quoted string", j.name)))?;
+        let name = go_unquote(&j.name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "node name {:?} is not a valid quoted string",
+                j.name
+            ))
+        })?;
         Ok(Node {
             name,
             node_type: j.node_type,
@@ -283,7 +300,9 @@ impl<'de> Deserialize<'de> for Node {
             device_id: j.device_id,
             size: j.size,
             links: j.links,
-            link_target: j.linktarget_raw.unwrap_or_else(|| j.linktarget.into_bytes()),
+            link_target: j
+                .linktarget_raw
+                .unwrap_or_else(|| j.linktarget.into_bytes()),
             extended_attributes: j.extended_attributes,
             generic_attributes: j.generic_attributes,
             device: j.device,
@@ -350,7 +369,9 @@ pub struct Tree {
     pub nodes: Vec<Node>,
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<Node>, D::Error> {
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Node>, D::Error> {
     Ok(Option::<Vec<Node>>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -456,7 +477,8 @@ pub fn go_unquote(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    let hex = |h: &[u8]| -> Option<u32> { u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok() };
+    let hex =
+        |h: &[u8]| -> Option<u32> { u32::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok() };
     while i < b.len() {
         match b[i] {
             b'\\' => {
@@ -566,15 +588,30 @@ mod tests {
         l.link_target = b"tar\xffget".to_vec();
         let j = serde_json::to_string(&l).unwrap();
         assert!(j.contains("linktarget_raw"));
-        assert_eq!(serde_json::from_str::<Node>(&j).unwrap().link_target, l.link_target);
+        assert_eq!(
+            serde_json::from_str::<Node>(&j).unwrap().link_target,
+            l.link_target
+        );
     }
 
     #[test]
     fn modes_convert_both_ways() {
-        assert_eq!(gomode::from_unix(libc::S_IFDIR | 0o1777), gomode::DIR | gomode::STICKY | 0o777);
-        assert_eq!(gomode::from_unix(libc::S_IFREG | 0o4755), gomode::SETUID | 0o755);
-        assert_eq!(gomode::from_unix(libc::S_IFCHR | 0o600), gomode::DEVICE | gomode::CHAR_DEVICE | 0o600);
-        assert_eq!(gomode::to_unix_perm(gomode::SETGID | gomode::DIR | 0o750), 0o2750);
+        assert_eq!(
+            gomode::from_unix(libc::S_IFDIR | 0o1777),
+            gomode::DIR | gomode::STICKY | 0o777
+        );
+        assert_eq!(
+            gomode::from_unix(libc::S_IFREG | 0o4755),
+            gomode::SETUID | 0o755
+        );
+        assert_eq!(
+            gomode::from_unix(libc::S_IFCHR | 0o600),
+            gomode::DEVICE | gomode::CHAR_DEVICE | 0o600
+        );
+        assert_eq!(
+            gomode::to_unix_perm(gomode::SETGID | gomode::DIR | 0o750),
+            0o2750
+        );
     }
 
     #[test]
@@ -589,7 +626,15 @@ mod tests {
         };
         t.sort_and_check().unwrap();
         let names: Vec<_> = t.nodes.iter().map(|n| n.name.clone()).collect();
-        assert_eq!(names, vec![b"B".to_vec(), b"a".to_vec(), b"b".to_vec(), b"\xffz".to_vec()]);
+        assert_eq!(
+            names,
+            vec![
+                b"B".to_vec(),
+                b"a".to_vec(),
+                b"b".to_vec(),
+                b"\xffz".to_vec()
+            ]
+        );
         let j = t.to_json();
         assert_eq!(*j.last().unwrap(), b'\n');
         assert_eq!(Tree::from_json(&j, &Id::default()).unwrap(), t);

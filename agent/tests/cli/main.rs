@@ -1,0 +1,7 @@
+//! End-to-end tests of the `stash` command line, with real restic (Debian's
+//! `restic` package) as the oracle: restic must read, check and restore what
+//! we write, and we must read what restic writes.
+
+mod bad_input;
+mod interop;
+mod support;

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what Stash's tests need on a Debian bookworm machine that already
+# has the Rust toolchain (rustup and cargo):
+#   restic   the real restic, the oracle our repository format is tested against
+#   attr     getfattr/setfattr, to look at extended attributes by hand
+#   rustfmt and clippy, the rustup components hack/test.sh runs
+# Idempotent: installs only what is missing, and runs `apt-get update` only
+# then. Needs root, or sudo, only when something must be installed.
+set -euo pipefail
+
+say() { echo "install-deps: $*"; }
+
+# Debian package -> a command it provides.
+declare -A provides=([restic]=restic [attr]=getfattr)
+
+missing=()
+for pkg in restic attr; do
+    if command -v "${provides[$pkg]}" >/dev/null 2>&1; then
+        say "$pkg: present ($(command -v "${provides[$pkg]}"))"
+    else
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} > 0)); then
+    if [[ $(id -u) -eq 0 ]]; then
+        as_root=()
+    elif command -v sudo >/dev/null 2>&1; then
+        as_root=(sudo)
+    else
+        say "cannot install ${missing[*]}: not root and no sudo" >&2
+        exit 1
+    fi
+    say "installing ${missing[*]}: apt-get update, then apt-get install"
+    "${as_root[@]}" apt-get update
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+say "$(restic version)"
+
+# rustup component -> its cargo subcommand.
+declare -A subcommand=([rustfmt]=fmt [clippy]=clippy)
+
+for component in rustfmt clippy; do
+    if cargo "${subcommand[$component]}" --version >/dev/null 2>&1; then
+        say "$component: present"
+    else
+        say "$component: missing, rustup component add $component"
+        rustup component add "$component"
+    fi
+done

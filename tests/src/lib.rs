@@ -1,0 +1,22 @@
+//! Test support for Stash's integration and end-to-end tests.
+//!
+//! - [`fixture`] builds a directory tree holding every kind of entry, name
+//!   and metadata a backup must carry through unchanged;
+//! - [`compare`] compares two trees byte for byte and in metadata;
+//! - [`restic`] runs the real restic binary, the oracle for the repository
+//!   format.
+
+pub mod compare;
+pub mod fixture;
+mod prng;
+pub mod restic;
+
+/// A fresh temporary directory, removed when dropped.
+///
+/// Panics if one cannot be made: there is nothing a test can do about it.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("stash-test-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+}
