@@ -15,6 +15,20 @@ use clap::Parser;
 pub const EXIT_INCOMPLETE: u8 = 3;
 
 fn main() -> ExitCode {
+    // A bug must still end in one line a person can report, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("stash: internal error{at}: {msg} (this is a bug; please report it)");
+    }));
     let args = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("STASH_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(match args.global.verbose {

@@ -18,7 +18,7 @@ use crate::backend::FileType;
 use crate::crypto::OVERHEAD;
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::index::{BlobLocation, Index};
+use crate::index::{file_blobs, BlobLocation, Index};
 use crate::repofile::pack::{header_from_bytes, split_pack};
 use crate::repofile::{BlobType, IndexFile, Node, NodeType};
 use crate::repository::Repository;
@@ -75,20 +75,8 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
         match r {
             Ok(f) => {
                 index.add_file(&f);
-                for p in &f.packs {
-                    let e = pack_blobs.entry(p.id).or_default();
-                    for b in &p.blobs {
-                        e.push((
-                            b.tpe,
-                            b.id,
-                            BlobLocation {
-                                pack: p.id,
-                                offset: b.offset,
-                                length: b.length,
-                                uncompressed_length: b.uncompressed_length,
-                            },
-                        ));
-                    }
+                for (tpe, id, loc) in file_blobs(&f) {
+                    pack_blobs.entry(loc.pack).or_default().push((tpe, id, loc));
                 }
             }
             Err(e) => report.errors.push(format!("index file {id}: {e}")),

@@ -36,6 +36,24 @@ struct Entry {
     uncompressed_length: u32, // 0 = not compressed
 }
 
+/// Every blob an index file lists, with its location.
+pub fn file_blobs(f: &IndexFile) -> impl Iterator<Item = (BlobType, Id, BlobLocation)> + '_ {
+    f.packs.iter().flat_map(|p| {
+        p.blobs.iter().map(move |b| {
+            (
+                b.tpe,
+                b.id,
+                BlobLocation {
+                    pack: p.id,
+                    offset: b.offset,
+                    length: b.length,
+                    uncompressed_length: b.uncompressed_length,
+                },
+            )
+        })
+    })
+}
+
 /// Blob id → location, for data and tree blobs. Pack ids are stored once.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -60,19 +78,8 @@ impl Index {
 
     /// Adds every blob of an index file. The first location of a blob wins.
     pub fn add_file(&mut self, f: &IndexFile) {
-        for p in &f.packs {
-            for b in &p.blobs {
-                self.add(
-                    b.tpe,
-                    b.id,
-                    BlobLocation {
-                        pack: p.id,
-                        offset: b.offset,
-                        length: b.length,
-                        uncompressed_length: b.uncompressed_length,
-                    },
-                );
-            }
+        for (tpe, id, loc) in file_blobs(f) {
+            self.add(tpe, id, loc);
         }
     }
 

@@ -206,3 +206,41 @@ fn unreadable_file_is_reported_and_exit_code_is_3() {
     assert!(err.contains("/proc/self/mem"), "{err}");
     env.restic().check_read_data();
 }
+
+/// Several keys per repository: restic opens with a key stash added, and
+/// stash opens with a key restic added.
+#[test]
+fn keys_added_by_either_tool_open_the_repository() {
+    use std::sync::Arc;
+    let env = Env::new();
+    let stash = env.stash();
+    stash.ok(&["init"]);
+    let backend: Arc<dyn repo_format::Backend> =
+        Arc::new(repo_format::LocalBackend::new(&env.repo));
+    let repo = repo_format::Repository::open(backend, b"correct horse battery staple").unwrap();
+    repo.add_key(
+        b"second password",
+        repo_format::KdfParams::INSECURE_FOR_TESTS,
+    )
+    .unwrap();
+    let second_dir = env.path("second");
+    std::fs::create_dir(&second_dir).unwrap();
+    let second = write_password_file(&second_dir, "second password");
+    let r2 = Restic::new(env.repo.display().to_string(), &second).with_cache_dir(env.path("rc"));
+    r2.run_ok(["snapshots"]);
+    let third_dir = env.path("third");
+    std::fs::create_dir(&third_dir).unwrap();
+    let third = write_password_file(&third_dir, "third password");
+    r2.run_ok([
+        "key".as_ref(),
+        "add".as_ref(),
+        "--new-password-file".as_ref(),
+        third.as_os_str(),
+    ]);
+    let s3 = Stash {
+        repo: env.repo.display().to_string(),
+        password_file: third,
+    };
+    s3.ok(&["snapshots"]);
+    assert_eq!(std::fs::read_dir(env.repo.join("keys")).unwrap().count(), 3);
+}
