@@ -4,6 +4,7 @@
 #   restic   the real restic, the oracle our repository format is tested against
 #   attr     getfattr/setfattr, to look at extended attributes by hand
 #   rustfmt and clippy, the rustup components hack/test.sh runs
+#   go and npm, which hack/test-servers.sh builds the test servers with
 # Idempotent: installs only what is missing, and runs `apt-get update` only
 # then. Needs root, or sudo, only when something must be installed.
 set -euo pipefail
@@ -37,6 +38,26 @@ if ((${#missing[@]} > 0)); then
         apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 say "$(restic version)"
+
+# The storage-backend tests run servers that hack/test-servers.sh builds
+# with the Go toolchain (MinIO, rest-server, fake-gcs-server, toxiproxy, a
+# current restic) and npm (Azurite). Debian's Go is too old for MinIO, so Go
+# must come with the machine; npm comes from Debian when missing.
+if command -v go >/dev/null 2>&1; then
+    say "go: present ($(go version))"
+else
+    say "go is missing: install a Go toolchain >= 1.24 (hack/test-servers.sh builds the test servers with it)" >&2
+    exit 1
+fi
+if command -v npm >/dev/null 2>&1; then
+    say "npm: present"
+else
+    say "npm: missing, apt-get install nodejs npm"
+    if [[ $(id -u) -eq 0 ]]; then as_root=(); else as_root=(sudo); fi
+    "${as_root[@]}" apt-get update
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends nodejs npm
+fi
 
 # rustup component -> its cargo subcommand.
 declare -A subcommand=([rustfmt]=fmt [clippy]=clippy)

@@ -19,7 +19,7 @@ pub struct Cli {
 /// Options for every command.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Repository: `local:/path` or a plain path (env: STASH_REPOSITORY, RESTIC_REPOSITORY)
+    /// Repository: a path, local:/path, rest:http://host:port/, s3:https://host/bucket/prefix, gs:bucket:/prefix or azure:container:/prefix (env: STASH_REPOSITORY, RESTIC_REPOSITORY)
     #[arg(short = 'r', long = "repo", global = true)]
     pub repo: Option<String>,
     /// File holding the password (env: STASH_PASSWORD_FILE, RESTIC_PASSWORD_FILE; or STASH_PASSWORD / RESTIC_PASSWORD)
@@ -28,6 +28,15 @@ pub struct GlobalArgs {
     /// More log output on stderr (repeat for more)
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// At most N requests to the storage backend at once (default 5 for remote backends)
+    #[arg(long = "connections", value_name = "N", global = true, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub connections: Option<u32>,
+    /// Trust the CA certificate(s) in this PEM file too (repeatable)
+    #[arg(long = "cacert", value_name = "FILE", global = true)]
+    pub cacert: Vec<PathBuf>,
+    /// Do not verify the storage server's TLS certificate (dangerous)
+    #[arg(long = "insecure-tls", global = true)]
+    pub insecure_tls: bool,
 }
 
 /// Commands.

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use repo_format::{Backend, KdfParams, LocalBackend, Repository};
+use repo_format::backend::object_store::Credentials;
+use repo_format::backend::{Location, OpenOptions, TlsOptions};
+use repo_format::{Backend, KdfParams, Repository};
 
 use crate::cli::GlobalArgs;
 
@@ -12,7 +14,9 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The backend for a repository string: `local:/path` or a plain path.
+/// The backend for the repository string (see `repo_format::backend::location`
+/// for the forms), with credentials for object stores from restic's
+/// environment variables.
 pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     let Some(spec) = global
         .repo
@@ -22,20 +26,17 @@ pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     else {
         bail!("no repository given: use -r/--repo or set STASH_REPOSITORY");
     };
-    let path = if let Some(p) = spec.strip_prefix("local:") {
-        p.to_string()
-    } else if let Some((scheme, _)) = spec.split_once(':') {
-        if ["s3", "gs", "azure", "rest", "b2", "sftp", "swift", "rclone"].contains(&scheme) {
-            bail!("repository {spec:?}: the {scheme} backend is not available in this version of stash; use a local path");
-        }
-        spec.clone()
-    } else {
-        spec.clone()
+    let location = Location::parse(&spec)?;
+    let opts = OpenOptions {
+        connections: global.connections.map(|n| n as usize),
+        tls: TlsOptions {
+            ca_certs: global.cacert.clone(),
+            insecure: global.insecure_tls,
+        },
+        credentials: Credentials::from_env(env),
+        ..OpenOptions::default()
     };
-    if path.is_empty() {
-        bail!("repository {spec:?}: empty path");
-    }
-    Ok(Arc::new(LocalBackend::new(PathBuf::from(path))))
+    Ok(repo_format::backend::open(&location, &opts)?)
 }
 
 /// The password from --password-file, STASH_PASSWORD_FILE, STASH_PASSWORD,

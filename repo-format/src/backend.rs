@@ -1,7 +1,25 @@
 //! Storage behind a small trait. Names are the hex ids restic uses (or
 //! `config`); where a backend puts them is its own business.
+//!
+//! Implementations: [`local`] (a directory), [`rest`] (restic's REST
+//! server protocol) and [`object_store`] (S3, Google Cloud Storage and Azure
+//! Blob Storage through OpenDAL). [`location`] parses restic's repository
+//! strings, [`retry`] and [`limit`] wrap any backend with retries of
+//! transient failures and a bound on concurrent requests; [`open`] puts
+//! them together.
 
+mod http;
+pub mod limit;
 pub mod local;
+pub mod location;
+pub mod object_store;
+mod open;
+pub mod rest;
+pub mod retry;
+
+pub use http::{RequestError, RequestErrorKind, TlsOptions};
+pub use location::Location;
+pub use open::{open, OpenOptions};
 
 use crate::error::Result;
 
@@ -96,4 +114,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Whether a file exists.
     fn exists(&self, tpe: FileType, name: &str) -> Result<bool>;
+
+    /// How many requests this backend should have in flight at once: the
+    /// engine keeps at most this many reads or writes going. Backends that
+    /// enforce a limit themselves (see [`limit::LimitedBackend`]) return it.
+    fn connections(&self) -> usize {
+        2
+    }
 }

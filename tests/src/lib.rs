@@ -4,12 +4,17 @@
 //!   and metadata a backup must carry through unchanged;
 //! - [`compare`] compares two trees byte for byte and in metadata;
 //! - [`restic`] runs the real restic binary, the oracle for the repository
-//!   format.
+//!   format;
+//! - [`servers`] starts the real storage servers (rest-server, MinIO,
+//!   Azurite, fake-gcs-server, toxiproxy) that `hack/test-servers.sh` builds;
+//! - [`faults`] is an HTTP proxy that answers some requests with 503.
 
 pub mod compare;
+pub mod faults;
 pub mod fixture;
 mod prng;
 pub mod restic;
+pub mod servers;
 
 /// A fresh temporary directory, removed when dropped.
 ///

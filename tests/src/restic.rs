@@ -42,6 +42,8 @@ pub struct Restic {
     password_file: PathBuf,
     /// Passed as `RESTIC_CACHE_DIR`.
     cache_dir: PathBuf,
+    /// More environment variables (backend credentials).
+    envs: Vec<(OsString, OsString)>,
 }
 
 impl Restic {
@@ -66,7 +68,24 @@ impl Restic {
             repo: repo.into(),
             password_file,
             cache_dir,
+            envs: Vec::new(),
         }
+    }
+
+    /// The same, with the restic binary `bin` (such as a current release
+    /// built by `hack/test-servers.sh`) instead of the default.
+    pub fn with_bin(self, bin: impl Into<PathBuf>) -> Restic {
+        Restic {
+            bin: bin.into(),
+            ..self
+        }
+    }
+
+    /// The same, with `key=value` in restic's environment (credentials of
+    /// an object store, say).
+    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Restic {
+        self.envs.push((key.into(), value.into()));
+        self
     }
 
     /// The same, with restic's cache in `dir`.
@@ -102,6 +121,7 @@ impl Restic {
             .env_remove("RESTIC_PASSWORD")
             .env_remove("RESTIC_PASSWORD_COMMAND")
             .env_remove("RESTIC_REPOSITORY_FILE")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }

@@ -221,12 +221,12 @@ fn bad_arguments_are_explained() {
         .unwrap();
     assert!(!no_repo.status.success());
     assert!(String::from_utf8_lossy(&no_repo.stderr).contains("no repository given"));
-    let s3 = Stash {
-        repo: "s3:https://example.invalid/bucket".into(),
+    let sftp = Stash {
+        repo: "sftp:host:/srv/repo".into(),
         password_file: env.password_file.clone(),
     };
-    let (_, err) = s3.fails(&["init"]);
-    assert!(err.contains("s3 backend is not available"), "{err}");
+    let (_, err) = sftp.fails(&["init"]);
+    assert!(err.contains("sftp backend is not available"), "{err}");
 }
 
 #[test]
