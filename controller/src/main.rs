@@ -1,7 +1,124 @@
-//! The Stash controller. Nothing is implemented yet: the Kubernetes API and the
-//! controller arrive with their own issue. The binary says so and fails rather
-//! than pretend to reconcile anything.
-fn main() {
-    eprintln!("stash-controller: not implemented yet (see the Kubernetes controller issue)");
-    std::process::exit(2);
+//! `stash-controller`: flags, client, listener and shutdown signal; the
+//! work is in the library ([`stash_controller::run`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use stash_controller::{metrics, HostPathAllowList, LeaseConfig, Metrics, Settings};
+use tokio_util::sync::CancellationToken;
+
+/// The Stash controller: schedules backups, resolves sessions into
+/// per-volume work for the node agents.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// This replica's identity in the Lease and events (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Namespace of the leadership Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "stash-system")]
+    lease_namespace: String,
+    /// Name of the leadership Lease.
+    #[arg(long, default_value = "stash-controller")]
+    lease_name: String,
+    /// Seconds a Lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds between renewals (and takeover attempts).
+    #[arg(long, default_value_t = 2)]
+    renew_period: u64,
+    /// Address of the /metrics and /healthz server.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Host directory hostPath volumes may be backed up from (repeatable).
+    #[arg(long = "allow-host-path")]
+    allow_host_paths: Vec<PathBuf>,
+    /// Objects of each kind reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STASH_LOG")
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.renew_period > 0 && args.renew_period < args.lease_duration,
+        "--renew-period ({}) must be positive and shorter than --lease-duration ({})",
+        args.renew_period,
+        args.lease_duration
+    );
+    for p in &args.allow_host_paths {
+        anyhow::ensure!(
+            p.is_absolute(),
+            "--allow-host-path {} is not an absolute path",
+            p.display()
+        );
+    }
+    let identity = match args.identity {
+        Some(i) => i,
+        None => format!("stash-controller-{}", std::process::id()),
+    };
+    // kube's TLS uses ring; with aws-lc-rs also compiled in (feature
+    // unification in the workspace) rustls needs to be told.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        }
+    });
+
+    let metrics = Metrics::default();
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    let settings = Settings {
+        identity: identity.clone(),
+        host_paths: HostPathAllowList::new(args.allow_host_paths),
+        concurrency: args.concurrency.max(1),
+    };
+    let lease = LeaseConfig {
+        namespace: args.lease_namespace,
+        name: args.lease_name,
+        identity,
+        lease_duration: Duration::from_secs(args.lease_duration),
+        renew_period: Duration::from_secs(args.renew_period),
+    };
+    let result = stash_controller::run(client, settings, lease, metrics, shutdown.clone()).await;
+    shutdown.cancel();
+    server.await.context("metrics server task")??;
+    result.context("controller stopped")
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

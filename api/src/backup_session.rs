@@ -1,0 +1,132 @@
+//! `BackupSession`: one backup run, one item per volume.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ItemPhase, SessionPhase};
+
+/// One run of a BackupConfiguration, created by its schedule or by hand for
+/// an on-demand backup.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "stash.rs",
+    version = "v1alpha1",
+    kind = "BackupSession",
+    namespaced,
+    status = "BackupSessionStatus",
+    shortname = "bs",
+    category = "stash",
+    printcolumn(
+        name = "Configuration",
+        type_ = "string",
+        json_path = ".spec.backupConfiguration"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(
+        name = "Duration",
+        type_ = "string",
+        json_path = ".status.duration",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a BackupSession's spec cannot change; create a new session"))]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSessionSpec {
+    /// The BackupConfiguration (in this namespace) to run.
+    #[schemars(length(min = 1, max = 253))]
+    pub backup_configuration: String,
+    /// Why the session exists.
+    #[serde(default)]
+    pub trigger: SessionTrigger,
+    /// The schedule tick this session is for (scheduled sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_time: Option<Time>,
+}
+
+/// Why a session exists.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum SessionTrigger {
+    /// Created by hand or by a tool: an on-demand backup.
+    #[default]
+    Manual,
+    /// Created by the controller for a schedule tick.
+    Scheduled,
+}
+
+/// Progress of a BackupSession.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSessionStatus {
+    /// Where the session is as a whole.
+    #[serde(default)]
+    pub phase: SessionPhase,
+    /// Finished items over all items, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// One per volume to back up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<BackupItem>,
+    /// When the items were resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the last item finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Wall time from start to completion, e.g. `1m30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// `Ready` and refusals (e.g. `RepositoryNotAllowed`, `NoVolumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One volume of one pod, backed up by the agent on `node`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupItem {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub pod: String,
+    /// Name of the volume in the pod's spec.
+    pub volume: String,
+    /// Node the pod runs on: whose agent does the work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Where the item is.
+    #[serde(default)]
+    pub phase: ItemPhase,
+    /// Bytes read so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<i64>,
+    /// Bytes to read, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    /// Files read so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_done: Option<i64>,
+    /// Files to read, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<i64>,
+    /// The snapshot written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Why the item failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the agent started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+}

@@ -1,0 +1,84 @@
+//! Types several resources share.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Repository by name; in another namespace only if that Repository's
+/// usage policy admits the referring object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryReference {
+    /// Name of the Repository.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the Repository; the referring object's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A key of a Secret in the same namespace as the object that names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyReference {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".to_owned()
+}
+
+/// Where a BackupSession or RestoreSession is as a whole.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum SessionPhase {
+    /// Accepted; items not resolved yet.
+    #[default]
+    Pending,
+    /// Items resolved; some still at work.
+    Running,
+    /// Every item succeeded.
+    Succeeded,
+    /// Some items succeeded, some failed.
+    PartiallyFailed,
+    /// Every item failed, or the session could not start (see conditions).
+    Failed,
+    /// Not run: the concurrency policy or a refusal stopped it (see conditions).
+    Skipped,
+}
+
+impl SessionPhase {
+    /// Whether the session is over.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::PartiallyFailed | Self::Failed | Self::Skipped
+        )
+    }
+}
+
+/// Where one volume of a session is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ItemPhase {
+    /// Waiting for the agent on its node to claim it.
+    #[default]
+    Pending,
+    /// An agent works on it.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed; `error` says why.
+    Failed,
+}
+
+impl ItemPhase {
+    /// Whether the item is over.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}

@@ -1,0 +1,64 @@
+//! Stash's Kubernetes API: group `stash.rs`, version `v1alpha1`.
+//!
+//! The custom resources, generated into `deploy/crds/` by the `crdgen`
+//! binary, and shared by the controller and the node agent:
+//!
+//! - [`Repository`]: where snapshots go, and which namespaces may use it;
+//! - [`BackupConfiguration`]: what to back up, when, where, and what to keep;
+//! - [`BackupSession`]: one backup run, one item per volume;
+//! - [`RestoreSession`]: one restore, one item per volume.
+//!
+//! Validation lives in the schema (OpenAPI and CEL rules) so the API server
+//! refuses a bad object before any Stash code sees it; [`schedule`] parses a
+//! cron schedule the same way the controller runs it.
+
+// Each `printcolumn(...)` in `#[kube(...)]` repeats `type_ = ...`, which
+// clippy mistakes for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+pub mod annotations;
+mod backup_configuration;
+mod backup_session;
+mod common;
+mod duration;
+mod repository;
+mod restore_session;
+pub mod schedule;
+
+pub use backup_configuration::{
+    BackupConfiguration, BackupConfigurationSpec, BackupConfigurationStatus, BackupMode,
+    BackupTarget, ConcurrencyPolicy, RetentionPolicy, WorkloadKind, WorkloadReference,
+};
+pub use backup_session::{
+    BackupItem, BackupSession, BackupSessionSpec, BackupSessionStatus, SessionTrigger,
+};
+pub use common::{ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase};
+pub use duration::{parse_duration, DurationError};
+pub use repository::{
+    AllowedNamespaces, NamespacesFrom, Repository, RepositorySpec, RepositoryStatus, UsagePolicy,
+};
+pub use restore_session::{
+    OverwritePolicy, RestoreItem, RestoreSession, RestoreSessionSpec, RestoreSessionStatus,
+    RestoreTarget, SourceIdentity, VolumeMapping,
+};
+
+/// The API group of every Stash resource.
+pub const GROUP: &str = "stash.rs";
+/// The API version this crate describes.
+pub const VERSION: &str = "v1alpha1";
+
+/// Label on a BackupSession naming the BackupConfiguration that created it.
+pub const LABEL_CONFIGURATION: &str = "stash.rs/backup-configuration";
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// Every CustomResourceDefinition of the API, in the order they are installed.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Repository::crd(),
+        BackupConfiguration::crd(),
+        BackupSession::crd(),
+        RestoreSession::crd(),
+    ]
+}

@@ -1,0 +1,196 @@
+//! `RestoreSession`: one restore, one item per volume.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::backup_configuration::WorkloadReference;
+use crate::common::{ItemPhase, RepositoryReference, SessionPhase};
+
+/// Restores a snapshot into volumes of pods in this namespace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "stash.rs",
+    version = "v1alpha1",
+    kind = "RestoreSession",
+    namespaced,
+    status = "RestoreSessionStatus",
+    shortname = "rs",
+    category = "stash",
+    printcolumn(
+        name = "Repository",
+        type_ = "string",
+        json_path = ".spec.repository.name"
+    ),
+    printcolumn(name = "Snapshot", type_ = "string", json_path = ".spec.snapshot"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a RestoreSession's spec cannot change; create a new session"))]
+#[x_kube(validation = Rule::new("!has(self.before) || self.snapshot == 'latest'").message("before applies only to snapshot \"latest\""))]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSessionSpec {
+    /// The Repository to restore from.
+    pub repository: RepositoryReference,
+    /// `latest`, or a snapshot id (a unique prefix of at least 8 hex digits).
+    #[serde(default = "default_snapshot")]
+    #[x_kube(validation = Rule::new("self == 'latest' || self.matches('^[0-9a-f]{8,64}$')").message("snapshot must be \"latest\" or a snapshot id of 8 to 64 lowercase hex digits"))]
+    #[schemars(length(min = 1, max = 64))]
+    pub snapshot: String,
+    /// With `latest`: the latest snapshot taken before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Time>,
+    /// Whose snapshots to pick `latest` among; the target's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceIdentity>,
+    /// The pods whose volumes receive the data.
+    pub target: RestoreTarget,
+    /// Which snapshot volume goes to which target volume; each snapshot
+    /// volume to the target volume of the same name when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub volumes: Vec<VolumeMapping>,
+    /// Restore only paths matching these patterns (restic's syntax).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Do not restore paths matching these patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// What to do with files that already exist in the target.
+    #[serde(default)]
+    pub overwrite: OverwritePolicy,
+}
+
+fn default_snapshot() -> String {
+    "latest".to_owned()
+}
+
+/// Whose snapshots a restore picks from: the namespace and workload or pod
+/// they were taken of.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceIdentity {
+    /// Namespace the snapshots were taken in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod, or workload, the snapshots were taken of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only snapshots carrying every one of these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Where restored data goes: exactly one of a pod, a PersistentVolumeClaim or
+/// a workload, in this namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.pod), has(self.persistentVolumeClaim), has(self.workload)].filter(x, x).size() == 1").message("target must set exactly one of pod, persistentVolumeClaim, workload"))]
+pub struct RestoreTarget {
+    /// A pod by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: Option<String>,
+    /// A PersistentVolumeClaim by name (through a pod mounting it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub persistent_volume_claim: Option<String>,
+    /// The pods of a workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadReference>,
+}
+
+/// A snapshot volume and the target volume it is restored into.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMapping {
+    /// Volume name in the snapshot.
+    #[schemars(length(min = 1, max = 253))]
+    pub source: String,
+    /// Volume name in the target pod.
+    #[schemars(length(min = 1, max = 253))]
+    pub target: String,
+}
+
+/// What a restore does with a file that exists in the target.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum OverwritePolicy {
+    /// Always replace it.
+    Always,
+    /// Replace it when its content or metadata differ.
+    #[default]
+    IfChanged,
+    /// Replace it when the snapshot's copy is newer.
+    IfNewer,
+    /// Never replace it.
+    Never,
+}
+
+/// Progress of a RestoreSession.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSessionStatus {
+    /// Where the restore is as a whole.
+    #[serde(default)]
+    pub phase: SessionPhase,
+    /// Finished items over all items, e.g. `1/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// One per target volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<RestoreItem>,
+    /// When the items were resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the last item finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// `Ready` and refusals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One target volume of one pod, restored by the agent on `node`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreItem {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod.
+    pub pod: String,
+    /// Target volume in the pod.
+    pub volume: String,
+    /// Volume name in the snapshot.
+    pub source_volume: String,
+    /// Node the pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Where the item is.
+    #[serde(default)]
+    pub phase: ItemPhase,
+    /// The snapshot restored, once resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Bytes written so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<i64>,
+    /// Bytes to write, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    /// Why the item failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the agent started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+}

@@ -1,0 +1,170 @@
+//! The Stash controller: schedules backups in-process and resolves sessions
+//! into per-volume work for the node agents. It never reads volume data.
+//!
+//! - [`scheduler`] reconciles BackupConfigurations: cron ticks (with
+//!   jitter), paused, concurrency policy, history limits, and the
+//!   Repository namespace policy as a `Ready` condition;
+//! - [`session`] reconciles BackupSessions: resolves the target into one
+//!   item per volume on its pod's node, aggregates item phases, times out
+//!   stuck items, records the last backup on the Repository;
+//! - [`leader`] elects one scheduling replica with a Lease;
+//! - [`metrics`] serves `/metrics` and `/healthz`.
+//!
+//! [`run`] ties them together; `main.rs` only parses flags and builds the
+//! client, listener and shutdown token it passes in.
+
+pub mod conditions;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod scheduler;
+pub mod security;
+pub mod session;
+pub mod targets;
+mod time;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use stash_api::{BackupConfiguration, BackupSession};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{Error, Result};
+pub use leader::{LeaderElector, LeaseConfig};
+pub use metrics::Metrics;
+pub use security::HostPathAllowList;
+
+/// Annotation on a BackupSession naming the controller replica that
+/// scheduled it.
+pub const ANNOTATION_SCHEDULED_BY: &str = "stash.rs/scheduled-by";
+
+/// Settings of one controller replica.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This replica's identity (pod name), for the Lease, events and the
+    /// `stash.rs/scheduled-by` annotation.
+    pub identity: String,
+    /// Host directories hostPath volumes may be backed up from.
+    pub host_paths: HostPathAllowList,
+    /// How many objects of each kind are reconciled at once.
+    pub concurrency: u16,
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The settings.
+    pub settings: Settings,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Publishes Events on our objects.
+    pub recorder: Recorder,
+    /// Every BackupSession, kept current by a watch: the scheduler reads
+    /// the sessions of a configuration from here instead of listing.
+    pub sessions: Store<BackupSession>,
+}
+
+/// Runs the controllers until `shutdown`, as the leader. The caller must
+/// hold the leadership Lease for as long as this runs.
+pub async fn run_controllers(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let configs: Api<BackupConfiguration> = Api::all(client.clone());
+    let sessions: Api<BackupSession> = Api::all(client.clone());
+    let (store, writer) = reflector::store();
+    let stop = shutdown.clone();
+    let session_cache = reflector::reflector(
+        writer,
+        watcher(sessions.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .take_until(async move { stop.cancelled().await })
+    .for_each(|_| futures::future::ready(()));
+    let cache_ready = store.clone();
+    let reporter = Reporter {
+        controller: "stash-controller".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let concurrency = settings.concurrency;
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        metrics,
+        sessions: store,
+    });
+    let config = controller::Config::default().concurrency(concurrency);
+    let stop = shutdown.clone();
+    let schedule = Controller::new(configs, watcher::Config::default())
+        .with_config(config.clone())
+        // A session finishing may let a Forbid tick through or prune history.
+        .watches(
+            sessions.clone(),
+            watcher::Config::default(),
+            |s: BackupSession| {
+                let ns = s.metadata.namespace.clone()?;
+                Some(reflector::ObjectRef::new(&s.spec.backup_configuration).within(&ns))
+            },
+        )
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(scheduler::reconcile, scheduler::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let stop = shutdown.clone();
+    let run_sessions = Controller::new(sessions, watcher::Config::default())
+        .with_config(config)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(session::reconcile, session::error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    // The scheduler decides on the sessions it sees in the cache (Forbid,
+    // history): start it only once the cache holds them all.
+    let controllers = async move {
+        if cache_ready.wait_until_ready().await.is_ok() {
+            tokio::join!(schedule, run_sessions);
+        }
+    };
+    tokio::join!(session_cache, controllers);
+}
+
+/// Waits for the leadership Lease, then runs the controllers while holding
+/// it, until `shutdown` (Ok) or until leadership is lost (the error: the
+/// process should exit so it never schedules without the Lease).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    lease: LeaseConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let elector = LeaderElector::new(client.clone(), lease);
+    if !elector.acquire(&shutdown).await? {
+        return Ok(());
+    }
+    tracing::info!(identity = %settings.identity, "acquired the leadership Lease; scheduling");
+    metrics.leader.set(1);
+    // The controllers stop with `shutdown`; the Lease is released only
+    // after they have, so a successor never overlaps with a reconcile here.
+    let controllers = run_controllers(client, settings, metrics.clone(), shutdown.child_token());
+    let stop_holding = CancellationToken::new();
+    let hold = elector.hold(&stop_holding);
+    tokio::pin!(controllers, hold);
+    let result = tokio::select! {
+        // Lost: return at once, dropping (aborting) the controllers.
+        lost = &mut hold => lost,
+        () = &mut controllers => {
+            stop_holding.cancel();
+            hold.await
+        }
+    };
+    metrics.leader.set(0);
+    result
+}

@@ -1,0 +1,127 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` server.
+
+use std::net::SocketAddr;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// The controller's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Where they are registered.
+    pub registry: Registry,
+    /// Reconciliations run, by kind.
+    pub reconciles: IntCounterVec,
+    /// Reconciliations failed, by kind and error label.
+    pub reconcile_errors: IntCounterVec,
+    /// BackupSessions created by the schedule.
+    pub sessions_created: IntCounter,
+    /// Ticks skipped by the concurrency policy.
+    pub ticks_skipped: IntCounter,
+    /// Seconds from a schedule tick (plus jitter) to its session existing.
+    pub schedule_latency: Histogram,
+    /// 1 while this replica holds the leadership Lease.
+    pub leader: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new_custom(Some("stash_controller".into()), None)
+            .expect("a valid metric prefix");
+        let reconciles = IntCounterVec::new(
+            Opts::new("reconciles_total", "Reconciliations run"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("reconcile_errors_total", "Reconciliations that failed"),
+            &["kind", "error"],
+        )
+        .expect("valid metric");
+        let sessions_created = IntCounter::new(
+            "sessions_created_total",
+            "BackupSessions created by schedules",
+        )
+        .expect("valid metric");
+        let ticks_skipped = IntCounter::new(
+            "ticks_skipped_total",
+            "Schedule ticks skipped because a session was still running (concurrencyPolicy Forbid)",
+        )
+        .expect("valid metric");
+        let schedule_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "schedule_latency_seconds",
+                "Seconds from a schedule tick to its BackupSession being created",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        let leader = IntGauge::new("leader", "1 while this replica holds the leadership Lease")
+            .expect("valid metric");
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_errors.clone()),
+            Box::new(sessions_created.clone()),
+            Box::new(ticks_skipped.clone()),
+            Box::new(schedule_latency.clone()),
+            Box::new(leader.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            sessions_created,
+            ticks_skipped,
+            schedule_latency,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let addr: SocketAddr = listener.local_addr().map_err(|source| Error::Serve {
+        addr: "?".into(),
+        source,
+    })?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Metrics>| async move { m.render() }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|source| Error::Serve {
+            addr: addr.to_string(),
+            source,
+        })
+}

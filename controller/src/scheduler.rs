@@ -1,0 +1,495 @@
+//! Reconciles BackupConfigurations: runs their cron schedules in-process.
+//!
+//! Each reconciliation works out the latest tick due (a tick is due once
+//! `tick + jitter` has passed), creates its BackupSession unless the
+//! concurrency policy says otherwise, prunes old sessions, writes the
+//! status, and asks to be woken at the next tick. Session names are derived
+//! from the tick (`<config>-<unix seconds>`), so a tick can never produce two
+//! sessions, whatever happens to leadership.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use stash_api::schedule::Schedule;
+use stash_api::{
+    BackupConfiguration, BackupConfigurationStatus, BackupSession, BackupSessionSpec,
+    ConcurrencyPolicy, Repository, RepositoryReference, SessionPhase, SessionTrigger,
+    LABEL_CONFIGURATION,
+};
+
+use crate::error::{kube_err, Error, Result};
+use crate::security::{repository_admits, Refusal};
+use crate::time::{from_time, to_time};
+use crate::{conditions, Context, ANNOTATION_SCHEDULED_BY};
+
+/// How often to look again at a configuration refused for a reason outside
+/// it (a Repository missing or not admitting it), since those objects are
+/// not watched.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Reconciles one BackupConfiguration.
+pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics
+        .reconciles
+        .with_label_values(&["BackupConfiguration"])
+        .inc();
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+    let now = Utc::now();
+    let mut status = cfg.status.clone().unwrap_or_default();
+    status.observed_generation = cfg.metadata.generation;
+    let generation = cfg.metadata.generation;
+    let set_ready =
+        |status: &mut BackupConfigurationStatus, ok: bool, reason: &str, message: String| {
+            conditions::set(
+                &mut status.conditions,
+                "Ready",
+                ok,
+                reason,
+                message,
+                generation,
+                to_time(now),
+            );
+        };
+
+    let schedule = match Schedule::parse(&cfg.spec.schedule, cfg.spec.time_zone.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            status.next_schedule_time = None;
+            set_ready(&mut status, false, "InvalidSchedule", e.to_string());
+            write_status(&ctx, &cfg, status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let user = format!("BackupConfiguration {ns}/{name}");
+    if let Err(refusal) = check_repository(&ctx, &ns, &user, &cfg.spec.repository).await? {
+        status.next_schedule_time = None;
+        let changed = conditions::get(&status.conditions, "Ready").map(|c| c.reason.as_str())
+            != Some(refusal.reason);
+        set_ready(&mut status, false, refusal.reason, refusal.message.clone());
+        if changed {
+            publish(
+                &ctx,
+                cfg.as_ref(),
+                EventType::Warning,
+                refusal.reason,
+                &refusal.message,
+            )
+            .await;
+        }
+        write_status(&ctx, &cfg, status).await?;
+        return Ok(Action::requeue(RECHECK));
+    }
+    if cfg.spec.paused {
+        status.next_schedule_time = None;
+        set_ready(
+            &mut status,
+            false,
+            "Paused",
+            "spec.paused is true: no new sessions".into(),
+        );
+        write_status(&ctx, &cfg, status).await?;
+        return Ok(Action::await_change());
+    }
+
+    let jitter = jitter_offset(&ns, &name, cfg.spec.jitter_seconds.unwrap_or(0));
+    let jitter_c = chrono::Duration::from_std(jitter).unwrap_or_default();
+    let last = status
+        .last_schedule_time
+        .as_ref()
+        .or(cfg.metadata.creation_timestamp.as_ref())
+        .map(from_time)
+        .unwrap_or(now);
+    let sessions = sessions_of(&ctx, &ns, &name);
+    if let Some(tick) = schedule
+        .last_at_or_before(now - jitter_c)
+        .filter(|t| *t > last)
+    {
+        fire(&ctx, &cfg, &sessions, tick, jitter_c, &mut status).await?;
+    }
+    prune(&ctx, &cfg, &sessions).await?;
+
+    let next = schedule.next_after(
+        status
+            .last_schedule_time
+            .as_ref()
+            .map(from_time)
+            .unwrap_or(last)
+            .max(now - jitter_c),
+    );
+    status.next_schedule_time = next.map(|t| to_time(t + jitter_c));
+    set_ready(
+        &mut status,
+        true,
+        "Scheduled",
+        format!(
+            "next session at {}",
+            next.map(|t| (t + jitter_c).to_rfc3339())
+                .unwrap_or_else(|| "never".into())
+        ),
+    );
+    write_status(&ctx, &cfg, status).await?;
+    Ok(match next {
+        Some(t) => Action::requeue((t + jitter_c - Utc::now()).to_std().unwrap_or_default()),
+        None => Action::await_change(),
+    })
+}
+
+/// Creates (or, by the concurrency policy, skips) the session for `tick`.
+async fn fire(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    sessions: &[Arc<BackupSession>],
+    tick: DateTime<Utc>,
+    jitter: chrono::Duration,
+    status: &mut BackupConfigurationStatus,
+) -> Result<()> {
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+    status.last_schedule_time = Some(to_time(tick));
+    let active: Vec<&Arc<BackupSession>> = sessions
+        .iter()
+        .filter(|s| {
+            !s.status
+                .as_ref()
+                .map(|st| st.phase)
+                .unwrap_or_default()
+                .is_finished()
+        })
+        .collect();
+    match cfg.spec.concurrency_policy {
+        ConcurrencyPolicy::Forbid if !active.is_empty() => {
+            ctx.metrics.ticks_skipped.inc();
+            let message = format!(
+                "skipped the tick at {}: session {} is still running (concurrencyPolicy Forbid)",
+                tick.to_rfc3339(),
+                active[0].name_any()
+            );
+            publish(ctx, cfg, EventType::Normal, "TickSkipped", &message).await;
+            return Ok(());
+        }
+        ConcurrencyPolicy::Replace => {
+            for s in active {
+                replace_session(ctx, s).await?;
+            }
+        }
+        _ => {}
+    }
+    let session_name = session_name(&name, tick);
+    let session = BackupSession {
+        metadata: ObjectMeta {
+            name: Some(session_name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([(
+                LABEL_CONFIGURATION.to_owned(),
+                name.clone(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_SCHEDULED_BY.to_owned(),
+                ctx.settings.identity.clone(),
+            )])),
+            owner_references: cfg.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: BackupSessionSpec {
+            backup_configuration: name.clone(),
+            trigger: SessionTrigger::Scheduled,
+            scheduled_time: Some(to_time(tick)),
+        },
+        status: None,
+    };
+    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.create(&PostParams::default(), &session).await {
+        Ok(_) => {
+            let latency = (Utc::now() - (tick + jitter)).to_std().unwrap_or_default();
+            ctx.metrics.schedule_latency.observe(latency.as_secs_f64());
+            ctx.metrics.sessions_created.inc();
+            tracing::info!(session = %format!("{ns}/{session_name}"), ?latency, "scheduled");
+            publish(
+                ctx,
+                cfg,
+                EventType::Normal,
+                "Scheduled",
+                &format!("created BackupSession {session_name}"),
+            )
+            .await;
+        }
+        // Already created for this tick (by us before a restart, or by a
+        // previous leader): nothing to do.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(kube_err("create BackupSession", &ns, &session_name)(e)),
+    }
+    status.last_session = Some(session_name);
+    Ok(())
+}
+
+/// Fails an unfinished session that a new tick replaces.
+async fn replace_session(ctx: &Context, s: &BackupSession) -> Result<()> {
+    let ns = s.namespace().unwrap_or_default();
+    let name = s.name_any();
+    let mut st = s.status.clone().unwrap_or_default();
+    st.phase = SessionPhase::Failed;
+    conditions::set(
+        &mut st.conditions,
+        "Ready",
+        false,
+        "Replaced",
+        "a newer tick replaced this session (concurrencyPolicy Replace)",
+        s.metadata.generation,
+        to_time(Utc::now()),
+    );
+    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": st})),
+    )
+    .await
+    .map_err(kube_err("fail replaced BackupSession", &ns, &name))?;
+    Ok(())
+}
+
+/// Deletes finished sessions beyond the history limits.
+async fn prune(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    sessions: &[Arc<BackupSession>],
+) -> Result<()> {
+    let ns = cfg.namespace().unwrap_or_default();
+    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in to_prune(
+        sessions,
+        cfg.spec.successful_history_limit,
+        cfg.spec.failed_history_limit,
+    ) {
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err("delete old BackupSession", &ns, &name)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Names of the finished sessions to delete: all but the newest
+/// `successful` Succeeded ones and the newest `failed` others.
+pub fn to_prune(sessions: &[Arc<BackupSession>], successful: u32, failed: u32) -> Vec<String> {
+    let mut finished: Vec<(&Arc<BackupSession>, SessionPhase)> = sessions
+        .iter()
+        .filter_map(|s| {
+            let phase = s.status.as_ref().map(|st| st.phase).unwrap_or_default();
+            phase.is_finished().then_some((s, phase))
+        })
+        .collect();
+    // Newest first; the name breaks ties within a second.
+    finished.sort_by(|(a, _), (b, _)| {
+        let key = |s: &BackupSession| {
+            (
+                s.metadata.creation_timestamp.as_ref().map(from_time),
+                s.name_any(),
+            )
+        };
+        key(b).cmp(&key(a))
+    });
+    let (mut ok_kept, mut failed_kept) = (0, 0);
+    let mut out = Vec::new();
+    for (s, phase) in finished {
+        let (kept, limit) = if phase == SessionPhase::Succeeded {
+            (&mut ok_kept, successful)
+        } else {
+            (&mut failed_kept, failed)
+        };
+        if *kept < limit {
+            *kept += 1;
+        } else {
+            out.push(s.name_any());
+        }
+    }
+    out
+}
+
+/// The sessions of configuration `name` in `ns`, from the watch cache.
+fn sessions_of(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<BackupSession>> {
+    ctx.sessions
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns) && s.spec.backup_configuration == name
+        })
+        .collect()
+}
+
+/// The session name for `tick`: `<config>-<unix seconds>`, the config part
+/// shortened so the whole stays a valid object name.
+pub fn session_name(config: &str, tick: DateTime<Utc>) -> String {
+    let suffix = format!("-{}", tick.timestamp());
+    let keep = 253 - suffix.len();
+    let base: String = config.chars().take(keep).collect();
+    format!("{}{suffix}", base.trim_end_matches(['-', '.']))
+}
+
+/// This configuration's fixed share of its jitter: a hash of its name, so
+/// it does not move from tick to tick or from leader to leader.
+pub fn jitter_offset(ns: &str, name: &str, jitter_seconds: u32) -> Duration {
+    if jitter_seconds == 0 {
+        return Duration::ZERO;
+    }
+    // FNV-1a: stable across processes and Rust versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in ns.bytes().chain([b'/']).chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    Duration::from_millis(h % (u64::from(jitter_seconds) * 1000))
+}
+
+/// Whether `user` in `ns` may use the Repository `reference` names: the
+/// Repository, or why not.
+pub async fn check_repository(
+    ctx: &Context,
+    ns: &str,
+    user: &str,
+    reference: &RepositoryReference,
+) -> Result<std::result::Result<Repository, Refusal>> {
+    let repo_ns = reference.namespace.as_deref().unwrap_or(ns);
+    let api: Api<Repository> = Api::namespaced(ctx.client.clone(), repo_ns);
+    let Some(repo) = api.get_opt(&reference.name).await.map_err(kube_err(
+        "get Repository",
+        repo_ns,
+        &reference.name,
+    ))?
+    else {
+        return Ok(Err(Refusal {
+            reason: "RepositoryNotFound",
+            message: format!(
+                "{user} refers to Repository {repo_ns}/{}, which does not exist",
+                reference.name
+            ),
+        }));
+    };
+    let labels = if repo_ns == ns {
+        BTreeMap::new()
+    } else {
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        namespaces
+            .get_opt(ns)
+            .await
+            .map_err(kube_err("get Namespace", "", ns))?
+            .and_then(|n| n.metadata.labels)
+            .unwrap_or_default()
+    };
+    Ok(repository_admits(&repo, ns, &labels, user).map(|()| repo))
+}
+
+/// Writes `status` when it differs from the stored one.
+async fn write_status(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    status: BackupConfigurationStatus,
+) -> Result<()> {
+    if cfg.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+    let api: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .map_err(kube_err("update BackupConfiguration status", &ns, &name))?;
+    Ok(())
+}
+
+/// Publishes an Event on `obj`; a failure is logged, never fatal.
+pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.to_owned()),
+        action: reason.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish an event");
+    }
+}
+
+/// Logs and counts a failed reconciliation and retries it soon.
+pub fn error_policy(cfg: Arc<BackupConfiguration>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(object = %format!("{}/{}", cfg.namespace().unwrap_or_default(), cfg.name_any()), error = %err, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["BackupConfiguration", err.metric_label()])
+        .inc();
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use stash_api::{BackupSessionSpec, BackupSessionStatus};
+
+    fn session(name: &str, created: i64, phase: Option<SessionPhase>) -> Arc<BackupSession> {
+        let mut s = BackupSession::new(
+            name,
+            BackupSessionSpec {
+                backup_configuration: "db".into(),
+                trigger: SessionTrigger::Scheduled,
+                scheduled_time: None,
+            },
+        );
+        s.metadata.creation_timestamp = Some(to_time(Utc.timestamp_opt(created, 0).unwrap()));
+        s.status = phase.map(|phase| BackupSessionStatus {
+            phase,
+            ..BackupSessionStatus::default()
+        });
+        Arc::new(s)
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_of_each_kind_and_all_unfinished() {
+        let s = [
+            session("ok-1", 1, Some(SessionPhase::Succeeded)),
+            session("ok-2", 2, Some(SessionPhase::Succeeded)),
+            session("bad-3", 3, Some(SessionPhase::Failed)),
+            session("ok-4", 4, Some(SessionPhase::Succeeded)),
+            session("part-5", 5, Some(SessionPhase::PartiallyFailed)),
+            session("run-6", 6, Some(SessionPhase::Running)),
+            session("new-7", 7, None),
+        ];
+        let mut pruned = to_prune(&s, 2, 1);
+        pruned.sort();
+        assert_eq!(pruned, ["bad-3", "ok-1"]);
+        assert_eq!(to_prune(&s, 0, 0).len(), 5);
+    }
+
+    #[test]
+    fn names_and_jitter_are_stable() {
+        let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        assert_eq!(session_name("db", t), "db-1700000000");
+        assert_eq!(session_name(&"x".repeat(300), t).len(), 253);
+        assert_eq!(jitter_offset("a", "b", 0), Duration::ZERO);
+        let j = jitter_offset("team", "db", 60);
+        assert!(j < Duration::from_secs(60));
+        assert_eq!(j, jitter_offset("team", "db", 60));
+        assert_ne!(j, jitter_offset("team", "web", 60));
+    }
+}

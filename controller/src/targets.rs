@@ -1,0 +1,319 @@
+//! From a target (label selector, workload or PVC) to pods, and from pods
+//! to per-volume items, each on the node its pod runs on.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, ListParams};
+use kube::Client;
+use stash_api::annotations::opted_in_volumes;
+use stash_api::{BackupItem, BackupTarget, ItemPhase, WorkloadKind};
+
+use crate::error::{kube_err, Result};
+use crate::security::{selector_query, HostPathAllowList};
+
+/// The pods of `target` in namespace `ns`, sorted by name.
+pub async fn target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector: Option<LabelSelector> = if let Some(s) = &target.selector {
+        Some(s.clone())
+    } else if let Some(w) = &target.workload {
+        Some(workload_selector(client, ns, w.kind, &w.name).await?)
+    } else {
+        None
+    };
+    let mut list: Vec<Pod> = match selector {
+        Some(s) => {
+            let lp = ListParams::default().labels(&selector_query(&s));
+            pods.list(&lp)
+                .await
+                .map_err(kube_err("list pods", ns, "*"))?
+                .items
+        }
+        None => {
+            let claim = target
+                .persistent_volume_claim
+                .as_deref()
+                .unwrap_or_default();
+            pods.list(&ListParams::default())
+                .await
+                .map_err(kube_err("list pods", ns, "*"))?
+                .items
+                .into_iter()
+                .filter(|p| !claim_volumes(p, claim).is_empty())
+                .collect()
+        }
+    };
+    list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(list)
+}
+
+async fn workload_selector(
+    client: &Client,
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+) -> Result<LabelSelector> {
+    Ok(match kind {
+        WorkloadKind::Deployment => {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+            let w = api
+                .get(name)
+                .await
+                .map_err(kube_err("get Deployment", ns, name))?;
+            w.spec.map(|s| s.selector).unwrap_or_default()
+        }
+        WorkloadKind::StatefulSet => {
+            let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+            let w = api
+                .get(name)
+                .await
+                .map_err(kube_err("get StatefulSet", ns, name))?;
+            w.spec.map(|s| s.selector).unwrap_or_default()
+        }
+        WorkloadKind::DaemonSet => {
+            let api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
+            let w = api
+                .get(name)
+                .await
+                .map_err(kube_err("get DaemonSet", ns, name))?;
+            w.spec.map(|s| s.selector).unwrap_or_default()
+        }
+    })
+}
+
+/// Names of `pod`'s volumes that mount PersistentVolumeClaim `claim`.
+fn claim_volumes(pod: &Pod, claim: &str) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == claim)
+        })
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// The outcome of resolving pods into items.
+#[derive(Debug, Default, PartialEq)]
+pub struct Resolution {
+    /// One per volume to back up.
+    pub items: Vec<BackupItem>,
+    /// Volumes refused (hostPath outside the allow-list), as messages.
+    pub refused: Vec<String>,
+}
+
+/// Items for `pods`: for each pod, the `volumes` named (or, when empty,
+/// the PVC target's volumes, or those the pod opts in by annotation), each
+/// assigned to the pod's node. A named volume the pod lacks, or a pod not
+/// on a node, gives a Failed item that says so; a hostPath volume outside
+/// `allow` gives no item and a refusal.
+pub fn resolve_items(
+    pods: &[Pod],
+    volumes: &[String],
+    pvc: Option<&str>,
+    allow: &HostPathAllowList,
+) -> Resolution {
+    let mut out = Resolution::default();
+    for pod in pods {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let wanted: Vec<String> = if !volumes.is_empty() {
+            volumes.to_vec()
+        } else if let Some(claim) = pvc {
+            claim_volumes(pod, claim)
+        } else {
+            opted_in_volumes(pod.metadata.annotations.as_ref())
+        };
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        for volume in wanted {
+            let spec_volume = pod
+                .spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .find(|v| v.name == volume);
+            let mut item = BackupItem {
+                namespace: ns.clone(),
+                pod: name.clone(),
+                volume: volume.clone(),
+                node: node.clone(),
+                ..BackupItem::default()
+            };
+            match spec_volume {
+                None => {
+                    item.phase = ItemPhase::Failed;
+                    item.error = Some(format!("pod {ns}/{name} has no volume named {volume:?}"));
+                }
+                Some(v) => {
+                    if let Some(hp) = &v.host_path {
+                        if !allow.allows(&hp.path) {
+                            out.refused.push(format!(
+                                "volume {volume:?} of pod {ns}/{name} is hostPath {:?}, outside the \
+                                 controller's allowed host paths (--allow-host-path)",
+                                hp.path
+                            ));
+                            continue;
+                        }
+                    }
+                    if node.is_none() {
+                        item.phase = ItemPhase::Failed;
+                        item.error = Some(format!(
+                            "pod {ns}/{name} is not scheduled to a node yet; no agent can read {volume:?}"
+                        ));
+                    }
+                }
+            }
+            out.items.push(item);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        HostPathVolumeSource, PersistentVolumeClaimVolumeSource, PodSpec, Volume,
+    };
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn pod(
+        name: &str,
+        node: Option<&str>,
+        annotations: &[(&str, &str)],
+        volumes: Vec<Volume>,
+    ) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.into());
+        p.metadata.namespace = Some("team".into());
+        p.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        p.spec = Some(PodSpec {
+            node_name: node.map(Into::into),
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        });
+        p
+    }
+
+    fn empty_dir(name: &str) -> Volume {
+        Volume {
+            name: name.into(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        }
+    }
+
+    #[test]
+    fn opted_in_volumes_on_their_nodes() {
+        let pods = [
+            pod(
+                "a",
+                Some("n1"),
+                &[("stash.rs/backup-volumes", "data,logs")],
+                vec![empty_dir("data"), empty_dir("logs"), empty_dir("tmp")],
+            ),
+            pod(
+                "b",
+                Some("n2"),
+                &[
+                    ("stash.rs/backup-volumes", "data"),
+                    ("stash.rs/backup-volumes-excludes", "data"),
+                ],
+                vec![empty_dir("data")],
+            ),
+            pod("c", Some("n2"), &[], vec![empty_dir("data")]),
+        ];
+        let r = resolve_items(&pods, &[], None, &HostPathAllowList::default());
+        let got: Vec<(&str, &str, Option<&str>, ItemPhase)> = r
+            .items
+            .iter()
+            .map(|i| {
+                (
+                    i.pod.as_str(),
+                    i.volume.as_str(),
+                    i.node.as_deref(),
+                    i.phase,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", "data", Some("n1"), ItemPhase::Pending),
+                ("a", "logs", Some("n1"), ItemPhase::Pending)
+            ]
+        );
+        assert!(r.refused.is_empty());
+    }
+
+    #[test]
+    fn missing_volume_unscheduled_pod_and_host_paths() {
+        let host = |name: &str, path: &str| Volume {
+            name: name.into(),
+            host_path: Some(HostPathVolumeSource {
+                path: path.into(),
+                type_: None,
+            }),
+            ..Volume::default()
+        };
+        let pods = [
+            pod("a", None, &[], vec![empty_dir("data")]),
+            pod(
+                "b",
+                Some("n1"),
+                &[],
+                vec![host("data", "/etc"), empty_dir("x")],
+            ),
+            pod("c", Some("n1"), &[], vec![host("data", "/srv/app/data")]),
+        ];
+        let allow = HostPathAllowList::new([PathBuf::from("/srv")]);
+        let r = resolve_items(&pods, &["data".to_owned()], None, &allow);
+        assert_eq!(r.items.len(), 2);
+        assert_eq!(r.items[0].phase, ItemPhase::Failed);
+        assert!(r.items[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not scheduled to a node"));
+        assert_eq!(
+            (r.items[1].pod.as_str(), r.items[1].phase),
+            ("c", ItemPhase::Pending)
+        );
+        assert_eq!(r.refused.len(), 1);
+        assert!(
+            r.refused[0].contains("hostPath \"/etc\""),
+            "{:?}",
+            r.refused
+        );
+
+        let r = resolve_items(&pods[1..2], &["nope".to_owned()], None, &allow);
+        assert_eq!(
+            r.items[0].error.as_deref(),
+            Some("pod team/b has no volume named \"nope\"")
+        );
+    }
+
+    #[test]
+    fn pvc_target_picks_the_claim_volume() {
+        let claim = Volume {
+            name: "vol".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: "data".into(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        };
+        let pods = [pod("a", Some("n1"), &[], vec![claim, empty_dir("other")])];
+        let r = resolve_items(&pods, &[], Some("data"), &HostPathAllowList::default());
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(r.items[0].volume, "vol");
+    }
+}
