@@ -281,6 +281,7 @@ impl Repository {
     }
 
     /// Reads every index file into memory. Damaged index files are errors.
+    /// Call it once, before writing.
     pub fn load_index(&self) -> Result<()> {
         let ids = self.list_ids(FileType::Index)?;
         let files: Vec<IndexFile> = ids
@@ -291,11 +292,17 @@ impl Repository {
                 IndexFile::from_json(&plain, &name)
             })
             .collect::<Result<_>>()?;
+        let loaded = Index::from_files(&files);
+        drop(files);
         let mut idx = self.index.write().expect("index lock");
-        for f in &files {
-            idx.add_file(f);
+        if !idx.is_empty() {
+            // Replacing would forget blobs this process wrote.
+            return Err(Error::InvalidArgument(
+                "the index must be loaded before anything is written".into(),
+            ));
         }
-        tracing::debug!(files = files.len(), blobs = idx.len(), "loaded index");
+        *idx = loaded;
+        tracing::debug!(blobs = idx.len(), memory = idx.memory_bytes(), "loaded index");
         Ok(())
     }
 
