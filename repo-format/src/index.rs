@@ -90,7 +90,7 @@ impl Table {
         self.sorted.extend(self.recent.drain().map(|(_, e)| e));
         self.recent.shrink_to(0);
         // Stable: among equal keys the earlier entry stays first, and wins.
-        self.sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        self.sorted.sort_by_key(|e| e.key);
         self.sorted.dedup_by(|b, a| a.key == b.key);
         self.sorted.shrink_to_fit();
     }
@@ -126,7 +126,7 @@ impl Index {
             }
         }
         for t in [&mut idx.data, &mut idx.tree] {
-            t.sorted.sort_by(|a, b| a.key.cmp(&b.key));
+            t.sorted.sort_by_key(|e| e.key);
             t.sorted.dedup_by(|b, a| a.key == b.key);
             t.sorted.shrink_to_fit();
         }
@@ -277,7 +277,12 @@ mod tests {
             let a = idx.get(BlobType::Data, &Id::hash(b"a")).unwrap();
             assert_eq!((a.pack, a.offset, a.data_length()), (p1, 0, 10));
             assert!(idx.get(BlobType::Tree, &Id::hash(b"a")).is_none());
-            assert_eq!(idx.get(BlobType::Tree, &Id::hash(b"b")).unwrap().data_length(), 99);
+            assert_eq!(
+                idx.get(BlobType::Tree, &Id::hash(b"b"))
+                    .unwrap()
+                    .data_length(),
+                99
+            );
             assert_eq!(idx.get(BlobType::Data, &Id::hash(b"c")).unwrap().pack, p2);
             assert!(!idx.contains(BlobType::Data, &Id::hash(b"zzz")));
         }
@@ -288,19 +293,43 @@ mod tests {
         let mut idx = Index::new();
         let pack = Id::hash(b"pack");
         for i in 0..50_000u32 {
-            let loc = BlobLocation { pack, offset: i, length: 1, uncompressed_length: None };
+            let loc = BlobLocation {
+                pack,
+                offset: i,
+                length: 1,
+                uncompressed_length: None,
+            };
             idx.add(BlobType::Data, Id::hash(&i.to_le_bytes()), loc);
         }
         assert_eq!(idx.len(), 50_000);
         assert!(idx.data.sorted.len() > 40_000, "merged into the array");
         for i in (0..50_000u32).step_by(997) {
-            assert_eq!(idx.get(BlobType::Data, &Id::hash(&i.to_le_bytes())).unwrap().offset, i);
+            assert_eq!(
+                idx.get(BlobType::Data, &Id::hash(&i.to_le_bytes()))
+                    .unwrap()
+                    .offset,
+                i
+            );
         }
         // Adding again changes nothing (first wins).
-        let loc = BlobLocation { pack, offset: 123_456, length: 1, uncompressed_length: None };
+        let loc = BlobLocation {
+            pack,
+            offset: 123_456,
+            length: 1,
+            uncompressed_length: None,
+        };
         idx.add(BlobType::Data, Id::hash(&5u32.to_le_bytes()), loc);
-        assert_eq!(idx.get(BlobType::Data, &Id::hash(&5u32.to_le_bytes())).unwrap().offset, 5);
-        assert!(idx.memory_bytes() < 50_000 * 48, "{} bytes", idx.memory_bytes());
+        assert_eq!(
+            idx.get(BlobType::Data, &Id::hash(&5u32.to_le_bytes()))
+                .unwrap()
+                .offset,
+            5
+        );
+        assert!(
+            idx.memory_bytes() < 50_000 * 48,
+            "{} bytes",
+            idx.memory_bytes()
+        );
     }
 
     #[test]

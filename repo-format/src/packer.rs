@@ -27,9 +27,15 @@ pub struct FinishedPack {
 impl Packer {
     /// An empty pack for blobs of `tpe`.
     pub fn new(tpe: BlobType) -> Self {
+        Self::with_capacity(tpe, 0)
+    }
+
+    /// An empty pack with room for `bytes` of blobs, so that filling it
+    /// never moves what is already there.
+    pub fn with_capacity(tpe: BlobType, bytes: usize) -> Self {
         Packer {
             tpe,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(bytes),
             entries: Vec::new(),
         }
     }

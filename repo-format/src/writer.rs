@@ -1,0 +1,523 @@
+//! Writing blobs: deduplicate, compress, encrypt, verify, collect into
+//! packs, upload, index.
+//!
+//! Callers (many threads at once) hand in plaintext blobs; compression and
+//! encryption run on the caller's thread, outside any lock. A full pack is
+//! passed through a bounded queue to a small pool of uploader threads, which
+//! finish it (header, hash), write it to the backend, and only then make its
+//! blobs visible in the index. The bounded queue is the backpressure that
+//! keeps memory flat: at most one filling pack per blob type, `queue` packs
+//! waiting and one pack per uploader are held at any time.
+//!
+//! Order on disk is restic's: packs first, then the index files naming them
+//! (written by [`BlobWriter::flush`] and whenever enough blobs are pending),
+//! and only after that, by the caller, a snapshot referring to them.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crate::backend::{Backend, FileType};
+use crate::crypto::Key;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{BlobLocation, Index};
+use crate::packer::Packer;
+use crate::repofile::{BlobType, IndexBlob, IndexFile, IndexPack};
+
+/// How blobs and files are compressed (repository version 2 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Store everything uncompressed.
+    Off,
+    /// zstd level 3, skipping data a quick sample shows does not compress.
+    #[default]
+    Auto,
+    /// zstd level 1.
+    Fastest,
+    /// zstd level 9.
+    Better,
+    /// zstd level 19.
+    Max,
+}
+
+impl Compression {
+    /// The zstd level, or `None` for no compression.
+    pub fn level(self) -> Option<i32> {
+        match self {
+            Compression::Off => None,
+            Compression::Fastest => Some(1),
+            Compression::Auto => Some(3),
+            Compression::Better => Some(9),
+            Compression::Max => Some(19),
+        }
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "off" => Compression::Off,
+            "auto" => Compression::Auto,
+            "fastest" => Compression::Fastest,
+            "better" => Compression::Better,
+            "max" => Compression::Max,
+            _ => {
+                return Err(format!(
+                    "compression {s:?}: use auto, off, fastest, better or max"
+                ))
+            }
+        })
+    }
+}
+
+/// Settings for writing.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// A pack is uploaded once its blobs reach this size.
+    pub pack_size: usize,
+    /// Compression (forced off for version 1 repositories).
+    pub compression: Compression,
+    /// An index file is written once this many blobs are pending.
+    pub index_max_blobs: usize,
+    /// Uploader threads (concurrent pack uploads).
+    pub upload_threads: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            pack_size: 16 << 20,
+            compression: Compression::Auto,
+            index_max_blobs: 50_000,
+            upload_threads: 2,
+        }
+    }
+}
+
+/// Statistics of what a writer added.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WriteStats {
+    /// Data blobs added.
+    pub data_blobs: u64,
+    /// Tree blobs added.
+    pub tree_blobs: u64,
+    /// Plaintext bytes added.
+    pub data_added: u64,
+    /// Stored bytes added (compressed and encrypted).
+    pub data_added_packed: u64,
+}
+
+/// Packs being filled, blobs not yet visible in the index, and packs
+/// uploaded but not yet named by an index file.
+#[derive(Debug, Default)]
+struct WriteState {
+    data: Option<Packer>,
+    tree: Option<Packer>,
+    /// Blobs accepted but not yet in the index (in a packer or uploading).
+    in_flight: HashSet<(BlobType, Id)>,
+    /// Packs uploaded since the last index file.
+    pending: Vec<IndexPack>,
+    /// Blobs in `pending`.
+    pending_blobs: usize,
+}
+
+/// What the uploader threads share with the writer.
+#[derive(Debug)]
+struct Shared {
+    backend: Arc<dyn Backend>,
+    key: Key,
+    /// zstd level for index files (`None`: repository version 1).
+    unpacked_level: Option<i32>,
+    index: Arc<RwLock<Index>>,
+    state: Mutex<WriteState>,
+    stats: Mutex<WriteStats>,
+    /// The first upload failure; every later call fails with it.
+    error: Mutex<Option<String>>,
+    index_max_blobs: usize,
+}
+
+#[derive(Debug)]
+struct Uploader {
+    tx: SyncSender<Packer>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Writes blobs into a repository; see the module documentation.
+#[derive(Debug)]
+pub struct BlobWriter {
+    shared: Arc<Shared>,
+    opts: WriteOptions,
+    /// zstd level for blobs (`None`: off or version 1).
+    blob_level: Option<i32>,
+    uploader: Mutex<Option<Uploader>>,
+}
+
+/// `0x02 ‖ zstd(json)` for version 2 with compression, else the JSON as is,
+/// then encrypted: the stored form of an unpacked file.
+pub(crate) fn seal_unpacked(
+    key: &Key,
+    level: Option<i32>,
+    json: &[u8],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let plain = match level {
+        Some(level) => {
+            let mut v = vec![2u8];
+            v.extend(crate::compress::compress(json, level).map_err(|source| {
+                Error::Compression {
+                    what: what.into(),
+                    source,
+                }
+            })?);
+            v
+        }
+        None => json.to_vec(),
+    };
+    Ok(key.encrypt(&plain))
+}
+
+impl Shared {
+    fn fail(&self, e: &Error) {
+        let mut slot = self.error.lock().expect("error slot");
+        if slot.is_none() {
+            *slot = Some(e.to_string());
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match &*self.error.lock().expect("error slot") {
+            Some(msg) => Err(Error::format("writing to the repository", msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn upload(&self, p: Packer) -> Result<()> {
+        let tpe = p.blob_type();
+        let f = p.finish(&self.key);
+        let name = f.id.to_hex();
+        self.backend.write(FileType::Pack, &name, &f.bytes)?;
+        tracing::debug!(pack = %name, blobs = f.entries.len(), bytes = f.bytes.len(), %tpe, "wrote pack");
+        let ipack = IndexPack {
+            id: f.id,
+            blobs: f
+                .entries
+                .iter()
+                .map(|e| IndexBlob {
+                    id: e.id,
+                    tpe: e.tpe,
+                    offset: e.offset,
+                    length: e.length,
+                    uncompressed_length: e.uncompressed_length,
+                })
+                .collect(),
+        };
+        {
+            let mut idx = self.index.write().expect("index lock");
+            for b in &ipack.blobs {
+                let loc = BlobLocation {
+                    pack: ipack.id,
+                    offset: b.offset,
+                    length: b.length,
+                    uncompressed_length: b.uncompressed_length,
+                };
+                idx.add(b.tpe, b.id, loc);
+            }
+        }
+        let flush = {
+            let mut w = self.state.lock().expect("write state");
+            for e in &f.entries {
+                w.in_flight.remove(&(e.tpe, e.id));
+            }
+            w.pending_blobs += ipack.blobs.len();
+            w.pending.push(ipack);
+            if w.pending_blobs >= self.index_max_blobs {
+                w.pending_blobs = 0;
+                std::mem::take(&mut w.pending)
+            } else {
+                Vec::new()
+            }
+        };
+        self.write_index(flush)
+    }
+
+    fn write_index(&self, packs: Vec<IndexPack>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let f = IndexFile {
+            supersedes: vec![],
+            packs,
+        };
+        let ct = seal_unpacked(&self.key, self.unpacked_level, &f.to_json(), "index file")?;
+        let id = Id::hash(&ct);
+        self.backend.write(FileType::Index, &id.to_hex(), &ct)?;
+        tracing::debug!(index = %id, packs = f.packs.len(), "wrote index");
+        Ok(())
+    }
+}
+
+fn uploader_loop(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Packer>>>) {
+    loop {
+        let next = rx.lock().expect("upload queue").recv();
+        let Ok(p) = next else { return };
+        if shared.error.lock().expect("error slot").is_some() {
+            continue; // drain without writing after a failure
+        }
+        if let Err(e) = shared.upload(p) {
+            tracing::error!(error = %e, "pack upload failed");
+            shared.fail(&e);
+        }
+    }
+}
+
+impl BlobWriter {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        key: Key,
+        version: u32,
+        index: Arc<RwLock<Index>>,
+        opts: WriteOptions,
+    ) -> BlobWriter {
+        let level = if version >= 2 {
+            opts.compression.level()
+        } else {
+            None
+        };
+        let unpacked_level = if version >= 2 {
+            Some(level.unwrap_or(3).min(19))
+        } else {
+            None
+        };
+        BlobWriter {
+            shared: Arc::new(Shared {
+                backend,
+                key,
+                unpacked_level,
+                index,
+                state: Mutex::new(WriteState::default()),
+                stats: Mutex::new(WriteStats::default()),
+                error: Mutex::new(None),
+                index_max_blobs: opts.index_max_blobs,
+            }),
+            blob_level: level,
+            opts,
+            uploader: Mutex::new(None),
+        }
+    }
+
+    /// The compression level used for unpacked files, if any.
+    pub(crate) fn unpacked_level(&self) -> Option<i32> {
+        self.shared.unpacked_level
+    }
+
+    fn send(&self, p: Packer) -> Result<()> {
+        let tx = {
+            let mut u = self.uploader.lock().expect("uploader");
+            let u = u.get_or_insert_with(|| {
+                let n = self.opts.upload_threads.max(1);
+                // Rendezvous-sized queue: a full pack waits for a free uploader.
+                let (tx, rx) = sync_channel::<Packer>(1);
+                let rx = Arc::new(Mutex::new(rx));
+                let threads = (0..n)
+                    .map(|i| {
+                        let (s, r) = (self.shared.clone(), rx.clone());
+                        std::thread::Builder::new()
+                            .name(format!("upload-{i}"))
+                            .spawn(move || uploader_loop(s, r))
+                            .expect("spawn uploader thread")
+                    })
+                    .collect();
+                Uploader { tx, threads }
+            });
+            u.tx.clone()
+        };
+        tx.send(p)
+            .map_err(|_| Error::format("writing to the repository", "uploader stopped"))
+    }
+
+    /// Stores a blob unless the repository has it; returns whether it was new.
+    pub fn save(&self, tpe: BlobType, id: Id, data: &[u8]) -> Result<bool> {
+        self.shared.check()?;
+        {
+            if self
+                .shared
+                .index
+                .read()
+                .expect("index lock")
+                .contains(tpe, &id)
+            {
+                return Ok(false);
+            }
+            let mut w = self.shared.state.lock().expect("write state");
+            if !w.in_flight.insert((tpe, id)) {
+                return Ok(false);
+            }
+        }
+        let (ct, ulen) = match self.seal(tpe, &id, data) {
+            Ok(s) => s,
+            Err(e) => {
+                self.shared
+                    .state
+                    .lock()
+                    .expect("write state")
+                    .in_flight
+                    .remove(&(tpe, id));
+                return Err(e);
+            }
+        };
+        {
+            let mut st = self.shared.stats.lock().expect("stats");
+            match tpe {
+                BlobType::Data => st.data_blobs += 1,
+                BlobType::Tree => st.tree_blobs += 1,
+            }
+            st.data_added += data.len() as u64;
+            st.data_added_packed += ct.len() as u64;
+        }
+        let full = {
+            let mut w = self.shared.state.lock().expect("write state");
+            let slot = match tpe {
+                BlobType::Data => &mut w.data,
+                BlobType::Tree => &mut w.tree,
+            };
+            // Room for a full pack plus the largest blob: no reallocation.
+            let cap = match tpe {
+                BlobType::Data => self.opts.pack_size + (8 << 20) + 4096,
+                BlobType::Tree => 0,
+            };
+            let p = slot.get_or_insert_with(|| Packer::with_capacity(tpe, cap));
+            p.add(id, &ct, ulen);
+            if p.size() >= self.opts.pack_size {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            self.send(p)?;
+        }
+        Ok(true)
+    }
+
+    /// Compresses (when it helps) and encrypts a blob, then checks that the
+    /// result decrypts back to the same content before it may be stored,
+    /// as restic does, so a fault in memory or in the crypto cannot put a
+    /// bad blob into the repository unnoticed.
+    fn seal(&self, tpe: BlobType, id: &Id, data: &[u8]) -> Result<(Vec<u8>, Option<u32>)> {
+        let what = || format!("new {tpe} blob {id}");
+        let compressed = match self.blob_level {
+            Some(level) if !data.is_empty() && worth_compressing(self.opts.compression, data) => {
+                let c = crate::compress::compress(data, level).map_err(|source| {
+                    Error::Compression {
+                        what: what(),
+                        source,
+                    }
+                })?;
+                (c.len() < data.len()).then_some(c)
+            }
+            _ => None,
+        };
+        let (payload, ulen) = match &compressed {
+            Some(c) => (&c[..], Some(data.len() as u32)),
+            None => (data, None),
+        };
+        let ct = self.shared.key.encrypt(payload);
+        let loc = BlobLocation {
+            pack: Id::default(),
+            offset: 0,
+            length: ct.len() as u32,
+            uncompressed_length: ulen,
+        };
+        crate::repository::open_blob(&self.shared.key, tpe, id, &loc, &ct).map_err(|e| {
+            Error::format(what(), format!("verification after encryption failed: {e}"))
+        })?;
+        Ok((ct, ulen))
+    }
+
+    /// Uploads the open packs, waits for every upload, and writes an index
+    /// file for everything not yet indexed. After it returns, every blob
+    /// saved so far is durable and indexed: a snapshot may refer to them.
+    pub fn flush(&self) -> Result<()> {
+        let (d, t) = {
+            let mut w = self.shared.state.lock().expect("write state");
+            (w.data.take(), w.tree.take())
+        };
+        for p in [d, t].into_iter().flatten() {
+            if p.count() > 0 {
+                self.send(p)?;
+            }
+        }
+        if let Some(u) = self.uploader.lock().expect("uploader").take() {
+            drop(u.tx);
+            for t in u.threads {
+                let _ = t.join();
+            }
+        }
+        self.shared.check()?;
+        let pending = {
+            let mut w = self.shared.state.lock().expect("write state");
+            w.pending_blobs = 0;
+            std::mem::take(&mut w.pending)
+        };
+        self.shared.write_index(pending)
+    }
+
+    /// What was added so far.
+    pub fn stats(&self) -> WriteStats {
+        *self.shared.stats.lock().expect("stats")
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(u) = self.uploader.get_mut().expect("uploader").take() {
+            drop(u.tx);
+            for t in u.threads {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// For `auto`: whether a sample of the data compresses at all. zstd on
+/// random data still costs time; a 64 KiB probe at level 1 tells cheaply.
+fn worth_compressing(mode: Compression, data: &[u8]) -> bool {
+    const PROBE: usize = 64 << 10;
+    if mode != Compression::Auto || data.len() <= 2 * PROBE {
+        return true;
+    }
+    let mid = data.len() / 2 - PROBE / 2;
+    let sample = &data[mid..mid + PROBE];
+    match crate::compress::compress(sample, 1) {
+        Ok(c) => c.len() < PROBE * 97 / 100,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_names() {
+        assert_eq!("auto".parse::<Compression>().unwrap(), Compression::Auto);
+        assert_eq!("max".parse::<Compression>().unwrap().level(), Some(19));
+        assert_eq!(Compression::Off.level(), None);
+        assert!("zip".parse::<Compression>().is_err());
+    }
+
+    #[test]
+    fn auto_skips_random_data_but_not_text() {
+        let random: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| Id::hash(&i.to_le_bytes()).0)
+            .collect();
+        let text = b"the quick brown fox jumps over the lazy dog. ".repeat(20_000);
+        assert!(!worth_compressing(Compression::Auto, &random));
+        assert!(worth_compressing(Compression::Auto, &text));
+        assert!(worth_compressing(Compression::Max, &random));
+    }
+}
