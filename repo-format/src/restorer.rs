@@ -613,7 +613,9 @@ fn fill_files(
     written.into_inner()
 }
 
-/// Writes one blob into a file; returns the bytes written.
+/// Writes one blob into a file; returns the bytes written. Into a fresh
+/// (sparse) file, runs of zeros covering whole 4 KiB blocks are skipped, so
+/// they stay holes.
 fn write_blob(f: &PlannedFile, off: u64, data: &[u8], zero: bool) -> std::io::Result<u64> {
     if f.fill == Fill::Fresh && zero {
         return Ok(0); // a hole already reads as zeros
@@ -629,9 +631,38 @@ fn write_blob(f: &PlannedFile, off: u64, data: &[u8], zero: bool) -> std::io::Re
         if file.read_exact_at(&mut existing, off).is_ok() && existing == data {
             return Ok(0);
         }
+        file.write_all_at(data, off)?;
+        return Ok(data.len() as u64);
     }
-    file.write_all_at(data, off)?;
-    Ok(data.len() as u64)
+    let mut written = 0u64;
+    for (start, end) in non_zero_runs(off, data) {
+        file.write_all_at(&data[start..end], off + start as u64)?;
+        written += (end - start) as u64;
+    }
+    Ok(written)
+}
+
+/// The parts of `data` (placed at file offset `off`) that are not whole
+/// zero-filled 4 KiB file blocks, as `(start, end)` ranges in `data`.
+fn non_zero_runs(off: u64, data: &[u8]) -> Vec<(usize, usize)> {
+    const BLOCK: u64 = 4096;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        // Up to the next file block boundary.
+        let abs = off + pos as u64;
+        let end = (pos + (BLOCK - abs % BLOCK) as usize).min(data.len());
+        let piece = &data[pos..end];
+        let whole_block = piece.len() as u64 == BLOCK;
+        if !(whole_block && piece.iter().all(|&b| b == 0)) {
+            match runs.last_mut() {
+                Some(r) if r.1 == pos => r.1 = end,
+                _ => runs.push((pos, end)),
+            }
+        }
+        pos = end;
+    }
+    runs
 }
 
 /// Reads a restored file back and compares it blob by blob with the snapshot.
@@ -854,4 +885,24 @@ pub fn restore_with_progress(
         .count() as u64;
     p.result.files = p.result.files.saturating_sub(damaged_files);
     Ok(p.result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::non_zero_runs;
+
+    #[test]
+    fn zero_blocks_are_skipped_at_file_block_granularity() {
+        let mut d = vec![0u8; 5 * 4096];
+        d[10] = 1; // first block
+        d[3 * 4096 + 5] = 1; // fourth block
+        assert_eq!(non_zero_runs(0, &d), vec![(0, 4096), (3 * 4096, 4 * 4096)]);
+        // Unaligned placement: partial blocks at the edges are written.
+        let z = vec![0u8; 3 * 4096];
+        assert_eq!(
+            non_zero_runs(100, &z),
+            vec![(0, 3996), (3996 + 2 * 4096, 3 * 4096)]
+        );
+        assert_eq!(non_zero_runs(0, &[]), vec![]);
+    }
 }

@@ -4,4 +4,5 @@
 
 mod bad_input;
 mod interop;
+mod pipeline;
 mod support;
