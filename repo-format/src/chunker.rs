@@ -110,7 +110,7 @@ impl<R: Read> BlockChunker<R> {
     /// A chunker over `reader`; `size_hint` (the file size) keeps the
     /// buffer small for small files.
     pub fn new(reader: R, params: &ChunkerParams, seed: u64, size_hint: u64) -> Self {
-        let block = (16usize << 20).max(2 * params.max_size as usize);
+        let block = (8usize << 20).max(params.max_size as usize);
         let cap = (size_hint as usize)
             .saturating_add(1)
             .min(block + params.max_size as usize);
@@ -125,9 +125,9 @@ impl<R: Read> BlockChunker<R> {
         }
     }
 
-    /// Overrides the block size (at least twice the maximum chunk size).
+    /// Overrides the block size (at least the maximum chunk size).
     pub fn with_block_size(mut self, block: usize) -> Self {
-        self.block = block.max(2 * self.params.max_size as usize);
+        self.block = block.max(self.params.max_size as usize);
         self
     }
 
@@ -138,7 +138,10 @@ impl<R: Read> BlockChunker<R> {
         self.buf.drain(..self.consumed);
         self.consumed = 0;
         if !self.eof {
-            let want = self.block.saturating_sub(self.buf.len()) as u64;
+            // A whole block after the carried tail: unless the stream ends,
+            // the buffer then holds at least one maximum-size chunk, so
+            // every block makes progress.
+            let want = self.block as u64;
             let n = (&mut self.reader).take(want).read_to_end(&mut self.buf)?;
             self.eof = (n as u64) < want;
         }

@@ -48,6 +48,10 @@ impl Packer {
     /// Appends an encrypted blob.
     pub fn add(&mut self, id: Id, encrypted: &[u8], uncompressed_length: Option<u32>) {
         let offset = self.buf.len() as u32;
+        if self.buf.capacity() - self.buf.len() < encrypted.len() {
+            // Grow by what is needed, not by doubling: packs are large.
+            self.buf.reserve_exact(encrypted.len());
+        }
         self.buf.extend_from_slice(encrypted);
         self.entries.push(PackHeaderEntry {
             tpe: self.tpe,

@@ -319,8 +319,10 @@ impl BlobWriter {
             let mut u = self.uploader.lock().expect("uploader");
             let u = u.get_or_insert_with(|| {
                 let n = self.opts.upload_threads.max(1);
-                // Rendezvous-sized queue: a full pack waits for a free uploader.
-                let (tx, rx) = sync_channel::<Packer>(1);
+                // Rendezvous queue: a full pack waits for a free uploader,
+                // so at most one pack per uploader is held besides the
+                // ones being filled.
+                let (tx, rx) = sync_channel::<Packer>(0);
                 let rx = Arc::new(Mutex::new(rx));
                 let threads = (0..n)
                     .map(|i| {
@@ -384,9 +386,9 @@ impl BlobWriter {
                 BlobType::Data => &mut w.data,
                 BlobType::Tree => &mut w.tree,
             };
-            // Room for a full pack plus the largest blob: no reallocation.
+            // Room for a full pack and a bit: rarely any reallocation.
             let cap = match tpe {
-                BlobType::Data => self.opts.pack_size + (8 << 20) + 4096,
+                BlobType::Data => self.opts.pack_size + (1 << 20),
                 BlobType::Tree => 0,
             };
             let p = slot.get_or_insert_with(|| Packer::with_capacity(tpe, cap));
