@@ -85,6 +85,34 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
+/// Large block buffers kept for the next file: allocating and freeing
+/// 16 MiB per large file makes the allocator keep freed memory around.
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers of at least this size are pooled.
+const POOLED: usize = 1 << 20;
+/// At most this many buffers wait in the pool.
+const POOL_MAX: usize = 4;
+
+fn take_buffer(cap: usize) -> Vec<u8> {
+    if cap >= POOLED {
+        let mut pool = BUFFERS.lock().expect("buffer pool");
+        if let Some(i) = pool.iter().position(|b| b.capacity() >= cap) {
+            return pool.swap_remove(i);
+        }
+    }
+    Vec::with_capacity(cap)
+}
+
+fn return_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() >= POOLED {
+        buf.clear();
+        let mut pool = BUFFERS.lock().expect("buffer pool");
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    }
+}
+
 /// A block of a stream and its chunks as `(offset, length)` in it.
 pub type Block<'a> = (&'a [u8], Vec<(usize, usize)>);
 
@@ -118,7 +146,7 @@ impl<R: Read> BlockChunker<R> {
             reader,
             params: params.clone(),
             seed,
-            buf: Vec::with_capacity(cap),
+            buf: take_buffer(cap),
             consumed: 0,
             block,
             eof: false,
@@ -126,6 +154,7 @@ impl<R: Read> BlockChunker<R> {
     }
 
     /// Overrides the block size (at least the maximum chunk size).
+    #[must_use]
     pub fn with_block_size(mut self, block: usize) -> Self {
         self.block = block.max(self.params.max_size as usize);
         self
@@ -154,6 +183,12 @@ impl<R: Read> BlockChunker<R> {
         }
         self.consumed = cuts.last().map(|(o, l)| o + l).unwrap_or(0);
         Ok(Some((&self.buf[..self.consumed], cuts)))
+    }
+}
+
+impl<R: Read> Drop for BlockChunker<R> {
+    fn drop(&mut self) {
+        return_buffer(std::mem::take(&mut self.buf));
     }
 }
 

@@ -15,28 +15,43 @@ thread_local! {
 
 /// Compresses `data` into a zstd frame at `level`.
 pub fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    compress_into(data, level, &mut out)?;
+    Ok(out)
+}
+
+/// Compresses `data` into `out` (replacing its content, reusing its memory).
+pub fn compress_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(data.len()));
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
-        match &mut *c {
-            Some((l, cctx)) if *l == level => cctx.compress(data),
-            slot => {
-                let mut cctx = zstd::bulk::Compressor::new(level)?;
-                let out = cctx.compress(data);
-                *slot = Some((level, cctx));
-                out
-            }
-        }
+        let cctx = match &mut *c {
+            Some((l, cctx)) if *l == level => cctx,
+            slot => &mut slot.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+        };
+        cctx.compress_to_buffer(data, out).map(|_| ())
     })
 }
 
 /// Decompresses one zstd frame of at most `capacity` bytes.
 pub fn decompress(data: &[u8], capacity: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    decompress_into(data, capacity, &mut out)?;
+    Ok(out)
+}
+
+/// Decompresses into `out` (replacing its content, reusing its memory).
+pub fn decompress_into(data: &[u8], capacity: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    out.reserve(capacity);
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
-        if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new()?);
-        }
-        d.as_mut().expect("set above").decompress(data, capacity)
+        let dctx = match &mut *d {
+            Some(dctx) => dctx,
+            slot => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        dctx.decompress_to_buffer(data, out).map(|_| ())
     })
 }
 

@@ -33,9 +33,16 @@ impl Packer {
     /// An empty pack with room for `bytes` of blobs, so that filling it
     /// never moves what is already there.
     pub fn with_capacity(tpe: BlobType, bytes: usize) -> Self {
+        Self::with_buffer(tpe, Vec::with_capacity(bytes))
+    }
+
+    /// An empty pack filling `buf` (cleared first), to reuse the memory of
+    /// a pack already uploaded.
+    pub fn with_buffer(tpe: BlobType, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         Packer {
             tpe,
-            buf: Vec::with_capacity(bytes),
+            buf,
             entries: Vec::new(),
         }
     }

@@ -137,6 +137,15 @@ struct Shared {
     stats: Mutex<WriteStats>,
     /// The first upload failure; every later call fails with it.
     error: Mutex<Option<String>>,
+    /// Full packs out of their slot (queued or uploading), and the most
+    /// allowed: with the slot's own pack, what bounds pack memory.
+    uploads: Mutex<usize>,
+    /// Signalled when an upload finishes.
+    upload_done: std::sync::Condvar,
+    /// Buffers of uploaded packs, for the next packs: allocating and
+    /// freeing 16 MiB per pack makes the allocator hold freed memory.
+    pack_buffers: Mutex<Vec<Vec<u8>>>,
+    max_uploads: usize,
     index_max_blobs: usize,
 }
 
@@ -199,8 +208,18 @@ impl Shared {
         let tpe = p.blob_type();
         let f = p.finish(&self.key);
         let name = f.id.to_hex();
-        self.backend.write(FileType::Pack, &name, &f.bytes)?;
-        tracing::debug!(pack = %name, blobs = f.entries.len(), bytes = f.bytes.len(), %tpe, "wrote pack");
+        let size = f.bytes.len();
+        let written = self.backend.write(FileType::Pack, &name, &f.bytes);
+        let mut bytes = f.bytes;
+        if tpe == BlobType::Data {
+            bytes.clear();
+            let mut pool = self.pack_buffers.lock().expect("pack buffers");
+            if pool.len() <= self.max_uploads {
+                pool.push(bytes);
+            }
+        }
+        written?;
+        tracing::debug!(pack = %name, blobs = f.entries.len(), bytes = size, %tpe, "wrote pack");
         let ipack = IndexPack {
             id: f.id,
             blobs: f
@@ -264,13 +283,14 @@ fn uploader_loop(shared: Arc<Shared>, rx: Arc<Mutex<Receiver<Packer>>>) {
     loop {
         let next = rx.lock().expect("upload queue").recv();
         let Ok(p) = next else { return };
-        if shared.error.lock().expect("error slot").is_some() {
-            continue; // drain without writing after a failure
-        }
-        if let Err(e) = shared.upload(p) {
-            tracing::error!(error = %e, "pack upload failed");
-            shared.fail(&e);
-        }
+        if shared.error.lock().expect("error slot").is_none() {
+            if let Err(e) = shared.upload(p) {
+                tracing::error!(error = %e, "pack upload failed");
+                shared.fail(&e);
+            }
+        } // after a failure: drain without writing
+        *shared.uploads.lock().expect("uploads") -= 1;
+        shared.upload_done.notify_all();
     }
 }
 
@@ -301,6 +321,10 @@ impl BlobWriter {
                 state: Mutex::new(WriteState::default()),
                 stats: Mutex::new(WriteStats::default()),
                 error: Mutex::new(None),
+                uploads: Mutex::new(0),
+                upload_done: std::sync::Condvar::new(),
+                max_uploads: opts.upload_threads.max(1),
+                pack_buffers: Mutex::new(Vec::new()),
                 index_max_blobs: opts.index_max_blobs,
             }),
             blob_level: level,
@@ -314,15 +338,40 @@ impl BlobWriter {
         self.shared.unpacked_level
     }
 
+    /// Takes an upload slot if one is free.
+    fn try_reserve_upload(&self) -> bool {
+        let mut n = self.shared.uploads.lock().expect("uploads");
+        if *n < self.shared.max_uploads {
+            *n += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits for a free upload slot and takes it.
+    fn reserve_upload(&self) {
+        let mut n = self.shared.uploads.lock().expect("uploads");
+        while *n >= self.shared.max_uploads {
+            n = self.shared.upload_done.wait(n).expect("uploads");
+        }
+        *n += 1;
+    }
+
+    fn release_upload(&self) {
+        *self.shared.uploads.lock().expect("uploads") -= 1;
+        self.shared.upload_done.notify_all();
+    }
+
+    /// Hands a full pack to the uploaders; an upload slot must be reserved.
     fn send(&self, p: Packer) -> Result<()> {
         let tx = {
             let mut u = self.uploader.lock().expect("uploader");
             let u = u.get_or_insert_with(|| {
                 let n = self.opts.upload_threads.max(1);
-                // Rendezvous queue: a full pack waits for a free uploader,
-                // so at most one pack per uploader is held besides the
-                // ones being filled.
-                let (tx, rx) = sync_channel::<Packer>(0);
+                // Room for every reserved upload: sending never blocks;
+                // reserve_upload is where writers wait.
+                let (tx, rx) = sync_channel::<Packer>(n);
                 let rx = Arc::new(Mutex::new(rx));
                 let threads = (0..n)
                     .map(|i| {
@@ -337,8 +386,10 @@ impl BlobWriter {
             });
             u.tx.clone()
         };
-        tx.send(p)
-            .map_err(|_| Error::format("writing to the repository", "uploader stopped"))
+        tx.send(p).map_err(|_| {
+            self.release_upload();
+            Error::format("writing to the repository", "uploader stopped")
+        })
     }
 
     /// Stores a blob unless the repository has it; returns whether it was new.
@@ -359,28 +410,32 @@ impl BlobWriter {
                 return Ok(false);
             }
         }
-        let (ct, ulen) = match self.seal(tpe, &id, data) {
-            Ok(s) => s,
-            Err(e) => {
-                self.shared
-                    .state
-                    .lock()
-                    .expect("write state")
-                    .in_flight
-                    .remove(&(tpe, id));
-                return Err(e);
+        // The sealed blob stays in this thread's scratch buffer until it
+        // is copied into the pack: no allocation per blob.
+        let full = SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            let ulen = match self.seal(tpe, &id, data, scratch) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.shared
+                        .state
+                        .lock()
+                        .expect("write state")
+                        .in_flight
+                        .remove(&(tpe, id));
+                    return Err(e);
+                }
+            };
+            let ct = &scratch.sealed;
+            {
+                let mut st = self.shared.stats.lock().expect("stats");
+                match tpe {
+                    BlobType::Data => st.data_blobs += 1,
+                    BlobType::Tree => st.tree_blobs += 1,
+                }
+                st.data_added += data.len() as u64;
+                st.data_added_packed += ct.len() as u64;
             }
-        };
-        {
-            let mut st = self.shared.stats.lock().expect("stats");
-            match tpe {
-                BlobType::Data => st.data_blobs += 1,
-                BlobType::Tree => st.tree_blobs += 1,
-            }
-            st.data_added += data.len() as u64;
-            st.data_added_packed += ct.len() as u64;
-        }
-        let full = {
             let mut w = self.shared.state.lock().expect("write state");
             let slot = match tpe {
                 BlobType::Data => &mut w.data,
@@ -391,16 +446,53 @@ impl BlobWriter {
                 BlobType::Data => self.opts.pack_size + (1 << 20),
                 BlobType::Tree => 0,
             };
-            let p = slot.get_or_insert_with(|| Packer::with_capacity(tpe, cap));
-            p.add(id, &ct, ulen);
-            if p.size() >= self.opts.pack_size {
-                slot.take()
+            let p = slot.get_or_insert_with(|| {
+                let pooled = match tpe {
+                    BlobType::Data => self.shared.pack_buffers.lock().expect("pack buffers").pop(),
+                    BlobType::Tree => None,
+                };
+                match pooled {
+                    Some(buf) => Packer::with_buffer(tpe, buf),
+                    None => Packer::with_capacity(tpe, cap),
+                }
+            });
+            p.add(id, ct, ulen);
+            // A full pack leaves its slot only with an upload slot: while
+            // all uploaders are busy, writers wait here and the pack in the
+            // slot grows by at most one blob per writer. That bounds memory
+            // to the uploads plus one pack per type.
+            let full = if p.size() < self.opts.pack_size {
+                Full::No
+            } else if self.try_reserve_upload() {
+                Full::Take(slot.take().expect("just filled"))
             } else {
-                None
+                Full::Wait
+            };
+            drop(w);
+            scratch.trim();
+            Ok(full)
+        })?;
+        match full {
+            Full::No => {}
+            Full::Take(p) => self.send(p)?,
+            Full::Wait => {
+                self.reserve_upload();
+                let p = {
+                    let mut w = self.shared.state.lock().expect("write state");
+                    let slot = match tpe {
+                        BlobType::Data => &mut w.data,
+                        BlobType::Tree => &mut w.tree,
+                    };
+                    match slot {
+                        Some(p) if p.size() >= self.opts.pack_size => slot.take(),
+                        _ => None, // another writer sent it meanwhile
+                    }
+                };
+                match p {
+                    Some(p) => self.send(p)?,
+                    None => self.release_upload(),
+                }
             }
-        };
-        if let Some(p) = full {
-            self.send(p)?;
         }
         Ok(true)
     }
@@ -409,35 +501,60 @@ impl BlobWriter {
     /// result decrypts back to the same content before it may be stored,
     /// as restic does, so a fault in memory or in the crypto cannot put a
     /// bad blob into the repository unnoticed.
-    fn seal(&self, tpe: BlobType, id: &Id, data: &[u8]) -> Result<(Vec<u8>, Option<u32>)> {
+    fn seal(
+        &self,
+        tpe: BlobType,
+        id: &Id,
+        data: &[u8],
+        scratch: &mut Scratch,
+    ) -> Result<Option<u32>> {
         let what = || format!("new {tpe} blob {id}");
         let compressed = match self.blob_level {
             Some(level) if !data.is_empty() && worth_compressing(self.opts.compression, data) => {
-                let c = crate::compress::compress(data, level).map_err(|source| {
-                    Error::Compression {
+                crate::compress::compress_into(data, level, &mut scratch.compressed).map_err(
+                    |source| Error::Compression {
                         what: what(),
                         source,
-                    }
-                })?;
-                (c.len() < data.len()).then_some(c)
+                    },
+                )?;
+                scratch.compressed.len() < data.len()
             }
-            _ => None,
+            _ => false,
         };
-        let (payload, ulen) = match &compressed {
-            Some(c) => (&c[..], Some(data.len() as u32)),
-            None => (data, None),
+        let (payload, ulen) = if compressed {
+            (&scratch.compressed[..], Some(data.len() as u32))
+        } else {
+            (data, None)
         };
-        let ct = self.shared.key.encrypt(payload);
-        let loc = BlobLocation {
-            pack: Id::default(),
-            offset: 0,
-            length: ct.len() as u32,
-            uncompressed_length: ulen,
+        scratch.sealed.clear();
+        self.shared.key.encrypt_into(payload, &mut scratch.sealed);
+        // Verify: decrypt, decompress, hash, compare with the id.
+        self.shared
+            .key
+            .decrypt_into(&scratch.sealed, &what, &mut scratch.decrypted)?;
+        let plain = match ulen {
+            Some(u) => {
+                crate::compress::decompress_into(
+                    &scratch.decrypted,
+                    u as usize,
+                    &mut scratch.decompressed,
+                )
+                .map_err(|source| Error::Compression {
+                    what: what(),
+                    source,
+                })?;
+                &scratch.decompressed
+            }
+            None => &scratch.decrypted,
         };
-        crate::repository::open_blob(&self.shared.key, tpe, id, &loc, &ct).map_err(|e| {
-            Error::format(what(), format!("verification after encryption failed: {e}"))
-        })?;
-        Ok((ct, ulen))
+        let actual = Id::hash(plain);
+        if actual != *id {
+            return Err(Error::format(
+                what(),
+                format!("verification after encryption failed: content hashes to {actual}"),
+            ));
+        }
+        Ok(ulen)
     }
 
     /// Uploads the open packs, waits for every upload, and writes an index
@@ -450,6 +567,7 @@ impl BlobWriter {
         };
         for p in [d, t].into_iter().flatten() {
             if p.count() > 0 {
+                self.reserve_upload();
                 self.send(p)?;
             }
         }
@@ -483,6 +601,46 @@ impl Drop for BlobWriter {
             }
         }
     }
+}
+
+/// What became of a pack after a blob was added to it.
+enum Full {
+    /// Not full.
+    No,
+    /// Full, and an upload slot is reserved for it.
+    Take(Packer),
+    /// Full, but every upload slot is busy.
+    Wait,
+}
+
+/// Buffers reused by each worker thread for every blob it seals.
+#[derive(Default)]
+struct Scratch {
+    sealed: Vec<u8>,
+    compressed: Vec<u8>,
+    decrypted: Vec<u8>,
+    decompressed: Vec<u8>,
+}
+
+impl Scratch {
+    /// Keeps buffers of typical chunk size, lets rare large ones go, so a
+    /// few 8 MiB chunks do not pin 24 MiB per thread for the whole run.
+    fn trim(&mut self) {
+        for b in [
+            &mut self.sealed,
+            &mut self.compressed,
+            &mut self.decrypted,
+            &mut self.decompressed,
+        ] {
+            if b.capacity() > 2 << 20 {
+                *b = Vec::new();
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// For `auto`: whether a sample of the data compresses at all. zstd on
