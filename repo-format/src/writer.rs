@@ -661,6 +661,112 @@ fn worth_compressing(mode: Compression, data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::backend::FileInfo;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local backend whose pack writes wait at a gate.
+    #[derive(Debug)]
+    struct Gated {
+        inner: LocalBackend,
+        open: Mutex<bool>,
+        cv: std::sync::Condvar,
+        writing: AtomicUsize,
+        max_writing: AtomicUsize,
+        packs: AtomicUsize,
+    }
+
+    impl Backend for Gated {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self) -> Result<()> {
+            self.inner.create()
+        }
+        fn list(&self, t: FileType) -> Result<Vec<FileInfo>> {
+            self.inner.list(t)
+        }
+        fn read(&self, t: FileType, n: &str) -> Result<Vec<u8>> {
+            self.inner.read(t, n)
+        }
+        fn read_range(&self, t: FileType, n: &str, o: u64, l: u32) -> Result<Vec<u8>> {
+            self.inner.read_range(t, n, o, l)
+        }
+        fn write(&self, t: FileType, n: &str, d: &[u8]) -> Result<()> {
+            if t == FileType::Pack {
+                let now = self.writing.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_writing.fetch_max(now, Ordering::SeqCst);
+                let mut open = self.open.lock().unwrap();
+                while !*open {
+                    open = self.cv.wait(open).unwrap();
+                }
+                drop(open);
+                self.writing.fetch_sub(1, Ordering::SeqCst);
+                self.packs.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.write(t, n, d)
+        }
+        fn remove(&self, t: FileType, n: &str) -> Result<()> {
+            self.inner.remove(t, n)
+        }
+        fn exists(&self, t: FileType, n: &str) -> Result<bool> {
+            self.inner.exists(t, n)
+        }
+    }
+
+    #[test]
+    fn writers_wait_while_every_upload_slot_is_busy() {
+        let d = tempfile::tempdir().unwrap();
+        let gated = Arc::new(Gated {
+            inner: LocalBackend::new(d.path()),
+            open: Mutex::new(false),
+            cv: std::sync::Condvar::new(),
+            writing: AtomicUsize::new(0),
+            max_writing: AtomicUsize::new(0),
+            packs: AtomicUsize::new(0),
+        });
+        gated.create().unwrap();
+        let opts = WriteOptions {
+            pack_size: 64 << 10,
+            compression: Compression::Off,
+            upload_threads: 2,
+            ..WriteOptions::default()
+        };
+        let writer = Arc::new(BlobWriter::new(
+            gated.clone(),
+            Key::random(),
+            2,
+            Arc::new(RwLock::new(Index::new())),
+            opts,
+        ));
+        let saved = Arc::new(AtomicUsize::new(0));
+        let (w2, s2) = (writer.clone(), saved.clone());
+        let producer = std::thread::spawn(move || {
+            for i in 0..64u32 {
+                let blob: Vec<u8> = (0..32 << 10)
+                    .map(|j: u32| (j ^ i).wrapping_mul(2654435761) as u8)
+                    .collect();
+                w2.save(BlobType::Data, Id::hash(&blob), &blob).unwrap();
+                s2.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // Two packs uploading (stuck at the gate), one filling: the
+        // producer is held after about three packs' worth of blobs.
+        let held_at = saved.load(Ordering::SeqCst);
+        assert!(
+            held_at < 12,
+            "producer was not held back: {held_at} blobs saved"
+        );
+        assert_eq!(gated.max_writing.load(Ordering::SeqCst), 2);
+        *gated.open.lock().unwrap() = true;
+        gated.cv.notify_all();
+        producer.join().unwrap();
+        writer.flush().unwrap();
+        assert_eq!(saved.load(Ordering::SeqCst), 64);
+        assert!(gated.max_writing.load(Ordering::SeqCst) <= 2);
+        assert_eq!(gated.packs.load(Ordering::SeqCst), 32);
+    }
 
     #[test]
     fn compression_names() {
