@@ -17,6 +17,13 @@ SIZE_MB="${SIZE_MB:-1024}"
 RUNS="${RUNS:-2}"
 BENCH_DIR="${BENCH_DIR:-${TMPDIR:-/tmp}/stash-bench}"
 RESTIC="${RESTIC:-restic}"
+# A current restic as well, when one is built (hack/test-servers.sh builds
+# it into ~/.cache/stash-test-bin); RESTIC_CURRENT= (empty) to skip it.
+if [[ -z "${RESTIC_CURRENT+x}" ]]; then
+    RESTIC_CURRENT="$(ls -d "$HOME"/.cache/stash-test-bin/restic-v*/restic 2>/dev/null | sort -V | tail -1 || true)"
+fi
+TOOLS=(stash restic)
+[[ -n "$RESTIC_CURRENT" && -x "$RESTIC_CURRENT" ]] && TOOLS+=(restic-current)
 
 need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
 bash hack/install-deps.sh >/dev/null
@@ -44,6 +51,7 @@ echo "benchmark password" > "$PW"
 
 echo "stash:  $("$STASH" --version)"
 echo "restic: $("$RESTIC" version)"
+[[ " ${TOOLS[*]} " == *" restic-current "* ]] && echo "restic-current: $("$RESTIC_CURRENT" version)"
 
 timed() { # tool phase run cmd...
     local out="$RESULTS/$1.$2.run$3"
@@ -56,17 +64,17 @@ timed() { # tool phase run cmd...
 }
 
 for run in $(seq 1 "$RUNS"); do
-    for tool in stash restic; do
+    for tool in "${TOOLS[@]}"; do
         W="$BENCH_DIR/work-$tool"
         rm -rf "$W"
         mkdir -p "$W"
         cp -a "$CORPUS" "$W/data"
         rm -f "$W/data/.complete"
-        if [[ $tool == stash ]]; then
-            T=("$STASH" -r "$W/repo" --password-file "$PW")
-        else
-            T=("$RESTIC" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache")
-        fi
+        case $tool in
+            stash) T=("$STASH" -r "$W/repo" --password-file "$PW") ;;
+            restic) T=("$RESTIC" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache") ;;
+            restic-current) T=("$RESTIC_CURRENT" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache") ;;
+        esac
         echo "==> run $run: $tool"
         "${T[@]}" init >/dev/null
         # Warm the page cache for the source, so both tools start alike.
