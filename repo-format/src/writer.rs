@@ -643,19 +643,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// For `auto`: whether a sample of the data compresses at all. zstd on
-/// random data still costs time; a 64 KiB probe at level 1 tells cheaply.
+/// For `auto`: whether the data is worth compressing. zstd on data that is
+/// already compressed or encrypted still costs time; three 16 KiB probes
+/// (start, middle, end) at level 1 tell cheaply. Data that compresses in any
+/// probe is compressed: chunks often mix text with binary.
 fn worth_compressing(mode: Compression, data: &[u8]) -> bool {
-    const PROBE: usize = 64 << 10;
-    if mode != Compression::Auto || data.len() <= 2 * PROBE {
+    const PROBE: usize = 16 << 10;
+    if mode != Compression::Auto || data.len() <= 8 * PROBE {
         return true;
     }
-    let mid = data.len() / 2 - PROBE / 2;
-    let sample = &data[mid..mid + PROBE];
-    match crate::compress::compress(sample, 1) {
-        Ok(c) => c.len() < PROBE * 97 / 100,
-        Err(_) => true,
-    }
+    let at = [0, data.len() / 2 - PROBE / 2, data.len() - PROBE];
+    at.iter().any(|&o| {
+        let sample = &data[o..o + PROBE];
+        match crate::compress::compress(sample, 1) {
+            Ok(c) => c.len() < PROBE * 97 / 100,
+            Err(_) => true,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -774,6 +778,15 @@ mod tests {
         assert_eq!("max".parse::<Compression>().unwrap().level(), Some(19));
         assert_eq!(Compression::Off.level(), None);
         assert!("zip".parse::<Compression>().is_err());
+    }
+
+    #[test]
+    fn auto_compresses_mixed_data() {
+        let mut mixed: Vec<u8> = (0..40_000u32)
+            .flat_map(|i| Id::hash(&i.to_le_bytes()).0)
+            .collect();
+        mixed.extend(b"some text, some text, some text. ".repeat(20_000));
+        assert!(worth_compressing(Compression::Auto, &mixed));
     }
 
     #[test]
