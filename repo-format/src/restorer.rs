@@ -529,80 +529,75 @@ fn fill_files(
     };
     let run = || {
         work.par_iter().for_each(|(pack, blobs)| {
-            // One read per pack covering the blobs it needs, when they are
-            // close together; otherwise one read per blob.
-            let start = blobs.first().map(|b| b.loc.offset).unwrap_or(0);
-            let end = blobs
-                .iter()
-                .map(|b| b.loc.offset + b.loc.length)
-                .max()
-                .unwrap_or(0);
-            let needed: u64 = blobs.iter().map(|b| u64::from(b.loc.length)).sum();
-            let whole = if u64::from(end - start) <= needed * 2 + (1 << 20) {
-                repo.backend()
+            // Blobs close together are read in one request of up to 4 MiB:
+            // few requests, and a bounded buffer per thread.
+            let mut i = 0;
+            while i < blobs.len() {
+                let start = blobs[i].loc.offset;
+                let mut j = i + 1;
+                let mut end = start + blobs[i].loc.length;
+                while j < blobs.len()
+                    && blobs[j].loc.offset + blobs[j].loc.length - start <= READ_MAX
+                    && blobs[j].loc.offset <= end + READ_GAP
+                {
+                    end = end.max(blobs[j].loc.offset + blobs[j].loc.length);
+                    j += 1;
+                }
+                let buf = repo
+                    .backend()
                     .read_range(
                         FileType::Pack,
                         &pack.to_hex(),
                         u64::from(start),
                         end - start,
                     )
-                    .map_err(|e| e.to_string())
-            } else {
-                Err(String::new())
-            };
-            for b in blobs {
-                let ct = match &whole {
-                    Ok(buf) => {
+                    .map_err(|e| e.to_string());
+                for b in &blobs[i..j] {
+                    let data = buf.as_ref().map_err(Clone::clone).and_then(|buf| {
                         let s = (b.loc.offset - start) as usize;
-                        Ok(buf[s..s + b.loc.length as usize].to_vec())
-                    }
-                    Err(_) => repo
-                        .backend()
-                        .read_range(
-                            FileType::Pack,
-                            &pack.to_hex(),
-                            u64::from(b.loc.offset),
-                            b.loc.length,
+                        repo.decode_blob(
+                            BlobType::Data,
+                            &b.id,
+                            &b.loc,
+                            &buf[s..s + b.loc.length as usize],
                         )
-                        .map_err(|e| e.to_string()),
-                };
-                let data = ct.and_then(|ct| {
-                    repo.decode_blob(BlobType::Data, &b.id, &b.loc, &ct)
                         .map_err(|e| e.to_string())
-                });
-                let data = match data {
-                    Ok(d) => d,
-                    Err(msg) => {
-                        damage(b, msg);
-                        for (fi, _) in &b.writes {
-                            files[*fi as usize]
-                                .remaining
-                                .fetch_sub(1, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                };
-                let zero = data.iter().all(|&x| x == 0);
-                for (fi, off) in &b.writes {
-                    let f = &files[*fi as usize];
-                    if f.damaged.lock().expect("damaged").is_none() {
-                        match write_blob(f, *off, &data, zero) {
-                            Ok(n) => {
-                                written.fetch_add(n, Ordering::Relaxed);
+                    });
+                    let data = match data {
+                        Ok(d) => d,
+                        Err(msg) => {
+                            damage(b, msg);
+                            for (fi, _) in &b.writes {
+                                files[*fi as usize]
+                                    .remaining
+                                    .fetch_sub(1, Ordering::Relaxed);
                             }
-                            Err(e) => {
-                                let mut d = f.damaged.lock().expect("damaged");
-                                if d.is_none() {
-                                    *d = Some(format!("write {}: {e}", f.path.display()));
+                            continue;
+                        }
+                    };
+                    let zero = data.iter().all(|&x| x == 0);
+                    for (fi, off) in &b.writes {
+                        let f = &files[*fi as usize];
+                        if f.damaged.lock().expect("damaged").is_none() {
+                            match write_blob(f, *off, &data, zero) {
+                                Ok(n) => {
+                                    written.fetch_add(n, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    let mut d = f.damaged.lock().expect("damaged");
+                                    if d.is_none() {
+                                        *d = Some(format!("write {}: {e}", f.path.display()));
+                                    }
                                 }
                             }
                         }
-                    }
-                    progress.add_bytes(data.len() as u64);
-                    if f.remaining.fetch_sub(1, Ordering::Relaxed) == 1 {
-                        progress.add_file();
+                        progress.add_bytes(data.len() as u64);
+                        if f.remaining.fetch_sub(1, Ordering::Relaxed) == 1 {
+                            progress.add_file();
+                        }
                     }
                 }
+                i = j;
             }
         });
     };
@@ -612,6 +607,11 @@ fn fill_files(
     }
     written.into_inner()
 }
+
+/// Largest single read from a pack during restore.
+const READ_MAX: u32 = 4 << 20;
+/// Blobs this close together are read in one request (the gap is read and dropped).
+const READ_GAP: u32 = 256 << 10;
 
 /// Writes one blob into a file; returns the bytes written. Into a fresh
 /// (sparse) file, runs of zeros covering whole 4 KiB blocks are skipped, so
