@@ -30,4 +30,18 @@ step cargo clippy --workspace --all-targets -- -D warnings
 step bash hack/test-servers.sh build
 step bash hack/envtest.sh
 step bash hack/crdgen-check.sh
-step cargo test --workspace
+echo
+echo "==> cargo test --workspace"
+log="$(mktemp -t stash-test-XXXXXX.log)"
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: cargo's own last line is a doc-test
+# summary that usually says "0 passed".
+passed=$(grep -oE '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -oE '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s += $6} END {print s + 0}')
+rm -f "$log"
+echo
+echo "tests: $passed passed, $failed failed"
+exit "$status"

@@ -108,6 +108,15 @@ pub struct BackupArgs {
     /// Record access times (off by default, like restic: they change on every read)
     #[arg(long = "with-atime")]
     pub with_atime: bool,
+    /// Compression: auto (skips data that does not compress), off, fastest, better, max
+    #[arg(long, default_value = "auto")]
+    pub compression: repo_format::Compression,
+    /// Target pack size in MiB
+    #[arg(long = "pack-size", default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=128))]
+    pub pack_size: u32,
+    /// Concurrent pack uploads (default: the backend's connections, see --connections)
+    #[arg(long = "upload-threads", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub upload_threads: Option<u32>,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -127,4 +136,19 @@ pub struct RestoreArgs {
     /// Do not restore paths matching a pattern (repeatable)
     #[arg(short = 'e', long = "exclude")]
     pub excludes: Vec<String>,
+    /// Existing files: always (replace), if-changed (rewrite only what differs), never (keep)
+    #[arg(long, default_value = "always")]
+    pub overwrite: repo_format::restorer::Overwrite,
+    /// Remove files in the restored directories that are not in the snapshot
+    #[arg(long)]
+    pub delete: bool,
+    /// Read restored files back and check them against the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    /// Pack reads in parallel (default: two per CPU, at least the backend's connections)
+    #[arg(long = "read-threads", default_value_t = 0)]
+    pub read_threads: usize,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }

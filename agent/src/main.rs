@@ -5,6 +5,7 @@
 mod cli;
 mod cmd;
 mod format;
+mod progress;
 mod repo;
 
 use std::process::ExitCode;

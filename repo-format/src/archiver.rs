@@ -15,16 +15,17 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use chrono::{DateTime, FixedOffset, TimeZone};
 use rayon::prelude::*;
 
-use crate::chunker::Chunker;
+use crate::chunker::BlockChunker;
 use crate::error::{Error, Result};
 use crate::filter::Patterns;
 use crate::id::Id;
+use crate::progress::Progress;
 use crate::repofile::tree::gomode;
 use crate::repofile::{
     BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree,
@@ -128,6 +129,7 @@ impl NameCache {
 
 struct Archiver<'a> {
     repo: &'a Repository,
+    progress: &'a Progress,
     with_atime: bool,
     excludes: Patterns,
     names: NameCache,
@@ -211,6 +213,7 @@ fn build_trie(paths: &[PathBuf]) -> Result<(Trie, Vec<String>)> {
 
 impl Archiver<'_> {
     fn record_error(&self, path: &Path, message: String) {
+        self.progress.add_error();
         tracing::warn!(path = %path.display(), %message, "skipping");
         self.errors.lock().expect("errors").push(FileError {
             path: path.to_path_buf(),
@@ -288,24 +291,30 @@ impl Archiver<'_> {
                 }
             })
             .map_err(ContentError::File)?;
+        let size_hint = f.metadata().map(|m| m.len()).unwrap_or(0);
         let mut content = Vec::new();
         let mut size = 0u64;
         let params = self.repo.config().chunker();
-        for chunk in Chunker::new(
-            std::io::BufReader::with_capacity(1 << 20, f),
-            &params,
-            self.seed,
-        ) {
-            let chunk = chunk.map_err(ContentError::File)?;
-            size += chunk.len() as u64;
-            self.counters
-                .bytes
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            let (id, _) = self
-                .repo
-                .save_blob(BlobType::Data, &chunk)
-                .map_err(ContentError::Repository)?;
-            content.push(id);
+        // One reader cuts blocks of the file into chunks; the chunks of a
+        // block are hashed, compressed and encrypted in parallel, straight
+        // from the block buffer. The block size bounds what one file holds.
+        let mut chunker = BlockChunker::new(f, &params, self.seed, size_hint);
+        while let Some((block, cuts)) = chunker.next_block().map_err(ContentError::File)? {
+            let save = |&(off, len): &(usize, usize)| {
+                let data = &block[off..off + len];
+                let r = self.repo.save_blob(BlobType::Data, data).map(|(id, _)| id);
+                self.progress.add_bytes(len as u64);
+                r
+            };
+            let ids: Vec<Result<Id>> = if cuts.len() == 1 {
+                vec![save(&cuts[0])]
+            } else {
+                cuts.par_iter().map(save).collect()
+            };
+            for id in ids {
+                content.push(id.map_err(ContentError::Repository)?);
+            }
+            size += block.len() as u64;
         }
         Ok((content, size))
     }
@@ -346,6 +355,8 @@ impl Archiver<'_> {
                         .files_unmodified
                         .fetch_add(1, Ordering::Relaxed);
                     self.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
+                    self.progress.add_bytes(node.size);
+                    self.progress.add_file();
                     node.content = Some(content);
                     return Ok(Some(node));
                 }
@@ -354,6 +365,8 @@ impl Archiver<'_> {
                         // The size we read is what the content holds, even if
                         // the file grew or shrank while we read it.
                         node.size = size;
+                        self.counters.bytes.fetch_add(size, Ordering::Relaxed);
+                        self.progress.add_file();
                         node.content = Some(content);
                     }
                     // The repository failed, not the file: stop.
@@ -530,6 +543,38 @@ pub fn find_parent(
 /// Backs up `opts.paths` into `repo` and writes a snapshot.
 /// The repository's index must be loaded.
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
+    backup_with_progress(repo, opts, &Progress::default())
+}
+
+/// Counts what a backup will read (files and bytes), for the progress
+/// totals, in a thread of its own; it stops when `stop` is set.
+fn scan(targets: &[PathBuf], excludes: &Patterns, progress: &Progress, stop: &AtomicBool) {
+    for t in targets {
+        let walk = walkdir::WalkDir::new(t)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| !excludes.matches(e.path().as_os_str().as_bytes()));
+        for e in walk.flatten() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if e.file_type().is_file() {
+                progress.files_total.fetch_add(1, Ordering::Relaxed);
+                if let Ok(md) = e.metadata() {
+                    progress.bytes_total.fetch_add(md.len(), Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    progress.scan_done.store(true, Ordering::Relaxed);
+}
+
+/// [`backup`], reporting live progress into `progress`.
+pub fn backup_with_progress(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupResult> {
     if opts.paths.is_empty() {
         return Err(Error::InvalidArgument(
             "nothing to back up: give at least one path".into(),
@@ -557,6 +602,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
     }
     let a = Archiver {
         repo,
+        progress,
         with_atime: opts.with_atime,
         excludes,
         names: NameCache::default(),
@@ -565,7 +611,20 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupResult> {
         seed: repo.key().chunker_seed(),
     };
     let before = repo.write_stats();
-    let tree = a.save_trie(&trie, parent.as_ref().map(|(_, s)| s.tree))?;
+    let stop_scan = AtomicBool::new(false);
+    let tree = std::thread::scope(|scope| {
+        let scan_excludes = a.excludes.clone();
+        let targets: Vec<PathBuf> = opts
+            .paths
+            .iter()
+            .map(|p| clean_abs(p))
+            .collect::<Result<_>>()?;
+        let stop = &stop_scan;
+        scope.spawn(move || scan(&targets, &scan_excludes, progress, stop));
+        let r = a.save_trie(&trie, parent.as_ref().map(|(_, s)| s.tree));
+        stop_scan.store(true, Ordering::Relaxed);
+        r
+    })?;
     // Packs and index first, then the snapshot that refers to them.
     repo.flush()?;
     let after = repo.write_stats();

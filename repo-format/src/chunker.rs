@@ -85,36 +85,110 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// Cuts a stream into chunks with FastCDC. Each chunk comes with its bytes.
-pub struct Chunker<R: Read> {
-    inner: fastcdc::v2020::StreamCDC<R>,
+/// Large block buffers kept for the next file: allocating and freeing
+/// 16 MiB per large file makes the allocator keep freed memory around.
+static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers of at least this size are pooled.
+const POOLED: usize = 1 << 20;
+/// At most this many buffers wait in the pool.
+const POOL_MAX: usize = 4;
+
+fn take_buffer(cap: usize) -> Vec<u8> {
+    if cap >= POOLED {
+        let mut pool = BUFFERS.lock().expect("buffer pool");
+        if let Some(i) = pool.iter().position(|b| b.capacity() >= cap) {
+            return pool.swap_remove(i);
+        }
+    }
+    Vec::with_capacity(cap)
 }
 
-impl<R: Read> Chunker<R> {
-    /// A chunker over `reader` with the repository's parameters and seed.
-    pub fn new(reader: R, params: &ChunkerParams, seed: u64) -> Self {
-        Chunker {
-            inner: fastcdc::v2020::StreamCDC::with_level_and_seed(
-                reader,
-                params.min_size,
-                params.avg_size,
-                params.max_size,
-                fastcdc::v2020::Normalization::Level1,
-                seed,
-            ),
+fn return_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() >= POOLED {
+        buf.clear();
+        let mut pool = BUFFERS.lock().expect("buffer pool");
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
         }
     }
 }
 
-impl<R: Read> Iterator for Chunker<R> {
-    type Item = std::io::Result<Vec<u8>>;
+/// A block of a stream and its chunks as `(offset, length)` in it.
+pub type Block<'a> = (&'a [u8], Vec<(usize, usize)>);
 
-    fn next(&mut self) -> Option<Self::Item> {
-        match self.inner.next()? {
-            Ok(c) => Some(Ok(c.data)),
-            Err(fastcdc::v2020::Error::IoError(e)) => Some(Err(e)),
-            Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+/// Reads a stream in large blocks and cuts each block into chunks.
+///
+/// The chunks of a block are borrowed from one buffer, so they can be hashed,
+/// compressed and encrypted in parallel without copying. The last chunk of a
+/// block may be cut short by the block's end, so it is carried over and
+/// re-cut with the next block: chunk boundaries depend only on the data, and
+/// are the same as cutting the whole stream at once.
+pub struct BlockChunker<R: Read> {
+    reader: R,
+    params: ChunkerParams,
+    seed: u64,
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` handed out by the last block.
+    consumed: usize,
+    block: usize,
+    eof: bool,
+}
+
+impl<R: Read> BlockChunker<R> {
+    /// A chunker over `reader`; `size_hint` (the file size) keeps the
+    /// buffer small for small files.
+    pub fn new(reader: R, params: &ChunkerParams, seed: u64, size_hint: u64) -> Self {
+        let block = (8usize << 20).max(params.max_size as usize);
+        let cap = (size_hint as usize)
+            .saturating_add(1)
+            .min(block + params.max_size as usize);
+        BlockChunker {
+            reader,
+            params: params.clone(),
+            seed,
+            buf: take_buffer(cap),
+            consumed: 0,
+            block,
+            eof: false,
         }
+    }
+
+    /// Overrides the block size (at least the maximum chunk size).
+    #[must_use]
+    pub fn with_block_size(mut self, block: usize) -> Self {
+        self.block = block.max(self.params.max_size as usize);
+        self
+    }
+
+    /// The next block and its chunks as `(offset, length)` in it; `None`
+    /// at the end of the stream.
+    pub fn next_block(&mut self) -> std::io::Result<Option<Block<'_>>> {
+        // Carry the unconsumed tail to the front: at most one chunk.
+        self.buf.drain(..self.consumed);
+        self.consumed = 0;
+        if !self.eof {
+            // A whole block after the carried tail: unless the stream ends,
+            // the buffer then holds at least one maximum-size chunk, so
+            // every block makes progress.
+            let want = self.block as u64;
+            let n = (&mut self.reader).take(want).read_to_end(&mut self.buf)?;
+            self.eof = (n as u64) < want;
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut cuts = cut_slice(&self.buf, &self.params, self.seed);
+        if !self.eof && cuts.len() > 1 {
+            cuts.pop(); // may end at the block's end, not at a real boundary
+        }
+        self.consumed = cuts.last().map(|(o, l)| o + l).unwrap_or(0);
+        Ok(Some((&self.buf[..self.consumed], cuts)))
+    }
+}
+
+impl<R: Read> Drop for BlockChunker<R> {
+    fn drop(&mut self) {
+        return_buffer(std::mem::take(&mut self.buf));
     }
 }
 
@@ -174,9 +248,22 @@ mod tests {
             ..ChunkerParams::default()
         };
         let a = cut_slice(&data, &p, 7);
-        let s: Vec<usize> = Chunker::new(&data[..], &p, 7)
-            .map(|c| c.unwrap().len())
-            .collect();
+        // Small reads make blocks end anywhere: the cuts must not change.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(7919).min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut s = Vec::new();
+        let mut bc = BlockChunker::new(Trickle(&data), &p, 7, 0).with_block_size(600 << 10);
+        while let Some((block, cuts)) = bc.next_block().unwrap() {
+            assert_eq!(cuts.last().map(|(o, l)| o + l), Some(block.len()));
+            s.extend(cuts.iter().map(|c| c.1));
+        }
         assert_eq!(a.iter().map(|c| c.1).collect::<Vec<_>>(), s);
         assert_eq!(s.iter().sum::<usize>(), data.len());
         assert_ne!(cut_slice(&data, &p, 8), a);

@@ -163,6 +163,18 @@ impl Key {
     /// Checks the MAC of `data` (`IV ‖ ciphertext ‖ MAC`) and decrypts it.
     /// `what` names the object in the error.
     pub fn decrypt(&self, data: &[u8], what: &dyn Fn() -> String) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.decrypt_into(data, what, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Key::decrypt`], into `out` (replacing its content, reusing its memory).
+    pub fn decrypt_into(
+        &self,
+        data: &[u8],
+        what: &dyn Fn() -> String,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         if data.len() < OVERHEAD {
             return Err(Error::Ciphertext {
                 what: what(),
@@ -175,10 +187,11 @@ impl Key {
         if !ct_eq(&expected, tag) {
             return Err(Error::Mac { what: what() });
         }
-        let mut pt = ct.to_vec();
+        out.clear();
+        out.extend_from_slice(ct);
         let mut c = Aes256Ctr::new(&self.encrypt.into(), (&iv).into());
-        c.apply_keystream(&mut pt);
-        Ok(pt)
+        c.apply_keystream(out);
+        Ok(())
     }
 }
 

@@ -27,9 +27,22 @@ pub struct FinishedPack {
 impl Packer {
     /// An empty pack for blobs of `tpe`.
     pub fn new(tpe: BlobType) -> Self {
+        Self::with_capacity(tpe, 0)
+    }
+
+    /// An empty pack with room for `bytes` of blobs, so that filling it
+    /// never moves what is already there.
+    pub fn with_capacity(tpe: BlobType, bytes: usize) -> Self {
+        Self::with_buffer(tpe, Vec::with_capacity(bytes))
+    }
+
+    /// An empty pack filling `buf` (cleared first), to reuse the memory of
+    /// a pack already uploaded.
+    pub fn with_buffer(tpe: BlobType, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         Packer {
             tpe,
-            buf: Vec::new(),
+            buf,
             entries: Vec::new(),
         }
     }
@@ -42,6 +55,10 @@ impl Packer {
     /// Appends an encrypted blob.
     pub fn add(&mut self, id: Id, encrypted: &[u8], uncompressed_length: Option<u32>) {
         let offset = self.buf.len() as u32;
+        if self.buf.capacity() - self.buf.len() < encrypted.len() {
+            // Grow by what is needed, not by doubling: packs are large.
+            self.buf.reserve_exact(encrypted.len());
+        }
         self.buf.extend_from_slice(encrypted);
         self.entries.push(PackHeaderEntry {
             tpe: self.tpe,

@@ -1,7 +1,6 @@
 //! A repository opened with a key: reading and writing its files and blobs.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use rayon::prelude::*;
 
@@ -10,55 +9,9 @@ use crate::crypto::Key;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::index::{BlobLocation, Index};
-use crate::packer::Packer;
 use crate::repofile::key::KdfParams;
-use crate::repofile::{BlobType, Config, IndexBlob, IndexFile, IndexPack, KeyFile, Snapshot, Tree};
-
-/// Settings for writing.
-#[derive(Debug, Clone)]
-pub struct WriteOptions {
-    /// A pack is written once its blobs reach this size.
-    pub pack_size: usize,
-    /// zstd level for blobs and files (v2 only); `None` stores uncompressed.
-    pub compression: Option<i32>,
-    /// An index file is written once this many blobs are pending.
-    pub index_max_blobs: usize,
-}
-
-impl Default for WriteOptions {
-    fn default() -> Self {
-        WriteOptions {
-            pack_size: 16 << 20,
-            compression: Some(3),
-            index_max_blobs: 50_000,
-        }
-    }
-}
-
-/// Blobs written to packs but not yet to an index file, and packs in progress.
-#[derive(Debug, Default)]
-struct WriteState {
-    data: Option<Packer>,
-    tree: Option<Packer>,
-    /// Blobs reserved or in open packers (not yet in the index).
-    in_flight: HashSet<(BlobType, Id)>,
-    /// Packs written since the last index file.
-    pending: Vec<IndexPack>,
-    pending_blobs: usize,
-}
-
-/// Statistics of what a writer added.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WriteStats {
-    /// Data blobs added.
-    pub data_blobs: u64,
-    /// Tree blobs added.
-    pub tree_blobs: u64,
-    /// Plaintext bytes added.
-    pub data_added: u64,
-    /// Stored bytes added (compressed and encrypted).
-    pub data_added_packed: u64,
-}
+use crate::repofile::{BlobType, Config, IndexFile, KeyFile, Snapshot, Tree};
+use crate::writer::{seal_unpacked, BlobWriter, WriteOptions, WriteStats};
 
 /// An open repository.
 #[derive(Debug)]
@@ -67,10 +20,8 @@ pub struct Repository {
     key: Key,
     config: Config,
     key_name: String,
-    index: RwLock<Index>,
-    write: Mutex<WriteState>,
-    stats: Mutex<WriteStats>,
-    opts: WriteOptions,
+    index: Arc<RwLock<Index>>,
+    writer: BlobWriter,
 }
 
 /// The user name and host name of this process, for key, lock and snapshot files.
@@ -115,19 +66,21 @@ impl Repository {
     }
 
     fn new(backend: Arc<dyn Backend>, key: Key, config: Config, key_name: String) -> Repository {
-        let mut opts = WriteOptions::default();
-        if config.version < 2 {
-            opts.compression = None;
-        }
+        let index = Arc::new(RwLock::new(Index::new()));
+        let writer = BlobWriter::new(
+            backend.clone(),
+            key.clone(),
+            config.version,
+            index.clone(),
+            WriteOptions::default(),
+        );
         Repository {
             backend,
             key,
             config,
             key_name,
-            index: RwLock::new(Index::new()),
-            write: Mutex::new(WriteState::default()),
-            stats: Mutex::new(WriteStats::default()),
-            opts,
+            index,
+            writer,
         }
     }
 
@@ -173,12 +126,16 @@ impl Repository {
         Err(Error::WrongPassword { tried })
     }
 
-    /// Overrides the write settings (compression is forced off for version 1).
-    pub fn set_write_options(&mut self, mut opts: WriteOptions) {
-        if self.config.version < 2 {
-            opts.compression = None;
-        }
-        self.opts = opts;
+    /// Overrides the write settings (compression is forced off for
+    /// version 1). Call before writing anything.
+    pub fn set_write_options(&mut self, opts: WriteOptions) {
+        self.writer = BlobWriter::new(
+            self.backend.clone(),
+            self.key.clone(),
+            self.config.version,
+            self.index.clone(),
+            opts,
+        );
     }
 
     /// The backend.
@@ -229,20 +186,12 @@ impl Repository {
 
     /// Compresses (v2), encrypts and stores an unpacked file; returns its id.
     pub fn save_unpacked(&self, tpe: FileType, json: &[u8]) -> Result<Id> {
-        let plain = match self.opts.compression {
-            Some(level) if self.config.version >= 2 => {
-                let mut v = vec![2u8];
-                v.extend(zstd::bulk::compress(json, level).map_err(|source| {
-                    Error::Compression {
-                        what: format!("{tpe} file"),
-                        source,
-                    }
-                })?);
-                v
-            }
-            _ => json.to_vec(),
-        };
-        let ct = self.key.encrypt(&plain);
+        let ct = seal_unpacked(
+            &self.key,
+            self.writer.unpacked_level(),
+            json,
+            &format!("{tpe} file"),
+        )?;
         let id = Id::hash(&ct);
         self.backend.write(tpe, &id.to_hex(), &ct)?;
         Ok(id)
@@ -281,6 +230,7 @@ impl Repository {
     }
 
     /// Reads every index file into memory. Damaged index files are errors.
+    /// Call it once, before writing.
     pub fn load_index(&self) -> Result<()> {
         let ids = self.list_ids(FileType::Index)?;
         let files: Vec<IndexFile> = ids
@@ -291,11 +241,21 @@ impl Repository {
                 IndexFile::from_json(&plain, &name)
             })
             .collect::<Result<_>>()?;
+        let loaded = Index::from_files(&files);
+        drop(files);
         let mut idx = self.index.write().expect("index lock");
-        for f in &files {
-            idx.add_file(f);
+        if !idx.is_empty() {
+            // Replacing would forget blobs this process wrote.
+            return Err(Error::InvalidArgument(
+                "the index must be loaded before anything is written".into(),
+            ));
         }
-        tracing::debug!(files = files.len(), blobs = idx.len(), "loaded index");
+        *idx = loaded;
+        tracing::debug!(
+            blobs = idx.len(),
+            memory = idx.memory_bytes(),
+            "loaded index"
+        );
         Ok(())
     }
 
@@ -331,36 +291,7 @@ impl Repository {
         loc: &BlobLocation,
         ct: &[u8],
     ) -> Result<Vec<u8>> {
-        let what = || {
-            format!(
-                "{tpe} blob {id} in pack {} at offset {}",
-                loc.pack, loc.offset
-            )
-        };
-        let mut plain = self.key.decrypt(ct, &what)?;
-        if let Some(u) = loc.uncompressed_length {
-            plain = zstd::bulk::decompress(&plain, u as usize).map_err(|source| {
-                Error::Compression {
-                    what: what(),
-                    source,
-                }
-            })?;
-            if plain.len() != u as usize {
-                return Err(Error::format(
-                    what(),
-                    "decompressed length differs from the index",
-                ));
-            }
-        }
-        let actual = Id::hash(&plain);
-        if actual != *id {
-            return Err(Error::BlobHashMismatch {
-                id: *id,
-                pack: loc.pack,
-                actual,
-            });
-        }
-        Ok(plain)
+        open_blob(&self.key, tpe, id, loc, ct)
     }
 
     /// Loads and parses a tree.
@@ -403,182 +334,62 @@ impl Repository {
     }
 
     /// Stores a blob unless the repository already has it. Returns the id
-    /// and whether it was new. Safe to call from many threads: compression
-    /// and encryption run outside the lock.
+    /// and whether it was new. Safe to call from many threads.
     pub fn save_blob(&self, tpe: BlobType, data: &[u8]) -> Result<(Id, bool)> {
         let id = Id::hash(data);
-        self.save_blob_with_id(tpe, id, data).map(|new| (id, new))
+        self.writer.save(tpe, id, data).map(|new| (id, new))
     }
 
-    /// Like [`Repository::save_blob`] with the id already computed.
-    pub fn save_blob_with_id(&self, tpe: BlobType, id: Id, data: &[u8]) -> Result<bool> {
-        {
-            if self.index().contains(tpe, &id) {
-                return Ok(false);
-            }
-            let mut w = self.write.lock().expect("write lock");
-            if !w.in_flight.insert((tpe, id)) {
-                return Ok(false);
-            }
-        }
-        let sealed = self.seal_blob(tpe, &id, data);
-        let (ct, ulen) = match sealed {
-            Ok(s) => s,
-            Err(e) => {
-                self.write
-                    .lock()
-                    .expect("write lock")
-                    .in_flight
-                    .remove(&(tpe, id));
-                return Err(e);
-            }
-        };
-        {
-            let mut st = self.stats.lock().expect("stats");
-            match tpe {
-                BlobType::Data => st.data_blobs += 1,
-                BlobType::Tree => st.tree_blobs += 1,
-            }
-            st.data_added += data.len() as u64;
-            st.data_added_packed += ct.len() as u64;
-        }
-        let full = {
-            let mut w = self.write.lock().expect("write lock");
-            let slot = match tpe {
-                BlobType::Data => &mut w.data,
-                BlobType::Tree => &mut w.tree,
-            };
-            let p = slot.get_or_insert_with(|| Packer::new(tpe));
-            p.add(id, &ct, ulen);
-            if p.size() >= self.opts.pack_size {
-                slot.take()
-            } else {
-                None
-            }
-        };
-        if let Some(p) = full {
-            self.write_pack(p)?;
-        }
-        Ok(true)
-    }
-
-    /// Compresses (when it helps) and encrypts a blob, then checks that the
-    /// result decrypts back to the same content before it may be stored,
-    /// as restic does, so a fault in memory or in the crypto cannot put a
-    /// bad blob into the repository unnoticed.
-    fn seal_blob(&self, tpe: BlobType, id: &Id, data: &[u8]) -> Result<(Vec<u8>, Option<u32>)> {
-        let what = || format!("new {tpe} blob {id}");
-        let compressed = match self.opts.compression {
-            Some(level) if !data.is_empty() => {
-                let c = zstd::bulk::compress(data, level).map_err(|source| Error::Compression {
-                    what: what(),
-                    source,
-                })?;
-                (c.len() < data.len()).then_some(c)
-            }
-            _ => None,
-        };
-        let (payload, ulen) = match &compressed {
-            Some(c) => (&c[..], Some(data.len() as u32)),
-            None => (data, None),
-        };
-        let ct = self.key.encrypt(payload);
-        let loc = BlobLocation {
-            pack: Id::default(),
-            offset: 0,
-            length: ct.len() as u32,
-            uncompressed_length: ulen,
-        };
-        self.decode_blob(tpe, id, &loc, &ct).map_err(|e| {
-            Error::format(what(), format!("verification after encryption failed: {e}"))
-        })?;
-        Ok((ct, ulen))
-    }
-
-    fn write_pack(&self, p: Packer) -> Result<()> {
-        let tpe = p.blob_type();
-        let f = p.finish(&self.key);
-        let name = f.id.to_hex();
-        self.backend.write(FileType::Pack, &name, &f.bytes)?;
-        tracing::debug!(pack = %name, blobs = f.entries.len(), bytes = f.bytes.len(), %tpe, "wrote pack");
-        let ipack = IndexPack {
-            id: f.id,
-            blobs: f
-                .entries
-                .iter()
-                .map(|e| IndexBlob {
-                    id: e.id,
-                    tpe: e.tpe,
-                    offset: e.offset,
-                    length: e.length,
-                    uncompressed_length: e.uncompressed_length,
-                })
-                .collect(),
-        };
-        {
-            let mut idx = self.index.write().expect("index lock");
-            idx.add_file(&IndexFile {
-                supersedes: vec![],
-                packs: vec![ipack.clone()],
-            });
-        }
-        let flush_index = {
-            let mut w = self.write.lock().expect("write lock");
-            for e in &f.entries {
-                w.in_flight.remove(&(e.tpe, e.id));
-            }
-            w.pending_blobs += ipack.blobs.len();
-            w.pending.push(ipack);
-            if w.pending_blobs >= self.opts.index_max_blobs {
-                w.pending_blobs = 0;
-                Some(std::mem::take(&mut w.pending))
-            } else {
-                None
-            }
-        };
-        if let Some(packs) = flush_index {
-            self.write_index(packs)?;
-        }
-        Ok(())
-    }
-
-    fn write_index(&self, packs: Vec<IndexPack>) -> Result<()> {
-        if packs.is_empty() {
-            return Ok(());
-        }
-        let f = IndexFile {
-            supersedes: vec![],
-            packs,
-        };
-        let id = self.save_unpacked(FileType::Index, &f.to_json())?;
-        tracing::debug!(index = %id, packs = f.packs.len(), "wrote index");
-        Ok(())
-    }
-
-    /// Writes the open packs and then an index file for everything pending.
-    /// Call before writing a snapshot that refers to the blobs.
+    /// Uploads open packs, waits for all uploads and writes the index for
+    /// them. Call before writing a snapshot that refers to the blobs.
     pub fn flush(&self) -> Result<()> {
-        let (d, t) = {
-            let mut w = self.write.lock().expect("write lock");
-            (w.data.take(), w.tree.take())
-        };
-        for p in [d, t].into_iter().flatten() {
-            if p.count() > 0 {
-                self.write_pack(p)?;
-            }
-        }
-        let pending = {
-            let mut w = self.write.lock().expect("write lock");
-            w.pending_blobs = 0;
-            std::mem::take(&mut w.pending)
-        };
-        self.write_index(pending)
+        self.writer.flush()
     }
 
     /// What this process has added so far.
     pub fn write_stats(&self) -> WriteStats {
-        *self.stats.lock().expect("stats")
+        self.writer.stats()
     }
+}
+
+/// Decrypts, decompresses and verifies a blob read from `loc`.
+pub(crate) fn open_blob(
+    key: &Key,
+    tpe: BlobType,
+    id: &Id,
+    loc: &BlobLocation,
+    ct: &[u8],
+) -> Result<Vec<u8>> {
+    let what = || {
+        format!(
+            "{tpe} blob {id} in pack {} at offset {}",
+            loc.pack, loc.offset
+        )
+    };
+    let mut plain = key.decrypt(ct, &what)?;
+    if let Some(u) = loc.uncompressed_length {
+        plain = crate::compress::decompress(&plain, u as usize).map_err(|source| {
+            Error::Compression {
+                what: what(),
+                source,
+            }
+        })?;
+        if plain.len() != u as usize {
+            return Err(Error::format(
+                what(),
+                "decompressed length differs from the index",
+            ));
+        }
+    }
+    let actual = Id::hash(&plain);
+    if actual != *id {
+        return Err(Error::BlobHashMismatch {
+            id: *id,
+            pack: loc.pack,
+            actual,
+        });
+    }
+    Ok(plain)
 }
 
 /// Interprets a decrypted unpacked file: `0x02 ‖ zstd` (version 2) or

@@ -2,12 +2,16 @@
 
 use anyhow::{Context, Result};
 use chrono::TimeZone;
-use repo_format::archiver::{backup, BackupOptions};
+use std::sync::Arc;
+
+use repo_format::archiver::{backup_with_progress, BackupOptions};
 use repo_format::lock::RepoLock;
+use repo_format::progress::Progress;
 use repo_format::FileType;
 use serde_json::json;
 
 use crate::cli::{BackupArgs, GlobalArgs};
+use crate::progress::{Mode, Reporter};
 use crate::{format, repo, EXIT_INCOMPLETE};
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
@@ -25,7 +29,19 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
 
 pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     let started = std::time::Instant::now();
-    let r = repo::open(g)?;
+    let mut r = repo::open(g)?;
+    let backend_connections = r.backend().connections();
+    Arc::get_mut(&mut r)
+        .expect("not shared yet")
+        .set_write_options(repo_format::WriteOptions {
+            pack_size: a.pack_size as usize * (1 << 20),
+            compression: a.compression,
+            upload_threads: a
+                .upload_threads
+                .map(|n| n as usize)
+                .unwrap_or(backend_connections),
+            ..Default::default()
+        });
     let _lock = RepoLock::acquire(r.clone(), false)?;
     r.load_index().context("loading the index")?;
     let parent = a
@@ -44,7 +60,15 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         time: a.time.as_deref().map(parse_time).transpose()?,
         with_atime: a.with_atime,
     };
-    let res = backup(&r, &opts)?;
+    let progress = Arc::new(Progress::default());
+    let reporter = Reporter::start(
+        progress.clone(),
+        if a.json { Mode::Json } else { Mode::Auto },
+        "backup",
+    );
+    let res = backup_with_progress(&r, &opts, &progress);
+    reporter.finish();
+    let res = res?;
     let s = res.snapshot.summary.clone().unwrap_or_default();
     for e in &res.errors {
         if a.json {

@@ -5,4 +5,5 @@
 mod backends;
 mod bad_input;
 mod interop;
+mod pipeline;
 mod support;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Benchmark: stash against restic on the same deterministic corpus, in one run.
+#
+#   bash hack/bench.sh              # ~1 GiB corpus, 2 runs per tool (a few minutes on 2 cores)
+#   SIZE_MB=4096 RUNS=3 bash hack/bench.sh
+#
+# Phases, each timed with /usr/bin/time -v (wall, CPU, peak RSS), warm cache:
+#   backup-first, backup-nochange, backup-5pct (5 % of files changed),
+#   restore (full), check-read-data.
+# Each run uses a fresh copy of the corpus and a fresh repository per tool.
+# Prints a table with the stash/restic ratio per phase.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+
+SIZE_MB="${SIZE_MB:-1024}"
+RUNS="${RUNS:-2}"
+BENCH_DIR="${BENCH_DIR:-${TMPDIR:-/tmp}/stash-bench}"
+RESTIC="${RESTIC:-restic}"
+# A current restic as well, when one is built (hack/test-servers.sh builds
+# it into ~/.cache/stash-test-bin); RESTIC_CURRENT= (empty) to skip it.
+if [[ -z "${RESTIC_CURRENT+x}" ]]; then
+    RESTIC_CURRENT="$(ls -d "$HOME"/.cache/stash-test-bin/restic-v*/restic 2>/dev/null | sort -V | tail -1 || true)"
+fi
+TOOLS=(stash restic)
+[[ -n "$RESTIC_CURRENT" && -x "$RESTIC_CURRENT" ]] && TOOLS+=(restic-current)
+
+need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
+bash hack/install-deps.sh >/dev/null
+[[ -x /usr/bin/time ]] || { apt-get update -q >/dev/null; apt-get install -y -q time >/dev/null; }
+need python3 python3
+
+echo "==> building stash (release)"
+cargo build --release -q -p stash-agent
+STASH="$ROOT/target/release/stash"
+
+mkdir -p "$BENCH_DIR"
+CORPUS="$BENCH_DIR/corpus-$SIZE_MB"
+if [[ ! -f "$CORPUS/.complete" ]]; then
+    echo "==> generating a $SIZE_MB MiB corpus in $CORPUS"
+    rm -rf "$CORPUS"
+    python3 hack/bench/corpus.py "$CORPUS" "$SIZE_MB"
+    touch "$CORPUS/.complete"
+fi
+CORPUS_BYTES=$(du -sb --exclude=.complete "$CORPUS" | cut -f1)
+RESULTS="$BENCH_DIR/results"
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+PW="$BENCH_DIR/password"
+echo "benchmark password" > "$PW"
+
+echo "stash:  $("$STASH" --version)"
+echo "restic: $("$RESTIC" version)"
+[[ " ${TOOLS[*]} " == *" restic-current "* ]] && echo "restic-current: $("$RESTIC_CURRENT" version)"
+
+timed() { # tool phase run cmd...
+    local out="$RESULTS/$1.$2.run$3"
+    shift 3
+    /usr/bin/time -v -o "$out.time" "$@" >"$out.log" 2>&1 || {
+        echo "FAILED: $* (see $out.log)" >&2
+        tail -5 "$out.log" >&2
+        exit 1
+    }
+}
+
+for run in $(seq 1 "$RUNS"); do
+    for tool in "${TOOLS[@]}"; do
+        W="$BENCH_DIR/work-$tool"
+        rm -rf "$W"
+        mkdir -p "$W"
+        cp -a "$CORPUS" "$W/data"
+        rm -f "$W/data/.complete"
+        case $tool in
+            stash) T=("$STASH" -r "$W/repo" --password-file "$PW") ;;
+            restic) T=("$RESTIC" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache") ;;
+            restic-current) T=("$RESTIC_CURRENT" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache") ;;
+        esac
+        echo "==> run $run: $tool"
+        "${T[@]}" init >/dev/null
+        # Warm the page cache for the source, so both tools start alike.
+        find "$W/data" -type f -exec cat {} + >/dev/null
+        timed $tool backup-first "$run" "${T[@]}" backup "$W/data"
+        timed $tool backup-nochange "$run" "${T[@]}" backup "$W/data"
+        python3 hack/bench/corpus.py --modify "$W/data" 5 "$run" >/dev/null
+        timed $tool backup-5pct "$run" "${T[@]}" backup "$W/data"
+        timed $tool restore "$run" "${T[@]}" restore latest --target "$W/restore"
+        diff -rq "$W/data" "$W/restore$W/data" >/dev/null || { echo "$tool restore differs from the source" >&2; exit 1; }
+        timed $tool check-read-data "$run" "${T[@]}" check --read-data
+        rm -rf "$W/restore"
+    done
+done
+
+python3 hack/bench/report.py "$RESULTS" "$CORPUS_BYTES" | tee "$BENCH_DIR/report.txt"
+echo
+echo "raw results: $RESULTS; report: $BENCH_DIR/report.txt"
