@@ -6,7 +6,8 @@
 #
 # Phases, each timed with /usr/bin/time -v (wall, CPU, peak RSS), warm cache:
 #   backup-first, backup-nochange, backup-5pct (5 % of files changed),
-#   restore (full), check-read-data.
+#   restore (full), check-read-data; then, against one MinIO server (built
+#   by hack/test-servers.sh; S3=0 to skip), s3-backup and s3-restore.
 # Each run uses a fresh copy of the corpus and a fresh repository per tool.
 # Prints a table with the stash/restic ratio per phase.
 set -euo pipefail
@@ -29,6 +30,7 @@ need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -
 bash hack/install-deps.sh >/dev/null
 [[ -x /usr/bin/time ]] || { apt-get update -q >/dev/null; apt-get install -y -q time >/dev/null; }
 need python3 python3
+need curl curl
 
 echo "==> building stash (release)"
 cargo build --release -q -p stash-agent
@@ -89,6 +91,47 @@ for run in $(seq 1 "$RUNS"); do
         rm -rf "$W/restore"
     done
 done
+
+if [[ "${S3:-1}" == 1 ]]; then
+    bash hack/test-servers.sh build >/dev/null
+    MINIO="$(ls -d "$HOME"/.cache/stash-test-bin/minio-*/minio | sort -V | tail -1)"
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    CONSOLE=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    rm -rf "$BENCH_DIR/minio"
+    mkdir -p "$BENCH_DIR/minio"
+    MINIO_ROOT_USER=bench MINIO_ROOT_PASSWORD=bench-secret-key MINIO_BROWSER=off MINIO_UPDATE=off HOME="$BENCH_DIR/minio" \
+        "$MINIO" server --quiet --address "127.0.0.1:$PORT" --console-address "127.0.0.1:$CONSOLE" "$BENCH_DIR/minio/data" \
+        >"$BENCH_DIR/minio.log" 2>&1 &
+    MINIO_PID=$!
+    trap 'kill $MINIO_PID 2>/dev/null || true' EXIT
+    for _ in $(seq 1 120); do
+        curl -sf "http://127.0.0.1:$PORT/minio/health/ready" >/dev/null && break
+        sleep 0.5
+    done
+    export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret-key AWS_DEFAULT_REGION=us-east-1
+    for run in $(seq 1 "$RUNS"); do
+        for tool in "${TOOLS[@]}"; do
+            W="$BENCH_DIR/work-$tool"
+            R="s3:http://127.0.0.1:$PORT/bench/$tool-$run"
+            case $tool in
+                stash) T=("$STASH" -r "$R" --password-file "$PW") ;;
+                restic) T=("$RESTIC" -r "$R" --password-file "$PW" --cache-dir "$W/cache-s3") ;;
+                restic-current) T=("$RESTIC_CURRENT" -r "$R" --password-file "$PW" --cache-dir "$W/cache-s3") ;;
+            esac
+            echo "==> run $run: $tool against MinIO"
+            rm -rf "$W"
+            mkdir -p "$W"
+            cp -a "$CORPUS" "$W/data"
+            rm -f "$W/data/.complete"
+            "${T[@]}" init >/dev/null
+            timed $tool s3-backup "$run" "${T[@]}" backup "$W/data"
+            timed $tool s3-restore "$run" "${T[@]}" restore latest --target "$W/restore"
+            diff -rq "$W/data" "$W/restore$W/data" >/dev/null || { echo "$tool S3 restore differs from the source" >&2; exit 1; }
+            rm -rf "$W/restore"
+        done
+    done
+    kill $MINIO_PID 2>/dev/null || true
+fi
 
 python3 hack/bench/report.py "$RESULTS" "$CORPUS_BYTES" | tee "$BENCH_DIR/report.txt"
 echo
