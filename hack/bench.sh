@@ -55,6 +55,23 @@ echo "stash:  $("$STASH" --version)"
 echo "restic: $("$RESTIC" version)"
 [[ " ${TOOLS[*]} " == *" restic-current "* ]] && echo "restic-current: $("$RESTIC_CURRENT" version)"
 
+# tool_cmd TOOL REPO WORKDIR: sets T to the tool's command line for REPO.
+tool_cmd() {
+    case $1 in
+        stash) T=("$STASH" -r "$2" --password-file "$PW") ;;
+        restic) T=("$RESTIC" -r "$2" --password-file "$PW" --cache-dir "$3/cache") ;;
+        restic-current) T=("$RESTIC_CURRENT" -r "$2" --password-file "$PW" --cache-dir "$3/cache") ;;
+    esac
+}
+
+# fresh_copy WORKDIR: a new work directory holding a copy of the corpus.
+fresh_copy() {
+    rm -rf "$1"
+    mkdir -p "$1"
+    cp -a "$CORPUS" "$1/data"
+    rm -f "$1/data/.complete"
+}
+
 timed() { # tool phase run cmd...
     local out="$RESULTS/$1.$2.run$3"
     shift 3
@@ -68,15 +85,8 @@ timed() { # tool phase run cmd...
 for run in $(seq 1 "$RUNS"); do
     for tool in "${TOOLS[@]}"; do
         W="$BENCH_DIR/work-$tool"
-        rm -rf "$W"
-        mkdir -p "$W"
-        cp -a "$CORPUS" "$W/data"
-        rm -f "$W/data/.complete"
-        case $tool in
-            stash) T=("$STASH" -r "$W/repo" --password-file "$PW") ;;
-            restic) T=("$RESTIC" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache") ;;
-            restic-current) T=("$RESTIC_CURRENT" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache") ;;
-        esac
+        fresh_copy "$W"
+        tool_cmd $tool "$W/repo" "$W"
         echo "==> run $run: $tool"
         "${T[@]}" init >/dev/null
         # Warm the page cache for the source, so both tools start alike.
@@ -112,17 +122,9 @@ if [[ "${S3:-1}" == 1 ]]; then
     for run in $(seq 1 "$RUNS"); do
         for tool in "${TOOLS[@]}"; do
             W="$BENCH_DIR/work-$tool"
-            R="s3:http://127.0.0.1:$PORT/bench/$tool-$run"
-            case $tool in
-                stash) T=("$STASH" -r "$R" --password-file "$PW") ;;
-                restic) T=("$RESTIC" -r "$R" --password-file "$PW" --cache-dir "$W/cache-s3") ;;
-                restic-current) T=("$RESTIC_CURRENT" -r "$R" --password-file "$PW" --cache-dir "$W/cache-s3") ;;
-            esac
+            fresh_copy "$W"
+            tool_cmd $tool "s3:http://127.0.0.1:$PORT/bench/$tool-$run" "$W"
             echo "==> run $run: $tool against MinIO"
-            rm -rf "$W"
-            mkdir -p "$W"
-            cp -a "$CORPUS" "$W/data"
-            rm -f "$W/data/.complete"
             "${T[@]}" init >/dev/null
             timed $tool s3-backup "$run" "${T[@]}" backup "$W/data"
             timed $tool s3-restore "$run" "${T[@]}" restore latest --target "$W/restore"
