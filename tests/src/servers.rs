@@ -183,6 +183,11 @@ impl Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `https://127.0.0.1:<port>`, for a server started with TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
     /// The directory the server keeps its data in.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -297,6 +302,19 @@ pub fn rest_server(extra_args: &[&str]) -> Server {
         &listening,
         Duration::from_secs(20),
     )
+}
+
+/// restic's rest-server, without authentication, serving HTTPS with the
+/// certificate chain `cert` and its private key `key` (PEM files); its URL
+/// is [`Server::https_url`].
+pub fn rest_server_tls(cert: &Path, key: &Path) -> Server {
+    rest_server(&[
+        "--tls",
+        "--tls-cert",
+        &cert.display().to_string(),
+        "--tls-key",
+        &key.display().to_string(),
+    ])
 }
 
 /// MinIO's root user and password in the tests.

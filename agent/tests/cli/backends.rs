@@ -469,3 +469,271 @@ fn backup_and_restore_survive_resets_latency_and_server_errors() {
             .load(std::sync::atomic::Ordering::SeqCst),
     );
 }
+
+/// A throwaway certificate authority and a server certificate it signed for
+/// 127.0.0.1 (an IP subject alternative name), made by the `openssl` CLI.
+struct TestPki {
+    /// The CA's certificate (PEM), for `--cacert`.
+    ca: std::path::PathBuf,
+    /// The server's certificate (PEM).
+    cert: std::path::PathBuf,
+    /// The server's private key (PEM).
+    key: std::path::PathBuf,
+}
+
+/// Runs `openssl args` in `dir`, insisting on success.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes a CA named `name` and a server certificate for 127.0.0.1 signed by
+/// it, in `dir` (created).
+fn test_pki(dir: &Path, name: &str) -> TestPki {
+    std::fs::create_dir_all(dir).unwrap();
+    let subject = format!("/CN={name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\n\
+         basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    TestPki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    }
+}
+
+/// `rest:https://127.0.0.1:<port>/<path>/` with `extra` global flags
+/// (`--cacert`, `--insecure-tls`) before the command.
+struct TlsRemote {
+    stash: RemoteStash,
+    flags: Vec<String>,
+}
+
+impl TlsRemote {
+    fn new(env: &Env, server: &Server, path: &str, flags: &[&str]) -> TlsRemote {
+        let remote = Remote {
+            repo: format!("rest:{}/{path}/", server.https_url()),
+            envs: vec![],
+        };
+        TlsRemote {
+            stash: remote.stash(env),
+            flags: flags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        all
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        self.stash.ok(&self.args(args))
+    }
+
+    fn fails(&self, args: &[&str]) -> (String, Duration) {
+        self.stash.fails(&self.args(args))
+    }
+}
+
+/// `--cacert` makes a server whose certificate a private CA signed trusted:
+/// init, backup, restore (identical) and check all work over HTTPS, and
+/// the data lands on the server.
+#[test]
+fn rest_server_over_tls_with_a_private_ca() {
+    let env = Env::new();
+    let pki = test_pki(&env.path("pki"), "Stash Test CA");
+    let server = servers::rest_server_tls(&pki.cert, &pki.key);
+    let ca = pki.ca.to_str().unwrap();
+    let remote = TlsRemote::new(&env, &server, "repo", &["--cacert", ca]);
+
+    let src = env.path("src");
+    build_tree(&src, &FixtureOptions::small()).expect("fixture");
+    remote.ok(&["init"]);
+    let out = remote.ok(&["backup", "--json", src.to_str().unwrap()]);
+    let v: serde_json::Value =
+        serde_json::from_str(out.lines().last().expect("summary")).expect("json");
+    let id = v["snapshot_id"].as_str().expect("snapshot_id").to_string();
+    let snaps: serde_json::Value =
+        serde_json::from_str(&remote.ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    assert_eq!(snaps[0]["id"], id.as_str());
+    let target = env.path("restore");
+    remote.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert_trees_equal(&src, &restored(&target, &src), &CompareOptions::default());
+    remote.ok(&["check", "--read-data"]);
+    assert!(server.data_dir().join("repo/config").is_file());
+
+    // The option may be given after the command too (it is global).
+    let ids: serde_json::Value =
+        serde_json::from_str(&remote.stash.ok(&["snapshots", "--json", "--cacert", ca]))
+            .expect("json");
+    assert_eq!(ids.as_array().unwrap().len(), 1);
+}
+
+/// Without `--cacert`, or with the certificate of another CA, a private
+/// server certificate is refused: in seconds, saying it is about the
+/// certificate, without a panic, and without touching the server's disk.
+#[test]
+fn rest_server_over_tls_refuses_an_untrusted_certificate() {
+    let env = Env::new();
+    let pki = test_pki(&env.path("pki"), "Stash Test CA");
+    let other = test_pki(&env.path("other-pki"), "Some Other CA");
+    let server = servers::rest_server_tls(&pki.cert, &pki.key);
+    let other_ca = other.ca.to_str().unwrap();
+    for flags in [vec![], vec!["--cacert", other_ca]] {
+        let remote = TlsRemote::new(&env, &server, "repo", &flags);
+        for cmd in [&["init"][..], &["snapshots"][..]] {
+            let (err, took) = remote.fails(cmd);
+            assert!(
+                took < Duration::from_secs(10),
+                "{flags:?} {cmd:?}: took {took:?}: {err}"
+            );
+            assert!(
+                err.to_lowercase().contains("certificate"),
+                "{flags:?} {cmd:?}: should say the certificate is the problem: {err}"
+            );
+            assert!(
+                err.contains(&format!("127.0.0.1:{}", server.port)),
+                "{flags:?} {cmd:?}: should name the server: {err}"
+            );
+            assert!(!err.contains("panicked"), "{flags:?} {cmd:?}: {err}");
+        }
+    }
+    // The right CA does not make a certificate valid for another name: it
+    // is for 127.0.0.1 only, not for "localhost".
+    let by_name = TlsRemote {
+        stash: Remote {
+            repo: format!("rest:https://localhost:{}/repo/", server.port),
+            envs: vec![],
+        }
+        .stash(&env),
+        flags: vec!["--cacert".into(), pki.ca.display().to_string()],
+    };
+    let (err, took) = by_name.fails(&["init"]);
+    assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
+    assert!(
+        err.contains("certificate not valid for name \"localhost\""),
+        "{err}"
+    );
+    assert!(
+        !server.data_dir().join("repo").exists(),
+        "nothing may be written through an untrusted connection"
+    );
+}
+
+/// `--insecure-tls` accepts the certificate without knowing its CA.
+#[test]
+fn rest_server_over_tls_with_insecure_tls() {
+    let env = Env::new();
+    let pki = test_pki(&env.path("pki"), "Stash Test CA");
+    let server = servers::rest_server_tls(&pki.cert, &pki.key);
+    let remote = TlsRemote::new(&env, &server, "repo", &["--insecure-tls"]);
+    remote.ok(&["init"]);
+    let out = remote.ok(&["backup", "--json", env.password_file.to_str().unwrap()]);
+    assert!(out.contains("snapshot_id"), "{out}");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&remote.ok(&["snapshots", "--json"])).expect("json");
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    remote.ok(&["check", "--read-data"]);
+    assert!(server.data_dir().join("repo/config").is_file());
+}
+
+/// `--cacert` with a file that is not there fails at once, naming it (and
+/// before contacting the server: nothing is created there).
+#[test]
+fn rest_server_over_tls_with_a_missing_ca_file() {
+    let env = Env::new();
+    let pki = test_pki(&env.path("pki"), "Stash Test CA");
+    let server = servers::rest_server_tls(&pki.cert, &pki.key);
+    let missing = env.path("no-such-ca.pem");
+    let remote = TlsRemote::new(
+        &env,
+        &server,
+        "repo",
+        &["--cacert", missing.to_str().unwrap()],
+    );
+    let (err, took) = remote.fails(&["init"]);
+    assert!(took < Duration::from_secs(10), "took {took:?}: {err}");
+    assert!(
+        err.contains(&missing.display().to_string()),
+        "should name the missing file: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!server.data_dir().join("repo").exists());
+}
