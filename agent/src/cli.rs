@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use repo_format::retention::{Count, GroupBy, KeepDuration};
 
 /// Back up and restore directories to a restic-format repository.
 #[derive(Debug, Parser)]
@@ -73,6 +74,8 @@ pub enum Command {
     },
     /// Restore a snapshot into a directory
     Restore(RestoreArgs),
+    /// Remove snapshots according to a retention policy
+    Forget(ForgetArgs),
     /// Check the repository for errors
     Check {
         /// Also read and verify all data
@@ -148,6 +151,107 @@ pub struct RestoreArgs {
     /// Pack reads in parallel (default: two per CPU, at least the backend's connections)
     #[arg(long = "read-threads", default_value_t = 0)]
     pub read_threads: usize,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stash forget`: restic's retention options, decisions identical to
+/// restic's.
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    /// Keep the last N snapshots (or unlimited)
+    #[arg(
+        short = 'l',
+        long = "keep-last",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub keep_last: Option<Count>,
+    /// Keep the last N hourly snapshots (or unlimited)
+    #[arg(
+        short = 'H',
+        long = "keep-hourly",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub keep_hourly: Option<Count>,
+    /// Keep the last N daily snapshots (or unlimited)
+    #[arg(
+        short = 'd',
+        long = "keep-daily",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub keep_daily: Option<Count>,
+    /// Keep the last N weekly snapshots (or unlimited)
+    #[arg(
+        short = 'w',
+        long = "keep-weekly",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub keep_weekly: Option<Count>,
+    /// Keep the last N monthly snapshots (or unlimited)
+    #[arg(
+        short = 'm',
+        long = "keep-monthly",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub keep_monthly: Option<Count>,
+    /// Keep the last N yearly snapshots (or unlimited)
+    #[arg(
+        short = 'y',
+        long = "keep-yearly",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub keep_yearly: Option<Count>,
+    /// Keep snapshots newer than DURATION (such as 1y5m7d2h) before the newest snapshot
+    #[arg(long = "keep-within", value_name = "DURATION")]
+    pub keep_within: Option<KeepDuration>,
+    /// Keep hourly snapshots newer than DURATION before the newest snapshot
+    #[arg(long = "keep-within-hourly", value_name = "DURATION")]
+    pub keep_within_hourly: Option<KeepDuration>,
+    /// Keep daily snapshots newer than DURATION before the newest snapshot
+    #[arg(long = "keep-within-daily", value_name = "DURATION")]
+    pub keep_within_daily: Option<KeepDuration>,
+    /// Keep weekly snapshots newer than DURATION before the newest snapshot
+    #[arg(long = "keep-within-weekly", value_name = "DURATION")]
+    pub keep_within_weekly: Option<KeepDuration>,
+    /// Keep monthly snapshots newer than DURATION before the newest snapshot
+    #[arg(long = "keep-within-monthly", value_name = "DURATION")]
+    pub keep_within_monthly: Option<KeepDuration>,
+    /// Keep yearly snapshots newer than DURATION before the newest snapshot
+    #[arg(long = "keep-within-yearly", value_name = "DURATION")]
+    pub keep_within_yearly: Option<KeepDuration>,
+    /// Keep snapshots carrying all of these tags, `tag[,tag,...]` (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAGLIST")]
+    pub keep_tags: Vec<String>,
+    /// Only consider snapshots of this host (repeatable)
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only consider snapshots carrying all of these tags, `tag[,tag,...]` (repeatable: any list)
+    #[arg(long = "tag", value_name = "TAGLIST")]
+    pub tags: Vec<String>,
+    /// Only consider snapshots that include this absolute path (repeatable: all of them)
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Group snapshots by host, paths and/or tags, comma-separated ('' for no grouping)
+    #[arg(
+        short = 'g',
+        long = "group-by",
+        value_name = "GROUP",
+        default_value = "host,paths"
+    )]
+    pub group_by: GroupBy,
+    /// Do not delete anything, only print what would be done
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Prune the repository afterwards (not implemented yet)
+    #[arg(long)]
+    pub prune: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -20,6 +20,7 @@ pub mod progress;
 pub mod repofile;
 pub mod repository;
 pub mod restorer;
+pub mod retention;
 pub mod writer;
 
 pub use backend::{local::LocalBackend, Backend, FileType};

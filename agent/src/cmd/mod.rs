@@ -3,6 +3,7 @@
 mod backup;
 mod cat;
 mod check;
+mod forget;
 mod init;
 mod ls;
 mod restore;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Ls { snapshot, json } => ls::run(g, &snapshot, json),
         Command::Cat { what, id } => cat::run(g, &what, id.as_deref()),
         Command::Restore(args) => restore::run(g, &args),
+        Command::Forget(args) => forget::run(g, &args),
         Command::Check { read_data } => check::run(g, read_data),
     }
 }

@@ -4,6 +4,7 @@
 
 mod backends;
 mod bad_input;
+mod forget;
 mod interop;
 mod pipeline;
 mod support;
