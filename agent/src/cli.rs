@@ -82,6 +82,43 @@ pub enum Command {
         #[arg(long = "read-data")]
         read_data: bool,
     },
+    /// Manage the repository's keys (passwords)
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Remove stale locks (of dead processes on this host, or older than 30 minutes)
+    Unlock {
+        /// Remove all locks, even those of running processes
+        #[arg(long = "remove-all")]
+        remove_all: bool,
+    },
+}
+
+/// `stash key`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// List the keys; `*` marks the one in use
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a key for a new password
+    Add {
+        /// File holding the new password
+        #[arg(long = "new-password-file", value_name = "FILE", required = true)]
+        new_password_file: PathBuf,
+    },
+    /// Remove a key (not the one in use)
+    Remove {
+        /// The key's id or a unique prefix
+        id: String,
+    },
+    /// Change the password: add a key for the new password, remove the one in use
+    Passwd {
+        /// File holding the new password
+        #[arg(long = "new-password-file", value_name = "FILE", required = true)]
+        new_password_file: PathBuf,
+    },
 }
 
 /// `stash backup`.

@@ -43,15 +43,7 @@ pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
 /// RESTIC_PASSWORD_FILE or RESTIC_PASSWORD, in that order. Like restic,
 /// surrounding white space in a password file is ignored.
 pub fn password(global: &GlobalArgs) -> Result<Vec<u8>> {
-    let from_file = |p: PathBuf| -> Result<Vec<u8>> {
-        let s =
-            std::fs::read(&p).with_context(|| format!("reading password file {}", p.display()))?;
-        let t = s.trim_ascii();
-        if t.is_empty() {
-            bail!("password file {} is empty", p.display());
-        }
-        Ok(t.to_vec())
-    };
+    let from_file = |p: PathBuf| password_from_file(&p);
     if let Some(p) = &global.password_file {
         return from_file(p.clone());
     }
@@ -89,6 +81,16 @@ pub fn kdf_params() -> Result<KdfParams> {
         });
     }
     Ok(KdfParams::calibrate(std::time::Duration::from_millis(500)))
+}
+
+/// A password from a file, surrounding white space ignored (like restic).
+pub fn password_from_file(p: &std::path::Path) -> Result<Vec<u8>> {
+    let s = std::fs::read(p).with_context(|| format!("reading password file {}", p.display()))?;
+    let t = s.trim_ascii();
+    if t.is_empty() {
+        bail!("password file {} is empty", p.display());
+    }
+    Ok(t.to_vec())
 }
 
 /// Opens the repository with the password.

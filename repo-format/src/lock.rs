@@ -23,7 +23,9 @@ pub struct RepoLock {
     refresher: Option<JoinHandle<()>>,
 }
 
-fn pid_alive(pid: i64) -> bool {
+/// Whether a process with this id exists on this host (restic's test for
+/// stale locks of this host).
+pub fn pid_alive(pid: i64) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };

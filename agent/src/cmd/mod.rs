@@ -5,9 +5,11 @@ mod cat;
 mod check;
 mod forget;
 mod init;
+mod key;
 mod ls;
 mod restore;
 mod snapshots;
+mod unlock;
 
 use anyhow::Result;
 
@@ -25,6 +27,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Restore(args) => restore::run(g, &args),
         Command::Forget(args) => forget::run(g, &args),
         Command::Check { read_data } => check::run(g, read_data),
+        Command::Key(k) => key::run(g, &k),
+        Command::Unlock { remove_all } => unlock::run(g, remove_all),
     }
 }
 

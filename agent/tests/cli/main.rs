@@ -6,5 +6,6 @@ mod backends;
 mod bad_input;
 mod forget;
 mod interop;
+mod keys;
 mod pipeline;
 mod support;
