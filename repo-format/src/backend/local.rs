@@ -25,12 +25,6 @@ pub struct LocalBackend {
     unsynced: std::sync::Mutex<Vec<PathBuf>>,
 }
 
-impl Clone for LocalBackend {
-    fn clone(&self) -> Self {
-        LocalBackend::new(self.root.clone())
-    }
-}
-
 impl LocalBackend {
     /// A backend rooted at `root` (which need not exist yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
