@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ItemPhase, SessionPhase};
+use crate::common::{Claim, ItemPhase, SessionPhase};
 
 /// One run of a BackupConfiguration, created by its schedule or by hand for
 /// an on-demand backup.
@@ -87,6 +87,50 @@ pub struct BackupSessionStatus {
     /// `Ready` and refusals (e.g. `RepositoryNotAllowed`, `NoVolumes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The retention run after the items: the configuration's policy
+    /// applied by one agent, and the repository's figures it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionStatus>,
+}
+
+/// Retention after a session: set by the controller once every item is
+/// finished and at least one succeeded, claimed and run by the agent on
+/// `node` like an item, then copied by the controller to the Repository's
+/// status. Runs (without forgetting anything) also when the configuration
+/// has no retention policy, to refresh the Repository's figures.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionStatus {
+    /// Where the retention run is.
+    #[serde(default)]
+    pub phase: ItemPhase,
+    /// Whose agent runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The claim of the agent running it (see the crate docs).
+    #[serde(flatten)]
+    pub claim: Claim,
+    /// Snapshots of this configuration kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<i64>,
+    /// Snapshots of this configuration removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<i64>,
+    /// Snapshots in the repository afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<i64>,
+    /// Bytes the repository's packs take afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_size: Option<i64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
 }
 
 /// One volume of one pod, backed up by the agent on `node`.
@@ -102,9 +146,17 @@ pub struct BackupItem {
     /// Node the pod runs on: whose agent does the work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The snapshot hostname, stable across pod restarts: `<namespace>/<pvc>`
+    /// for a PersistentVolumeClaim, `<namespace>/<workload>/<volume>`
+    /// otherwise (see [`crate::identity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Where the item is.
     #[serde(default)]
     pub phase: ItemPhase,
+    /// The claim of the agent working on it (see the crate docs).
+    #[serde(flatten)]
+    pub claim: Claim,
     /// Bytes read so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_done: Option<i64>,
@@ -120,6 +172,12 @@ pub struct BackupItem {
     /// The snapshot written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
+    /// The snapshot it is incremental to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_snapshot_id: Option<String>,
+    /// New data stored in the repository (before compression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<i64>,
     /// Why the item failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

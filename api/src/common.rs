@@ -1,5 +1,6 @@
 //! Types several resources share.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -81,4 +82,25 @@ impl ItemPhase {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)
     }
+}
+
+/// Which agent works on an item, and whether it is still alive: written by
+/// the agent with JSON patches whose `test` operations make the claim
+/// atomic (see the crate docs for the protocol).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// The agent instance (`<node>/<pod>/<start nonce>`) that claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+    /// How many times an agent has started it (a restarted agent takes
+    /// over its own node's items whose heartbeat has stopped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// Last sign of life of the claiming agent; refreshed with progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+    /// What the agent is waiting for, or doing, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -11,6 +11,29 @@
 //! Validation lives in the schema (OpenAPI and CEL rules) so the API server
 //! refuses a bad object before any Stash code sees it; [`schedule`] parses a
 //! cron schedule the same way the controller runs it.
+//!
+//! # How agents and the controller share a session's status
+//!
+//! The controller writes a session's items once, when it resolves them, and
+//! afterwards only the session-level fields (phase, progress, conditions,
+//! retention request), and item timeouts — always with the object's
+//! `resourceVersion` as a precondition, so it never overwrites what an agent
+//! wrote meanwhile. An agent changes only items of its own node, with JSON
+//! patches on the status subresource that first `test` the item's identity
+//! (namespace, pod, volume) and claim:
+//!
+//! - claim: test `phase == Pending`, then set `phase: Running`,
+//!   `claimedBy: <node>/<pod>/<nonce>`, `attempt`, `heartbeatTime`,
+//!   `startTime`; of two agents racing, the second patch fails its test;
+//! - progress: test `claimedBy` is still its own, then set the counters and
+//!   `heartbeatTime` (a few times a minute at most);
+//! - take over: an item `Running` on its node under another claim whose
+//!   heartbeat is older than the agent's takeover time (an agent that died
+//!   mid-item) is claimed again the same way, testing the old `claimedBy`;
+//! - finish: test the claim, then set `phase`, the result or `error`, and
+//!   `endTime`.
+//!
+//! [`RetentionStatus`] follows the same protocol.
 
 // Each `printcolumn(...)` in `#[kube(...)]` repeats `type_ = ...`, which
 // clippy mistakes for a duplicated attribute.
@@ -21,6 +44,7 @@ mod backup_configuration;
 mod backup_session;
 mod common;
 mod duration;
+pub mod identity;
 mod repository;
 mod restore_session;
 pub mod schedule;
@@ -30,9 +54,10 @@ pub use backup_configuration::{
     BackupTarget, ConcurrencyPolicy, RetentionPolicy, WorkloadKind, WorkloadReference,
 };
 pub use backup_session::{
-    BackupItem, BackupSession, BackupSessionSpec, BackupSessionStatus, SessionTrigger,
+    BackupItem, BackupSession, BackupSessionSpec, BackupSessionStatus, RetentionStatus,
+    SessionTrigger,
 };
-pub use common::{ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase};
+pub use common::{Claim, ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase};
 pub use duration::{parse_duration, DurationError};
 pub use repository::{
     AllowedNamespaces, NamespacesFrom, Repository, RepositorySpec, RepositoryStatus, UsagePolicy,

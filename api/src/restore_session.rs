@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::backup_configuration::WorkloadReference;
-use crate::common::{ItemPhase, RepositoryReference, SessionPhase};
+use crate::common::{Claim, ItemPhase, RepositoryReference, SessionPhase};
 
 /// Restores a snapshot into volumes of pods in this namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -172,9 +172,16 @@ pub struct RestoreItem {
     /// Node the pod runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Snapshot hostnames to pick `latest` among (see [`crate::identity`]);
+    /// any snapshot with the path `/<sourceVolume>` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_hosts: Vec<String>,
     /// Where the item is.
     #[serde(default)]
     pub phase: ItemPhase,
+    /// The claim of the agent working on it (see the crate docs).
+    #[serde(flatten)]
+    pub claim: Claim,
     /// The snapshot restored, once resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,
@@ -184,6 +191,12 @@ pub struct RestoreItem {
     /// Bytes to write, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_total: Option<i64>,
+    /// Files written so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_done: Option<i64>,
+    /// Files to write, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<i64>,
     /// Why the item failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -139,6 +139,7 @@ pub fn resolve_items(
                 pod: name.clone(),
                 volume: volume.clone(),
                 node: node.clone(),
+                host: Some(stash_api::identity::snapshot_host(pod, &volume)),
                 ..BackupItem::default()
             };
             match spec_volume {

@@ -1,0 +1,173 @@
+//! Snapshot identity of a pod volume, stable across pod restarts and
+//! rescheduling, shared by the controller (which writes it into items) and
+//! the agent (which labels snapshots with it and finds parents by it).
+//!
+//! - hostname: `<namespace>/<pvc>` for a volume backed by a
+//!   PersistentVolumeClaim, `<namespace>/<workload>/<volume>` otherwise,
+//!   where the workload is the Deployment, StatefulSet, DaemonSet, Job or
+//!   other controller owning the pod, or the pod itself when it has none;
+//! - path: `/<volume>`;
+//! - tags: `namespace=<ns>`, `pod=<pod>`, `volume=<volume>`,
+//!   `session=<session>` and `config=<backup configuration>`.
+//!
+//! A pod's UID never enters the identity: a recreated pod finds the
+//! snapshots of its predecessor as parents.
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// Tag prefix naming the namespace a snapshot was taken in.
+pub const TAG_NAMESPACE: &str = "namespace=";
+/// Tag prefix naming the pod a snapshot was taken of.
+pub const TAG_POD: &str = "pod=";
+/// Tag prefix naming the pod volume a snapshot was taken of.
+pub const TAG_VOLUME: &str = "volume=";
+/// Tag prefix naming the BackupSession that took a snapshot.
+pub const TAG_SESSION: &str = "session=";
+/// Tag prefix naming the BackupConfiguration a snapshot belongs to.
+pub const TAG_CONFIG: &str = "config=";
+
+/// The workload a pod belongs to: its controlling owner's name, with a
+/// Deployment's ReplicaSet mapped back to the Deployment (by dropping the
+/// `pod-template-hash` suffix); the pod's own name when it has no owner.
+pub fn workload_name(pod: &Pod) -> String {
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    else {
+        return pod_name;
+    };
+    if owner.kind == "ReplicaSet" {
+        let hash = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"));
+        if let Some(deployment) = hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
+            return deployment.to_owned();
+        }
+    }
+    owner.name.clone()
+}
+
+/// The PersistentVolumeClaim behind a pod volume, if any.
+pub fn volume_claim<'a>(pod: &'a Pod, volume: &str) -> Option<&'a str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .find(|v| v.name == volume)?
+        .persistent_volume_claim
+        .as_ref()
+        .map(|c| c.claim_name.as_str())
+}
+
+/// The snapshot hostname of a pod volume.
+pub fn snapshot_host(pod: &Pod, volume: &str) -> String {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    match volume_claim(pod, volume) {
+        Some(claim) => format!("{ns}/{claim}"),
+        None => format!("{ns}/{}/{volume}", workload_name(pod)),
+    }
+}
+
+/// The snapshot hostnames a restore may pick from for a source named
+/// `name` (a PersistentVolumeClaim, a workload or a pod) in `namespace`
+/// and the snapshot volume `volume`.
+pub fn source_hosts(namespace: &str, name: &str, volume: &str) -> Vec<String> {
+    vec![
+        format!("{namespace}/{name}"),
+        format!("{namespace}/{name}/{volume}"),
+    ]
+}
+
+/// The path a pod volume is recorded under in its snapshots.
+pub fn snapshot_path(volume: &str) -> String {
+    format!("/{volume}")
+}
+
+/// The tags of a snapshot of a pod volume.
+pub fn snapshot_tags(
+    namespace: &str,
+    pod: &str,
+    volume: &str,
+    session: &str,
+    config: &str,
+) -> Vec<String> {
+    vec![
+        format!("{TAG_NAMESPACE}{namespace}"),
+        format!("{TAG_POD}{pod}"),
+        format!("{TAG_VOLUME}{volume}"),
+        format!("{TAG_SESSION}{session}"),
+        format!("{TAG_CONFIG}{config}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, PodSpec, Volume};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn pod(owner: Option<(&str, &str)>, hash: Option<&str>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some("web-7d9f8-abcde".into());
+        p.metadata.namespace = Some("shop".into());
+        p.metadata.owner_references = owner.map(|(kind, name)| {
+            vec![OwnerReference {
+                kind: kind.into(),
+                name: name.into(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]
+        });
+        p.metadata.labels = hash.map(|h| [("pod-template-hash".to_owned(), h.to_owned())].into());
+        p.spec = Some(PodSpec {
+            volumes: Some(vec![
+                Volume {
+                    name: "data".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: "db-data".into(),
+                        ..Default::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "cache".into(),
+                    empty_dir: Some(Default::default()),
+                    ..Volume::default()
+                },
+            ]),
+            ..PodSpec::default()
+        });
+        p
+    }
+
+    #[test]
+    fn identity_is_the_workload_or_claim_not_the_pod() {
+        let p = pod(Some(("ReplicaSet", "web-7d9f8")), Some("7d9f8"));
+        assert_eq!(workload_name(&p), "web");
+        assert_eq!(snapshot_host(&p, "data"), "shop/db-data");
+        assert_eq!(snapshot_host(&p, "cache"), "shop/web/cache");
+        let s = pod(Some(("StatefulSet", "db")), None);
+        assert_eq!(snapshot_host(&s, "cache"), "shop/db/cache");
+        // A ReplicaSet not made by a Deployment keeps its own name.
+        let r = pod(Some(("ReplicaSet", "plain")), Some("other"));
+        assert_eq!(workload_name(&r), "plain");
+        let bare = pod(None, None);
+        assert_eq!(snapshot_host(&bare, "cache"), "shop/web-7d9f8-abcde/cache");
+        assert_eq!(snapshot_path("cache"), "/cache");
+        assert_eq!(
+            snapshot_tags("shop", "p", "cache", "s1", "nightly"),
+            [
+                "namespace=shop",
+                "pod=p",
+                "volume=cache",
+                "session=s1",
+                "config=nightly"
+            ]
+        );
+    }
+}
