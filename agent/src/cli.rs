@@ -176,7 +176,7 @@ pub struct RestoreArgs {
     /// Do not restore paths matching a pattern (repeatable)
     #[arg(short = 'e', long = "exclude")]
     pub excludes: Vec<String>,
-    /// Existing files: always (replace), if-changed (rewrite only what differs), never (keep)
+    /// Existing files: always (replace), if-changed (rewrite only what differs), if-newer (replace when the snapshot's copy is newer), never (keep)
     #[arg(long, default_value = "always")]
     pub overwrite: repo_format::restorer::Overwrite,
     /// Remove files in the restored directories that are not in the snapshot

@@ -37,6 +37,12 @@ use crate::repository::{whoami, Repository};
 pub struct BackupOptions {
     /// Files and directories to back up.
     pub paths: Vec<PathBuf>,
+    /// Record the single entry of `paths` in the snapshot as this path,
+    /// one component below the root (e.g. `/data`), instead of where it
+    /// is: the node agent records a pod volume as `/<volume>` wherever the
+    /// kubelet keeps it, so its snapshots and parents do not depend on the
+    /// pod's UID. Parents are found by this path.
+    pub as_path: Option<String>,
     /// Host name for the snapshot (defaults to this host).
     pub host: Option<String>,
     /// Tags.
@@ -209,6 +215,29 @@ fn build_trie(paths: &[PathBuf]) -> Result<(Trie, Vec<String>)> {
         }
     }
     Ok((trie, shown))
+}
+
+/// The trie for one path recorded under another name (see
+/// [`BackupOptions::as_path`]).
+fn renamed_trie(paths: &[PathBuf], as_path: &str) -> Result<(Trie, Vec<String>)> {
+    let [path] = paths else {
+        return Err(Error::InvalidArgument(format!(
+            "recording a backup as {as_path:?} needs exactly one path, not {}",
+            paths.len()
+        )));
+    };
+    let name = as_path
+        .strip_prefix('/')
+        .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "cannot record a backup as {as_path:?}: give one name below the root, like /data"
+            ))
+        })?;
+    let mut trie = Trie::default();
+    trie.children
+        .insert(name.as_bytes().to_vec(), TrieNode::Target(clean_abs(path)?));
+    Ok((trie, vec![format!("/{name}")]))
 }
 
 impl Archiver<'_> {
@@ -588,7 +617,10 @@ pub fn backup_with_progress(
     let start = chrono::Local::now().fixed_offset();
     let (user, this_host) = whoami();
     let host = opts.host.clone().unwrap_or(this_host);
-    let (trie, shown_paths) = build_trie(&opts.paths)?;
+    let (trie, shown_paths) = match &opts.as_path {
+        None => build_trie(&opts.paths)?,
+        Some(as_path) => renamed_trie(&opts.paths, as_path)?,
+    };
     let excludes = Patterns::new(&opts.excludes).map_err(Error::InvalidArgument)?;
     let parent = if opts.force {
         None

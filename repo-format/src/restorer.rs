@@ -47,6 +47,9 @@ pub enum Overwrite {
     /// Leave it when size and mtime match the snapshot; otherwise rewrite
     /// only the parts whose content differs.
     IfChanged,
+    /// Replace it only when the snapshot's copy has a later modification
+    /// time (restic's `if-newer`).
+    IfNewer,
     /// Leave it.
     Never,
 }
@@ -57,8 +60,11 @@ impl FromStr for Overwrite {
         match s {
             "always" => Ok(Overwrite::Always),
             "if-changed" => Ok(Overwrite::IfChanged),
+            "if-newer" => Ok(Overwrite::IfNewer),
             "never" => Ok(Overwrite::Never),
-            _ => Err(format!("overwrite {s:?}: use always, if-changed or never")),
+            _ => Err(format!(
+                "overwrite {s:?}: use always, if-changed, if-newer or never"
+            )),
         }
     }
 }
@@ -360,8 +366,14 @@ impl Planner<'_> {
             let unchanged = md.len() == node.size
                 && md.mtime() == node.mtime.timestamp()
                 && md.mtime_nsec() == i64::from(node.mtime.timestamp_subsec_nanos());
+            let snapshot_newer = (node.mtime.timestamp(), node.mtime.timestamp_subsec_nanos())
+                > (md.mtime(), u32::try_from(md.mtime_nsec()).unwrap_or(0));
             match self.opts.overwrite {
                 Overwrite::Never => {
+                    self.result.files_skipped += 1;
+                    return false;
+                }
+                Overwrite::IfNewer if !snapshot_newer => {
                     self.result.files_skipped += 1;
                     return false;
                 }

@@ -371,3 +371,65 @@ fn restore_includes_select_paths_and_their_parents() {
     let restored = target.join(src.strip_prefix("/").unwrap());
     assert_eq!(all_paths(&restored), vec!["a", "a/b", "a/b/x"]);
 }
+
+#[test]
+fn a_directory_recorded_under_another_name_keeps_its_parent_when_it_moves() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    // The kubelet keeps a volume under the pod's UID; a new pod has a new UID.
+    let first_dir = t.path().join("pods/uid-1/volumes/data");
+    let second_dir = t.path().join("pods/uid-2/volumes/data");
+    for d in [&first_dir, &second_dir] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+        fs::write(d.join("sub/f"), vec![7u8; 100_000]).unwrap();
+    }
+    let opts = |dir: &Path| BackupOptions {
+        paths: vec![dir.to_path_buf()],
+        as_path: Some("/data".into()),
+        host: Some("shop/db-data".into()),
+        ..Default::default()
+    };
+    let first = backup(&repo, &opts(&first_dir)).unwrap();
+    assert_eq!(first.snapshot.paths, ["/data"]);
+    let root = repo.load_tree(&first.snapshot.tree).unwrap();
+    let names: Vec<&[u8]> = root.nodes.iter().map(|n| n.name.as_slice()).collect();
+    assert_eq!(names, [b"data".as_slice()]);
+    let second = backup(&repo, &opts(&second_dir)).unwrap();
+    assert_eq!(second.snapshot.parent, Some(first.snapshot_id));
+    assert_eq!(second.snapshot.summary.unwrap().data_blobs, 0);
+    let target = t.path().join("target");
+    restore(
+        &repo,
+        &second.snapshot.tree,
+        &RestoreOptions {
+            target: target.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(target.join("data/sub/f")).unwrap(),
+        vec![7u8; 100_000]
+    );
+    // Only one name below the root, and only for one path.
+    for bad in ["data", "/", "/a/b", "/..", ""] {
+        let err = backup(
+            &repo,
+            &BackupOptions {
+                as_path: Some(bad.into()),
+                ..opts(&first_dir)
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("one name below the root"), "{err}");
+    }
+    let err = backup(
+        &repo,
+        &BackupOptions {
+            paths: vec![first_dir.clone(), second_dir.clone()],
+            ..opts(&first_dir)
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("exactly one path"), "{err}");
+}

@@ -52,6 +52,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         .context("--parent")?;
     let opts = BackupOptions {
         paths: a.paths.clone(),
+        as_path: None,
         host: a.host.clone(),
         tags: a.tags.clone(),
         excludes: a.excludes.clone(),

@@ -159,6 +159,30 @@ fn restore_over_existing_data_with_overwrite_and_delete() {
     stash.ok(&["restore", "latest", "--target", t, "--overwrite", "never"]);
     assert_eq!(fs::read(r.join("a")).unwrap(), b"local change");
 
+    // if-newer: the local file is newer than the snapshot's: it stays; made
+    // older than the snapshot's, it is replaced.
+    stash.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-newer",
+    ]);
+    assert_eq!(fs::read(r.join("a")).unwrap(), b"local change");
+    let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+    filetime::set_file_mtime(r.join("a"), old).unwrap();
+    stash.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-newer",
+    ]);
+    assert_eq!(fs::read(r.join("a")).unwrap(), b"original a");
+    fs::write(r.join("a"), b"local change").unwrap();
+
     // if-changed: a file whose size and mtime match is left alone; a
     // changed one is repaired by rewriting only what differs.
     let mut big = fs::read(r.join("d/big")).unwrap();
