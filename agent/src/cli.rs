@@ -91,6 +91,64 @@ pub enum Command {
         #[arg(long = "remove-all")]
         remove_all: bool,
     },
+    /// Run the node agent (a DaemonSet): back up and restore the pod volumes of this node
+    Agent(AgentArgs),
+    /// Wait until the node agent has restored into these directories (an init container)
+    RestoreWait(RestoreWaitArgs),
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    stash_api::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `stash agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name (from the downward API's spec.nodeName)
+    #[arg(long = "node-name", env = "NODE_NAME")]
+    pub node_name: String,
+    /// This agent's pod name, for its claims (default: the host name)
+    #[arg(long = "pod-name", env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The kubelet's root directory as mounted in the agent (k3s, RKE, TKGI and others use other places; see deploy/README.md)
+    #[arg(
+        long = "kubelet-root",
+        env = "STASH_KUBELET_ROOT",
+        default_value = "/var/lib/kubelet"
+    )]
+    pub kubelet_root: PathBuf,
+    /// The host's / as mounted in the agent (read-only), for hostPath volumes
+    #[arg(long = "host-root", default_value = "/host")]
+    pub host_root: PathBuf,
+    /// A host directory whose hostPath volumes may be backed up and restored (repeatable; none by default)
+    #[arg(long = "allow-host-path", value_name = "DIR")]
+    pub allow_host_paths: Vec<PathBuf>,
+    /// At most N items at once on this node
+    #[arg(long = "max-concurrent", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_concurrent: u32,
+    /// Address serving /metrics and /healthz
+    #[arg(long = "metrics-addr", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Take over this node's items whose agent has shown no sign of life this long (e.g. 60s)
+    #[arg(long = "takeover-after", default_value = "60s", value_parser = duration)]
+    pub takeover_after: std::time::Duration,
+    /// How often progress is written to an item's status
+    #[arg(long = "progress-interval", default_value = "5s", value_parser = duration)]
+    pub progress_interval: std::time::Duration,
+}
+
+/// `stash restore-wait`.
+#[derive(Debug, Args)]
+pub struct RestoreWaitArgs {
+    /// A volume's mount path to wait for (repeatable)
+    #[arg(long = "dir", value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Give up after this long (e.g. 30m); wait for ever when unset
+    #[arg(long, value_parser = duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Leave the agent's marker files in place
+    #[arg(long = "keep-marker")]
+    pub keep_marker: bool,
 }
 
 /// `stash key`.

@@ -1,7 +1,8 @@
-//! `stash`: a restic-compatible backup tool. This binary is also, in later
-//! work, the node agent and the sidecar; today it is the command line on a
-//! repository.
+//! `stash`: a restic-compatible backup tool on a repository, and the node
+//! agent (`stash agent`, run by a DaemonSet) with its init-container helper
+//! (`stash restore-wait`).
 
+mod agent;
 mod cli;
 mod cmd;
 mod format;

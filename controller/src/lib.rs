@@ -21,7 +21,7 @@ pub mod scheduler;
 pub mod security;
 pub mod session;
 pub mod targets;
-mod time;
+pub mod time;
 
 use std::sync::Arc;
 

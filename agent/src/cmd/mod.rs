@@ -8,6 +8,7 @@ mod init;
 mod key;
 mod ls;
 mod restore;
+mod restore_wait;
 mod snapshots;
 mod unlock;
 
@@ -29,6 +30,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Check { read_data } => check::run(g, read_data),
         Command::Key(k) => key::run(g, &k),
         Command::Unlock { remove_all } => unlock::run(g, remove_all),
+        Command::Agent(args) => crate::agent::run(args),
+        Command::RestoreWait(args) => restore_wait::run(&args),
     }
 }
 

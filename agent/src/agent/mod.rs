@@ -1,0 +1,372 @@
+//! `stash agent`: the node agent, one per node (a DaemonSet).
+//!
+//! It watches BackupSessions and RestoreSessions, takes the items the
+//! controller assigned to its node (and the retention runs), claims each
+//! with a JSON patch that only one agent can win (see `claim`), reads or
+//! writes the pod volume through the kubelet's directories (see `volumes`),
+//! and reports progress, the result and errors in the item's status. At
+//! most `--max-concurrent` items run at once; an item waits unclaimed,
+//! saying why, while its pod or volume is not ready. A restarted agent
+//! takes over its node's items whose claim's heartbeat has stopped for
+//! `--takeover-after`, so in-flight work is completed.
+
+mod claim;
+pub mod metrics;
+mod repository;
+pub mod volumes;
+mod work;
+
+pub use work::RESTORE_MARKER;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use futures::StreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use stash_api::{BackupSession, Claim, ItemPhase, RestoreSession};
+use stash_controller::time::from_time;
+use stash_controller::HostPathAllowList;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::AgentArgs;
+use claim::{Previous, Slot};
+use metrics::Metrics;
+
+/// What every piece of work shares.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// This agent's node.
+    pub node: String,
+    /// This agent process: `<node>/<pod>/<nonce>`.
+    pub instance: String,
+    /// The kubelet's root directory as mounted in the agent.
+    pub kubelet_root: PathBuf,
+    /// The host's `/` as mounted in the agent (for hostPath volumes).
+    pub host_root: PathBuf,
+    /// Host directories hostPath volumes may be read from and written to.
+    pub host_paths: HostPathAllowList,
+    /// Heartbeat age after which another claim on this node is abandoned.
+    pub takeover_after: Duration,
+    /// How often progress is written to an item.
+    pub progress_every: Duration,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Work running now, so a rescan does not start it twice.
+    running: Mutex<HashSet<WorkKey>>,
+}
+
+/// Identifies a piece of work across rescans.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WorkKey {
+    kind: &'static str,
+    uid: String,
+    slot: Slot,
+}
+
+/// A piece of work found in a session's status.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Back up `status.items[slot]` of the session.
+    Backup(Arc<BackupSession>, Slot, Previous),
+    /// Restore `status.items[slot]` of the session.
+    Restore(Arc<RestoreSession>, Slot, Previous),
+    /// Run the retention of the session.
+    Retention(Arc<BackupSession>, Previous),
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub fn run(args: AgentArgs) -> Result<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))?;
+    Ok(0)
+}
+
+async fn run_async(args: AgentArgs) -> Result<()> {
+    for p in &args.allow_host_paths {
+        anyhow::ensure!(
+            p.is_absolute(),
+            "--allow-host-path {} is not an absolute path",
+            p.display()
+        );
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let pod = args.pod_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "agent".into())
+    });
+    let nonce = format!("{:08x}", rand_nonce());
+    let metrics = Metrics::default();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        node: args.node_name.clone(),
+        instance: format!("{}/{pod}/{nonce}", args.node_name),
+        kubelet_root: args.kubelet_root.clone(),
+        host_root: args.host_root.clone(),
+        host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
+        takeover_after: args.takeover_after,
+        progress_every: args.progress_interval,
+        metrics: metrics.clone(),
+        running: Mutex::new(HashSet::new()),
+    });
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tracing::info!(
+        node = %ctx.node, instance = %ctx.instance, kubelet_root = %ctx.kubelet_root.display(),
+        metrics = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "agent started"
+    );
+    let server = tokio::spawn(metrics::serve(listener, metrics, shutdown.clone()));
+
+    let changed = Arc::new(Notify::new());
+    let (backups, backup_writer) = reflector::store();
+    let (restores, restore_writer) = reflector::store();
+    let watch_backups = watch(
+        reflector::reflector(
+            backup_writer,
+            watcher(
+                Api::<BackupSession>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        ),
+        changed.clone(),
+        shutdown.clone(),
+    );
+    let watch_restores = watch(
+        reflector::reflector(
+            restore_writer,
+            watcher(
+                Api::<RestoreSession>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        ),
+        changed.clone(),
+        shutdown.clone(),
+    );
+    let slots = Arc::new(Semaphore::new(args.max_concurrent.max(1) as usize));
+    let rescan = Duration::from_secs(2)
+        .min(ctx.takeover_after / 2)
+        .max(Duration::from_millis(200));
+    let scan_loop = {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        let (backups, restores) = (backups.clone(), restores.clone());
+        async move {
+            let _ = backups.wait_until_ready().await;
+            let _ = restores.wait_until_ready().await;
+            loop {
+                for w in find_work(&ctx, &backups, &restores) {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let key = w.key();
+                    if !ctx.running.lock().expect("running set").insert(key.clone()) {
+                        continue;
+                    }
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        work::run(&ctx, w).await;
+                        ctx.running.lock().expect("running set").remove(&key);
+                        drop(permit);
+                    });
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = changed.notified() => {}
+                    () = tokio::time::sleep(rescan) => {}
+                }
+            }
+        }
+    };
+    tokio::join!(watch_backups, watch_restores, scan_loop);
+    // Running items keep their claim; a restarted agent takes them over.
+    server.await.context("metrics server task")??;
+    Ok(())
+}
+
+fn rand_nonce() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.subsec_nanos() ^ std::process::id().rotate_left(16)
+}
+
+async fn watch<K: kube::Resource + Clone + Send + Sync + 'static>(
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    changed: Arc<Notify>,
+    shutdown: CancellationToken,
+) where
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let stream = stream.default_backoff().touched_objects();
+    tokio::pin!(stream);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            ev = stream.next() => match ev {
+                None => return,
+                Some(Ok(_)) => changed.notify_one(),
+                Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
+            },
+        }
+    }
+}
+
+impl Work {
+    fn key(&self) -> WorkKey {
+        match self {
+            Work::Backup(s, slot, _) => WorkKey {
+                kind: "backup",
+                uid: s.uid().unwrap_or_default(),
+                slot: slot.clone(),
+            },
+            Work::Restore(s, slot, _) => WorkKey {
+                kind: "restore",
+                uid: s.uid().unwrap_or_default(),
+                slot: slot.clone(),
+            },
+            Work::Retention(s, _) => WorkKey {
+                kind: "retention",
+                uid: s.uid().unwrap_or_default(),
+                slot: Slot::Retention,
+            },
+        }
+    }
+}
+
+/// Whether this agent should take a piece of work in `phase` under `claim`.
+fn takeable(ctx: &Ctx, phase: ItemPhase, claim: &Claim) -> Option<Previous> {
+    match phase {
+        ItemPhase::Pending => Some(Previous::Pending),
+        ItemPhase::Running => {
+            let holder = claim.claimed_by.clone()?;
+            if holder == ctx.instance {
+                // Ours and running here, or ours and lost in a bug: the
+                // running set tells which.
+                return Some(Previous::Abandoned(holder));
+            }
+            let beat = claim.heartbeat_time.as_ref().map(from_time)?;
+            let silent = (Utc::now() - beat).to_std().unwrap_or_default();
+            (silent >= ctx.takeover_after).then_some(Previous::Abandoned(holder))
+        }
+        ItemPhase::Succeeded | ItemPhase::Failed => None,
+    }
+}
+
+/// Every piece of work for this node, oldest session first.
+fn find_work(
+    ctx: &Ctx,
+    backups: &Store<BackupSession>,
+    restores: &Store<RestoreSession>,
+) -> Vec<Work> {
+    let running = ctx.running.lock().expect("running set").clone();
+    let mut out: Vec<(Option<chrono::DateTime<Utc>>, Work)> = Vec::new();
+    let mine = |node: &Option<String>| node.as_deref() == Some(ctx.node.as_str());
+    for s in backups.state() {
+        let Some(status) = s.status.as_ref() else {
+            continue;
+        };
+        if status.phase.is_finished() {
+            continue;
+        }
+        let created = s.metadata.creation_timestamp.as_ref().map(from_time);
+        for (index, item) in status.items.iter().enumerate() {
+            if !mine(&item.node) {
+                continue;
+            }
+            let Some(prev) = takeable(ctx, item.phase, &item.claim) else {
+                continue;
+            };
+            let slot = Slot::Item {
+                index,
+                namespace: item.namespace.clone(),
+                pod: item.pod.clone(),
+                volume: item.volume.clone(),
+            };
+            let w = Work::Backup(s.clone(), slot, prev);
+            if !running.contains(&w.key()) {
+                out.push((created, w));
+            }
+        }
+        if let Some(r) = &status.retention {
+            if mine(&r.node) {
+                if let Some(prev) = takeable(ctx, r.phase, &r.claim) {
+                    let w = Work::Retention(s.clone(), prev);
+                    if !running.contains(&w.key()) {
+                        out.push((created, w));
+                    }
+                }
+            }
+        }
+    }
+    for s in restores.state() {
+        let Some(status) = s.status.as_ref() else {
+            continue;
+        };
+        if status.phase.is_finished() {
+            continue;
+        }
+        let created = s.metadata.creation_timestamp.as_ref().map(from_time);
+        for (index, item) in status.items.iter().enumerate() {
+            if !mine(&item.node) {
+                continue;
+            }
+            let Some(prev) = takeable(ctx, item.phase, &item.claim) else {
+                continue;
+            };
+            let slot = Slot::Item {
+                index,
+                namespace: item.namespace.clone(),
+                pod: item.pod.clone(),
+                volume: item.volume.clone(),
+            };
+            let w = Work::Restore(s.clone(), slot, prev);
+            if !running.contains(&w.key()) {
+                out.push((created, w));
+            }
+        }
+    }
+    // Retention after items, and older sessions first.
+    out.sort_by_key(|(t, w)| (matches!(w, Work::Retention(..)), *t));
+    out.into_iter().map(|(_, w)| w).collect()
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,916 @@
+//! Running one piece of work: prepare (find the volume's directory and the
+//! repository; wait, unclaimed, while they are not ready), claim, run the
+//! blocking engine call on a worker thread while a task reports progress,
+//! and finish with the result or the error.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use chrono::Utc;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use repo_format::archiver::{backup_with_progress, BackupOptions};
+use repo_format::lock::RepoLock;
+use repo_format::progress::Progress;
+use repo_format::restorer::{restore_with_progress, Overwrite, RestoreOptions};
+use repo_format::retention::{self, Count, GroupBy, KeepDuration, Policy};
+use repo_format::{FileType, Id, NodeType, Repository};
+use serde_json::{json, Map, Value};
+use stash_api::identity::{self, TAG_CONFIG, TAG_NAMESPACE};
+use stash_api::{
+    BackupConfiguration, BackupSession, OverwritePolicy, RestoreSession, RetentionPolicy,
+};
+use stash_controller::time::{from_time, to_time};
+
+use super::claim::{self, Previous, Slot};
+use super::repository::{fetch, RepoAccess};
+use super::volumes::{self, PvLocation, VolumeKind};
+use super::{Ctx, Work};
+
+/// The marker a finished restore leaves in the volume's root for
+/// `stash restore-wait`.
+pub const RESTORE_MARKER: &str = ".stash-restore-done";
+
+/// How long a command waits for a repository lock held by others.
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// Why work cannot start.
+enum NotReady {
+    /// Not yet: the item stays Pending with this message.
+    Wait(String),
+    /// Never: the item fails with this message.
+    Refuse(String),
+}
+
+impl From<anyhow::Error> for NotReady {
+    fn from(e: anyhow::Error) -> Self {
+        NotReady::Refuse(chain(&e))
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn now() -> Time {
+    to_time(Utc::now())
+}
+
+/// The result fields of a finished piece of work.
+struct Done {
+    fields: Map<String, Value>,
+    bytes: u64,
+    files: u64,
+    file_errors: u64,
+}
+
+/// A claimed piece of work: where to write its status.
+struct Claimed<'a> {
+    ctx: &'a Ctx,
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    slot: Slot,
+}
+
+impl Claimed<'_> {
+    async fn patch(&self, patch: Value) -> Result<(), kube::Error> {
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).expect("well-formed JSON patch");
+        let pp = PatchParams::default();
+        match self.kind {
+            "restore" => {
+                let api: Api<RestoreSession> =
+                    Api::namespaced(self.ctx.client.clone(), &self.namespace);
+                api.patch_status(&self.name, &pp, &Patch::Json::<()>(patch))
+                    .await
+                    .map(|_| ())
+            }
+            _ => {
+                let api: Api<BackupSession> =
+                    Api::namespaced(self.ctx.client.clone(), &self.namespace);
+                api.patch_status(&self.name, &pp, &Patch::Json::<()>(patch))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Writes `fields` if we still hold the claim; false when we lost it.
+    async fn update(&self, fields: Map<String, Value>) -> bool {
+        match self
+            .patch(claim::update(
+                &self.slot,
+                &self.ctx.instance,
+                &now(),
+                fields,
+            ))
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(session = %format!("{}/{}", self.namespace, self.name), slot = ?self.slot, error = %e, "could not update the item (claim lost or session gone)");
+                false
+            }
+        }
+    }
+}
+
+/// Runs one piece of work to its end (or until it must wait).
+pub async fn run(ctx: &Ctx, work: Work) {
+    let (kind, namespace, name, slot, previous, waiting_message) = match &work {
+        Work::Backup(s, slot, p) => (
+            "backup",
+            s.namespace().unwrap_or_default(),
+            s.name_any(),
+            slot.clone(),
+            p.clone(),
+            item_message(
+                s.status.as_ref().map(|st| &st.items),
+                slot,
+                |i: &stash_api::BackupItem| i.claim.message.clone(),
+            ),
+        ),
+        Work::Restore(s, slot, p) => (
+            "restore",
+            s.namespace().unwrap_or_default(),
+            s.name_any(),
+            slot.clone(),
+            p.clone(),
+            item_message(
+                s.status.as_ref().map(|st| &st.items),
+                slot,
+                |i: &stash_api::RestoreItem| i.claim.message.clone(),
+            ),
+        ),
+        Work::Retention(s, p) => (
+            "retention",
+            s.namespace().unwrap_or_default(),
+            s.name_any(),
+            Slot::Retention,
+            p.clone(),
+            None,
+        ),
+    };
+    let c = Claimed {
+        ctx,
+        kind,
+        namespace,
+        name,
+        slot,
+    };
+    let prepared = match &work {
+        Work::Backup(s, slot, _) => prepare_backup(ctx, s, slot).await.map(Prepared::Backup),
+        Work::Restore(s, slot, _) => prepare_restore(ctx, s, slot).await.map(Prepared::Restore),
+        Work::Retention(s, _) => prepare_retention(ctx, s).await.map(Prepared::Retention),
+    };
+    let prepared = match prepared {
+        Ok(p) => Ok(p),
+        Err(NotReady::Wait(msg)) => {
+            if matches!(previous, Previous::Pending) {
+                if waiting_message.as_deref() != Some(msg.as_str()) {
+                    tracing::info!(session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, reason = %msg, "waiting");
+                    let _ = c
+                        .patch(claim::waiting(&c.slot, &format!("waiting: {msg}")))
+                        .await;
+                }
+                return;
+            }
+            // Taken over, but no longer possible to run: fail it.
+            Err(msg)
+        }
+        Err(NotReady::Refuse(msg)) => Err(msg),
+    };
+    let attempt = match &work {
+        Work::Backup(s, slot, _) => attempt_of(
+            s.status.as_ref().map(|st| &st.items),
+            slot,
+            |i: &stash_api::BackupItem| i.claim.attempt,
+        ),
+        Work::Restore(s, slot, _) => attempt_of(
+            s.status.as_ref().map(|st| &st.items),
+            slot,
+            |i: &stash_api::RestoreItem| i.claim.attempt,
+        ),
+        Work::Retention(s, _) => s
+            .status
+            .as_ref()
+            .and_then(|st| st.retention.as_ref())
+            .and_then(|r| r.claim.attempt),
+    }
+    .unwrap_or(0)
+        + 1;
+    if let Err(e) = c
+        .patch(claim::claim(
+            &c.slot,
+            &previous,
+            &ctx.instance,
+            attempt,
+            &now(),
+        ))
+        .await
+    {
+        tracing::debug!(slot = ?c.slot, error = %e, "claim lost to another writer");
+        return;
+    }
+    tracing::info!(kind, session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, attempt, "claimed");
+    let (repository, volume_label) = match &prepared {
+        Ok(p) => p.labels(),
+        Err(_) => ("unknown".to_owned(), "unknown".to_owned()),
+    };
+    let labels = [kind, repository.as_str(), volume_label.as_str()];
+    let started = Instant::now();
+    ctx.metrics
+        .in_flight
+        .with_label_values(&[kind, repository.as_str()])
+        .inc();
+    let result = match prepared {
+        Err(msg) => Err(msg),
+        Ok(p) => execute(&c, p).await,
+    };
+    ctx.metrics
+        .in_flight
+        .with_label_values(&[kind, repository.as_str()])
+        .dec();
+    ctx.metrics
+        .duration
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    let mut fields = Map::new();
+    fields.insert("endTime".into(), json!(now()));
+    match result {
+        Ok(done) => {
+            ctx.metrics
+                .bytes
+                .with_label_values(&labels)
+                .inc_by(done.bytes);
+            ctx.metrics
+                .files
+                .with_label_values(&labels)
+                .inc_by(done.files);
+            ctx.metrics
+                .errors
+                .with_label_values(&labels)
+                .inc_by(done.file_errors);
+            ctx.metrics
+                .items
+                .with_label_values(&[
+                    kind,
+                    repository.as_str(),
+                    volume_label.as_str(),
+                    "succeeded",
+                ])
+                .inc();
+            fields.extend(done.fields);
+            fields.insert("phase".into(), json!("Succeeded"));
+            tracing::info!(kind, session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, "succeeded");
+        }
+        Err(msg) => {
+            ctx.metrics.errors.with_label_values(&labels).inc();
+            ctx.metrics
+                .items
+                .with_label_values(&[kind, repository.as_str(), volume_label.as_str(), "failed"])
+                .inc();
+            tracing::warn!(kind, session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, error = %msg, "failed");
+            fields.insert("phase".into(), json!("Failed"));
+            fields.insert("error".into(), json!(msg));
+            fields.insert("message".into(), json!("failed"));
+        }
+    }
+    c.update(fields).await;
+}
+
+fn item_message<T>(
+    items: Option<&Vec<T>>,
+    slot: &Slot,
+    f: impl Fn(&T) -> Option<String>,
+) -> Option<String> {
+    match slot {
+        Slot::Item { index, .. } => items.and_then(|v| v.get(*index)).and_then(f),
+        Slot::Retention => None,
+    }
+}
+
+fn attempt_of<T>(
+    items: Option<&Vec<T>>,
+    slot: &Slot,
+    f: impl Fn(&T) -> Option<i32>,
+) -> Option<i32> {
+    match slot {
+        Slot::Item { index, .. } => items.and_then(|v| v.get(*index)).and_then(f),
+        Slot::Retention => None,
+    }
+}
+
+/// Everything a piece of work needs, found before claiming it.
+enum Prepared {
+    Backup(BackupPlan),
+    Restore(RestorePlan),
+    Retention(RetentionPlan),
+}
+
+impl Prepared {
+    fn labels(&self) -> (String, String) {
+        match self {
+            Prepared::Backup(p) => (p.repo.name.clone(), format!("{}:{}", p.host, p.as_path)),
+            Prepared::Restore(p) => (
+                p.repo.name.clone(),
+                format!("{}/{}/{}", p.namespace, p.pod, p.volume),
+            ),
+            Prepared::Retention(p) => (p.repo.name.clone(), String::new()),
+        }
+    }
+}
+
+struct BackupPlan {
+    repo: RepoAccess,
+    dir: PathBuf,
+    host: String,
+    as_path: String,
+    tags: Vec<String>,
+}
+
+struct RestorePlan {
+    repo: RepoAccess,
+    dir: PathBuf,
+    namespace: String,
+    pod: String,
+    volume: String,
+    session: String,
+    source_volume: String,
+    source_hosts: Vec<String>,
+    source_tags: Vec<String>,
+    snapshot: String,
+    before: Option<chrono::DateTime<Utc>>,
+    includes: Vec<String>,
+    excludes: Vec<String>,
+    overwrite: Overwrite,
+}
+
+struct RetentionPlan {
+    repo: RepoAccess,
+    namespace: String,
+    config: String,
+    policy: Option<RetentionPolicy>,
+}
+
+fn slot_identity(slot: &Slot) -> (&str, &str, &str) {
+    match slot {
+        Slot::Item {
+            namespace,
+            pod,
+            volume,
+            ..
+        } => (namespace, pod, volume),
+        Slot::Retention => ("", "", ""),
+    }
+}
+
+/// The pod of an item, checked to be ours to read.
+async fn item_pod(ctx: &Ctx, session_ns: &str, ns: &str, pod: &str) -> Result<Pod, NotReady> {
+    if ns != session_ns {
+        return Err(NotReady::Refuse(format!(
+            "the item names pod {ns}/{pod}, outside the session's namespace {session_ns}: refused"
+        )));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let p = pods
+        .get_opt(pod)
+        .await
+        .map_err(|e| NotReady::Wait(format!("cannot read pod {ns}/{pod}: {e}")))?
+        .ok_or_else(|| NotReady::Wait(format!("pod {ns}/{pod} does not exist")))?;
+    let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+    if node.as_deref() != Some(ctx.node.as_str()) {
+        return Err(NotReady::Refuse(format!(
+            "pod {ns}/{pod} runs on node {}, not on this agent's node {}",
+            node.as_deref().unwrap_or("(none)"),
+            ctx.node
+        )));
+    }
+    Ok(p)
+}
+
+/// The directory holding `volume` of `pod` on this node.
+async fn volume_dir(ctx: &Ctx, pod: &Pod, volume: &str) -> Result<PathBuf, NotReady> {
+    let ns = pod.namespace().unwrap_or_default();
+    let uid = pod.uid().unwrap_or_default();
+    let dir = match volumes::classify(pod, volume).map_err(NotReady::Refuse)? {
+        VolumeKind::EmptyDir => volumes::empty_dir(&ctx.kubelet_root, &uid, volume),
+        VolumeKind::HostPath(path) => {
+            if !ctx.host_paths.allows(&path) {
+                return Err(NotReady::Refuse(format!(
+                    "volume {volume:?} is hostPath {path:?}, outside this agent's allowed host paths (--allow-host-path)"
+                )));
+            }
+            volumes::under_host_root(&ctx.host_root, &path).map_err(NotReady::Refuse)?
+        }
+        VolumeKind::Claim(claim) => {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+            let pvc = pvcs
+                .get_opt(&claim)
+                .await
+                .map_err(|e| {
+                    NotReady::Wait(format!(
+                        "cannot read PersistentVolumeClaim {ns}/{claim}: {e}"
+                    ))
+                })?
+                .ok_or_else(|| {
+                    NotReady::Wait(format!("PersistentVolumeClaim {ns}/{claim} does not exist"))
+                })?;
+            let pv_name = pvc
+                .spec
+                .and_then(|s| s.volume_name)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    NotReady::Wait(format!(
+                        "PersistentVolumeClaim {ns}/{claim} is not bound to a volume yet"
+                    ))
+                })?;
+            let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            let pv = pvs
+                .get_opt(&pv_name)
+                .await
+                .map_err(|e| {
+                    NotReady::Wait(format!("cannot read PersistentVolume {pv_name}: {e}"))
+                })?
+                .ok_or_else(|| {
+                    NotReady::Wait(format!("PersistentVolume {pv_name} does not exist"))
+                })?;
+            match volumes::pv_dir(&ctx.kubelet_root, &uid, &pv).map_err(NotReady::Refuse)? {
+                PvLocation::Kubelet(d) => d,
+                // A hostPath PersistentVolume bound to a claim of this
+                // namespace is the namespace's data: no allow-list needed.
+                PvLocation::Host(path) => {
+                    volumes::under_host_root(&ctx.host_root, &path).map_err(NotReady::Refuse)?
+                }
+            }
+        }
+    };
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => Ok(dir),
+        Ok(_) => Err(NotReady::Refuse(format!("{} is not a directory", dir.display()))),
+        Err(_) => Err(NotReady::Wait(format!(
+            "volume {volume:?} of pod {ns}/{} is not mounted on this node yet ({} does not exist; is --kubelet-root {} right?)",
+            pod.name_any(),
+            dir.display(),
+            ctx.kubelet_root.display()
+        ))),
+    }
+}
+
+async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<BackupPlan, NotReady> {
+    let session_ns = s.namespace().unwrap_or_default();
+    let (ns, pod_name, volume) = slot_identity(slot);
+    let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|st| st.phase.clone())
+        .unwrap_or_default();
+    if phase != "Running" {
+        return Err(NotReady::Wait(format!(
+            "pod {ns}/{pod_name} is {phase}, not Running"
+        )));
+    }
+    let dir = volume_dir(ctx, &pod, volume).await?;
+    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &session_ns);
+    let cfg_name = &s.spec.backup_configuration;
+    let cfg = configs
+        .get_opt(cfg_name)
+        .await
+        .map_err(|e| {
+            NotReady::Wait(format!(
+                "cannot read BackupConfiguration {session_ns}/{cfg_name}: {e}"
+            ))
+        })?
+        .ok_or_else(|| {
+            NotReady::Refuse(format!(
+                "BackupConfiguration {session_ns}/{cfg_name} does not exist"
+            ))
+        })?;
+    let user = format!("BackupSession {session_ns}/{}", s.name_any());
+    let repo = fetch(&ctx.client, &session_ns, &user, &cfg.spec.repository).await?;
+    let host = s
+        .status
+        .as_ref()
+        .and_then(|st| match slot {
+            Slot::Item { index, .. } => st.items.get(*index),
+            Slot::Retention => None,
+        })
+        .and_then(|i| i.host.clone())
+        .unwrap_or_else(|| identity::snapshot_host(&pod, volume));
+    Ok(BackupPlan {
+        repo,
+        dir,
+        host,
+        as_path: identity::snapshot_path(volume),
+        tags: identity::snapshot_tags(ns, pod_name, volume, &s.name_any(), cfg_name),
+    })
+}
+
+async fn prepare_restore(
+    ctx: &Ctx,
+    s: &RestoreSession,
+    slot: &Slot,
+) -> Result<RestorePlan, NotReady> {
+    let session_ns = s.namespace().unwrap_or_default();
+    let (ns, pod_name, volume) = slot_identity(slot);
+    let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
+    let dir = volume_dir(ctx, &pod, volume).await?;
+    let item = s
+        .status
+        .as_ref()
+        .and_then(|st| match slot {
+            Slot::Item { index, .. } => st.items.get(*index),
+            Slot::Retention => None,
+        })
+        .ok_or_else(|| NotReady::Refuse("the item is gone".into()))?;
+    let user = format!("RestoreSession {session_ns}/{}", s.name_any());
+    let repo = fetch(&ctx.client, &session_ns, &user, &s.spec.repository).await?;
+    let spec = &s.spec;
+    Ok(RestorePlan {
+        repo,
+        dir,
+        namespace: ns.to_owned(),
+        pod: pod_name.to_owned(),
+        volume: volume.to_owned(),
+        session: s.name_any(),
+        source_volume: item.source_volume.clone(),
+        source_hosts: item.source_hosts.clone(),
+        source_tags: spec
+            .source
+            .as_ref()
+            .map(|x| x.tags.clone())
+            .unwrap_or_default(),
+        snapshot: spec.snapshot.clone(),
+        before: spec.before.as_ref().map(from_time),
+        includes: spec.include.clone(),
+        excludes: spec.exclude.clone(),
+        overwrite: match spec.overwrite {
+            OverwritePolicy::Always => Overwrite::Always,
+            OverwritePolicy::IfChanged => Overwrite::IfChanged,
+            OverwritePolicy::IfNewer => Overwrite::IfNewer,
+            OverwritePolicy::Never => Overwrite::Never,
+        },
+    })
+}
+
+async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan, NotReady> {
+    let ns = s.namespace().unwrap_or_default();
+    let cfg_name = &s.spec.backup_configuration;
+    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+    let cfg = configs
+        .get_opt(cfg_name)
+        .await
+        .map_err(|e| {
+            NotReady::Wait(format!(
+                "cannot read BackupConfiguration {ns}/{cfg_name}: {e}"
+            ))
+        })?
+        .ok_or_else(|| {
+            NotReady::Refuse(format!(
+                "BackupConfiguration {ns}/{cfg_name} does not exist"
+            ))
+        })?;
+    let user = format!("BackupSession {ns}/{}", s.name_any());
+    let repo = fetch(&ctx.client, &ns, &user, &cfg.spec.repository).await?;
+    Ok(RetentionPlan {
+        repo,
+        namespace: ns,
+        config: cfg_name.clone(),
+        policy: cfg.spec.retention.clone(),
+    })
+}
+
+/// Runs the engine on a worker thread, reporting `progress` every
+/// `progress_every` until it ends.
+async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
+    let progress = Arc::new(Progress::default());
+    let lost = Arc::new(AtomicBool::new(false));
+    let work = {
+        let (progress, lost) = (progress.clone(), lost.clone());
+        tokio::task::spawn_blocking(move || match p {
+            Prepared::Backup(b) => run_backup(&b, &progress),
+            Prepared::Restore(r) => run_restore(&r, &progress),
+            Prepared::Retention(r) => run_retention(&r, &lost),
+        })
+    };
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(c.ctx.progress_every);
+    tick.tick().await;
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => {
+                let s = progress.snapshot();
+                let mut f = Map::new();
+                f.insert("bytesDone".into(), json!(s.bytes_done));
+                f.insert("bytesTotal".into(), json!(s.bytes_total.max(s.bytes_done)));
+                if c.kind != "retention" {
+                    f.insert("filesDone".into(), json!(s.files_done));
+                    f.insert("filesTotal".into(), json!(s.files_total.max(s.files_done)));
+                }
+                if c.kind == "retention" {
+                    f.clear();
+                }
+                if !c.update(f).await {
+                    // The item is no longer ours (timed out, or taken
+                    // over): the engine call finishes, but nothing is
+                    // reported for it.
+                    lost.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(chain(&e)),
+        Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+/// Takes a lock, waiting while others hold a conflicting one.
+fn lock(repo: &Arc<Repository>, exclusive: bool) -> Result<RepoLock> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match RepoLock::acquire(repo.clone(), exclusive) {
+            Ok(l) => return Ok(l),
+            Err(repo_format::Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e).context("locking the repository"),
+        }
+    }
+}
+
+fn run_backup(p: &BackupPlan, progress: &Progress) -> Result<Done> {
+    let repo = p.repo.open()?;
+    let _lock = lock(&repo, false)?;
+    repo.load_index().context("loading the index")?;
+    let res = backup_with_progress(
+        &repo,
+        &BackupOptions {
+            paths: vec![p.dir.clone()],
+            as_path: Some(p.as_path.clone()),
+            host: Some(p.host.clone()),
+            tags: p.tags.clone(),
+            ..BackupOptions::default()
+        },
+        progress,
+    )?;
+    let summary = res.snapshot.summary.clone().unwrap_or_default();
+    let mut f = Map::new();
+    f.insert("snapshotId".into(), json!(res.snapshot_id.to_hex()));
+    if let Some(parent) = res.snapshot.parent {
+        f.insert("parentSnapshotId".into(), json!(parent.to_hex()));
+    }
+    f.insert("bytesAdded".into(), json!(summary.data_added));
+    f.insert("bytesDone".into(), json!(summary.total_bytes_processed));
+    f.insert("bytesTotal".into(), json!(summary.total_bytes_processed));
+    f.insert("filesDone".into(), json!(summary.total_files_processed));
+    f.insert("filesTotal".into(), json!(summary.total_files_processed));
+    let message = match res.errors.first() {
+        None => format!(
+            "snapshot {} of {}:{}: {} files, {} new, {} changed",
+            res.snapshot_id.short(),
+            p.host,
+            p.as_path,
+            summary.total_files_processed,
+            summary.files_new,
+            summary.files_changed
+        ),
+        Some(first) => format!(
+            "snapshot {} written without {} unreadable file(s), e.g. {}: {}",
+            res.snapshot_id.short(),
+            res.errors.len(),
+            first.path.display(),
+            first.message
+        ),
+    };
+    f.insert("message".into(), json!(message));
+    Ok(Done {
+        fields: f,
+        bytes: summary.total_bytes_processed,
+        files: summary.total_files_processed,
+        file_errors: res.errors.len() as u64,
+    })
+}
+
+/// The snapshot a restore item reads: the named one, or the latest of the
+/// source identity (before a time, if given).
+fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format::Snapshot)> {
+    let want_path = identity::snapshot_path(&p.source_volume);
+    if p.snapshot != "latest" {
+        let id = repo
+            .find_id(FileType::Snapshot, &p.snapshot)
+            .with_context(|| format!("snapshot {}", p.snapshot))?;
+        let snap = repo.load_snapshot(&id)?;
+        return Ok((id, snap));
+    }
+    let mut candidates: Vec<(Id, repo_format::Snapshot)> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| s.paths == [want_path.clone()])
+        .filter(|(_, s)| p.source_hosts.is_empty() || p.source_hosts.contains(&s.hostname))
+        .filter(|(_, s)| retention::has_tags(s, &p.source_tags))
+        .filter(|(_, s)| p.before.is_none_or(|b| s.time.with_timezone(&Utc) < b))
+        .collect();
+    candidates.sort_by_key(|(_, s)| s.time);
+    candidates.pop().ok_or_else(|| {
+        anyhow!(
+            "no snapshot of volume {want_path} from {} in Repository {}{}",
+            if p.source_hosts.is_empty() {
+                "any host".to_owned()
+            } else {
+                p.source_hosts.join(" or ")
+            },
+            p.repo.name,
+            p.before.map(|b| format!(" before {b}")).unwrap_or_default()
+        )
+    })
+}
+
+fn run_restore(p: &RestorePlan, progress: &Progress) -> Result<Done> {
+    let repo = p.repo.open()?;
+    let _lock = lock(&repo, false)?;
+    repo.load_index().context("loading the index")?;
+    let (id, snap) = pick_snapshot(&repo, p)?;
+    let root = repo.load_tree(&snap.tree)?;
+    let node = root
+        .nodes
+        .iter()
+        .find(|n| n.name == p.source_volume.as_bytes())
+        .ok_or_else(|| {
+            anyhow!(
+                "snapshot {} holds {:?}, not the volume {:?}",
+                id.short(),
+                snap.paths,
+                p.source_volume
+            )
+        })?;
+    if node.node_type != NodeType::Dir {
+        bail!(
+            "snapshot {}: {:?} is not a directory",
+            id.short(),
+            p.source_volume
+        );
+    }
+    let subtree = node
+        .subtree
+        .ok_or_else(|| anyhow!("snapshot {}: directory without a tree", id.short()))?;
+    let res = restore_with_progress(
+        &repo,
+        &subtree,
+        &RestoreOptions {
+            target: p.dir.clone(),
+            includes: p.includes.clone(),
+            excludes: p.excludes.clone(),
+            overwrite: p.overwrite,
+            ..RestoreOptions::default()
+        },
+        progress,
+    )?;
+    if let Some(first) = res.errors.first() {
+        bail!(
+            "{} file(s) could not be restored from snapshot {}, e.g. {}: {}",
+            res.errors.len(),
+            id.short(),
+            first.path,
+            first.message
+        );
+    }
+    write_marker(&p.dir, &p.session, &id)?;
+    let mut f = Map::new();
+    f.insert("snapshotId".into(), json!(id.to_hex()));
+    f.insert("bytesDone".into(), json!(res.bytes));
+    f.insert("bytesTotal".into(), json!(res.bytes));
+    f.insert("filesDone".into(), json!(res.files));
+    f.insert("filesTotal".into(), json!(res.files));
+    f.insert(
+        "message".into(),
+        json!(format!(
+            "restored snapshot {} ({} files, {} bytes written, {} unchanged) into {}/{} volume {}",
+            id.short(),
+            res.files,
+            res.bytes_written,
+            res.files_skipped,
+            p.namespace,
+            p.pod,
+            p.volume
+        )),
+    );
+    Ok(Done {
+        fields: f,
+        bytes: res.bytes_written,
+        files: res.files,
+        file_errors: 0,
+    })
+}
+
+/// Leaves the marker `stash restore-wait` waits for, written atomically.
+fn write_marker(dir: &Path, session: &str, id: &Id) -> Result<()> {
+    let body = serde_json::to_vec(
+        &json!({"session": session, "snapshot": id.to_hex(), "time": Utc::now()}),
+    )?;
+    let tmp = dir.join(format!("{RESTORE_MARKER}.tmp"));
+    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(RESTORE_MARKER))
+        .with_context(|| format!("writing the restore marker in {}", dir.display()))?;
+    Ok(())
+}
+
+/// restic's retention policy from the API's.
+fn policy(p: &RetentionPolicy) -> Result<Policy> {
+    let n = |v: Option<u32>| v.map(Count::N);
+    Ok(Policy {
+        keep_last: n(p.keep_last),
+        keep_hourly: n(p.keep_hourly),
+        keep_daily: n(p.keep_daily),
+        keep_weekly: n(p.keep_weekly),
+        keep_monthly: n(p.keep_monthly),
+        keep_yearly: n(p.keep_yearly),
+        keep_within: p
+            .keep_within
+            .as_deref()
+            .map(|w| {
+                w.parse::<KeepDuration>()
+                    .map_err(|e| anyhow!("keepWithin {w:?}: {e}"))
+            })
+            .transpose()?,
+        keep_tags: p
+            .keep_tags
+            .iter()
+            .map(|t| t.split(',').map(str::to_owned).collect())
+            .collect(),
+        ..Policy::default()
+    })
+}
+
+fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
+    let repo = p.repo.open()?;
+    let mut f = Map::new();
+    let mut removed = 0u64;
+    if let Some(rp) = p.policy.as_ref() {
+        let policy = policy(rp)?;
+        if !policy.is_empty() {
+            let _lock = lock(&repo, true)?;
+            let ns_tag = format!("{TAG_NAMESPACE}{}", p.namespace);
+            let cfg_tag = format!("{TAG_CONFIG}{}", p.config);
+            let mine: Vec<_> = repo
+                .snapshots()?
+                .into_iter()
+                .filter(|(_, s)| s.tags.contains(&ns_tag) && s.tags.contains(&cfg_tag))
+                .collect();
+            let by = GroupBy {
+                host: true,
+                paths: true,
+                tags: false,
+            };
+            let groups = retention::apply(&mine, by, &policy, Utc::now());
+            let kept: usize = groups.iter().map(|g| g.keep.len()).sum();
+            for id in groups.iter().flat_map(|g| &g.remove) {
+                if lost.load(Ordering::Relaxed) {
+                    bail!("the retention run was taken from this agent; stopped");
+                }
+                repo.backend()
+                    .remove(FileType::Snapshot, &id.to_hex())
+                    .with_context(|| format!("removing snapshot {}", id.short()))?;
+                removed += 1;
+            }
+            f.insert("kept".into(), json!(kept));
+            f.insert("removed".into(), json!(removed));
+        }
+    }
+    let snapshots = repo.backend().list(FileType::Snapshot)?.len();
+    let size: u64 = repo
+        .backend()
+        .list(FileType::Pack)?
+        .iter()
+        .map(|i| i.size)
+        .sum();
+    f.insert("snapshotCount".into(), json!(snapshots));
+    f.insert("totalSize".into(), json!(size));
+    f.insert(
+        "message".into(),
+        json!(format!("{removed} snapshot(s) removed; the repository holds {snapshots} snapshot(s) in {size} bytes of packs")),
+    );
+    Ok(Done {
+        fields: f,
+        bytes: 0,
+        files: 0,
+        file_errors: 0,
+    })
+}

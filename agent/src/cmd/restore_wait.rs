@@ -1,0 +1,74 @@
+//! `stash restore-wait`: an init container's wait for the node agent.
+//!
+//! A pod that must start on restored data carries an init container
+//! running `stash restore-wait --dir /data ...` with the target volumes
+//! mounted. The agent restores into those volumes node-locally and leaves
+//! a marker file in each volume's root when it is done; this command waits
+//! until every directory has its marker, removes the markers (so the next
+//! restore waits again), and exits 0 so the pod's containers start.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::agent::RESTORE_MARKER;
+use crate::cli::RestoreWaitArgs;
+
+/// Waits for every marker; returns the exit code.
+pub fn run(a: &RestoreWaitArgs) -> Result<u8> {
+    for d in &a.dirs {
+        if !d.is_dir() {
+            bail!(
+                "{} is not a directory: mount the volume to restore there",
+                d.display()
+            );
+        }
+    }
+    let start = Instant::now();
+    let mut reported = false;
+    loop {
+        let missing: Vec<&Path> = a
+            .dirs
+            .iter()
+            .map(|d| d.as_path())
+            .filter(|d| !d.join(RESTORE_MARKER).exists())
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        if !reported {
+            eprintln!(
+                "stash restore-wait: waiting for the restore into {}",
+                missing
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            reported = true;
+        }
+        if a.timeout.is_some_and(|t| start.elapsed() >= t) {
+            bail!(
+                "timed out after {:?}: no restore finished into {}",
+                a.timeout.unwrap_or_default(),
+                missing
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for d in &a.dirs {
+        let marker = d.join(RESTORE_MARKER);
+        let what = std::fs::read_to_string(&marker).unwrap_or_default();
+        println!("{}: restored ({})", d.display(), what.trim());
+        if !a.keep_marker {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("removing {}", marker.display()))?;
+        }
+    }
+    Ok(0)
+}
