@@ -1,0 +1,849 @@
+//! End to end: a real kube-apiserver, the controller, two node agents as
+//! processes (`node-a`, `node-b`), each with its own simulated kubelet
+//! directory, and MinIO as the repository's storage. restic is the oracle
+//! for what lands in the repository.
+//!
+//! There is no kubelet: the test creates the pods' volume directories where
+//! a kubelet would (`<kubelet-root>/pods/<uid>/volumes/...`) and sets the
+//! pods' status itself.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+use stash_api::{
+    BackupConfiguration, BackupSession, ItemPhase, Repository, RestoreSession, SessionPhase,
+};
+use stash_controller::{HostPathAllowList, LeaseConfig, Metrics, Settings};
+use stash_envtest::Envtest;
+use stash_testkit::compare::{assert_trees_equal, CompareOptions};
+use stash_testkit::fixture::write_random_file;
+use stash_testkit::restic::{write_password_file, Restic};
+use stash_testkit::servers::{self, Server};
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "shop";
+const PASSWORD: &str = "e2e-password";
+
+/// A node: its agent process and its simulated host.
+struct Node {
+    name: &'static str,
+    /// The host's `/` as the agent sees it (`--host-root`).
+    host_root: PathBuf,
+    /// The kubelet's root (`--kubelet-root`).
+    kubelet: PathBuf,
+    agent: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn new(base: &Path, name: &'static str) -> Node {
+        let host_root = base.join(name).join("host");
+        let kubelet = base.join(name).join("kubelet");
+        fs::create_dir_all(&host_root).unwrap();
+        fs::create_dir_all(&kubelet).unwrap();
+        Node {
+            name,
+            log: base.join(format!("agent-{name}.log")),
+            host_root,
+            kubelet,
+            agent: None,
+        }
+    }
+
+    fn start_agent(&mut self, kubeconfig: &Path) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_stash"))
+            .args([
+                "agent",
+                "--node-name",
+                self.name,
+                "--pod-name",
+                &format!("agent-{}", self.name),
+            ])
+            .arg("--kubelet-root")
+            .arg(&self.kubelet)
+            .arg("--host-root")
+            .arg(&self.host_root)
+            .args(["--allow-host-path", "/srv"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--takeover-after", "6s", "--progress-interval", "1s"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("STASH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        self.agent = Some(child);
+    }
+
+    /// SIGKILL: the agent gets no chance to release anything.
+    fn kill_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pod_volumes(&self, uid: &str) -> PathBuf {
+        self.kubelet.join("pods").join(uid).join("volumes")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+struct World {
+    client: Client,
+    env: Envtest,
+    nodes: Vec<Node>,
+    _minio: Server,
+    restic: Restic,
+    restic_current: Restic,
+    base: PathBuf,
+}
+
+impl World {
+    fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            s.push_str(&format!(
+                "\n--- agent {} ---\n{}",
+                n.name,
+                tail(&n.log(), 60)
+            ));
+        }
+        s
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+async fn create<K>(client: &Client, ns: Option<&str>, v: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    let api: Api<K> = Api::namespaced(client.clone(), ns.unwrap_or(NS));
+    api.create(&PostParams::default(), &obj).await.unwrap()
+}
+
+async fn apply_cluster<K>(client: &Client, v: Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(v).unwrap();
+    let api: Api<K> = Api::all(client.clone());
+    api.create(&PostParams::default(), &obj).await.unwrap()
+}
+
+/// Creates a pod on `node` and marks it Running, as its kubelet would;
+/// returns its UID.
+async fn running_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    labels: Value,
+    annotations: Value,
+    volumes: Value,
+) -> String {
+    let pod: Pod = create(
+        client,
+        Some(ns),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "app", "image": "busybox"}],
+                "volumes": volumes,
+            }
+        }),
+    )
+    .await;
+    set_pod_phase(client, ns, name, "Running").await;
+    pod.uid().unwrap()
+}
+
+async fn set_pod_phase(client: &Client, ns: &str, name: &str, phase: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": phase}})),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits for `pred` over the sessions of configuration `cfg`, newest first.
+async fn wait_session(
+    w: &World,
+    cfg: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&BackupSession) -> bool,
+) -> BackupSession {
+    let api: Api<BackupSession> = Api::namespaced(w.client.clone(), NS);
+    let start = Instant::now();
+    loop {
+        let mut list = api
+            .list(
+                &ListParams::default().labels(&format!("{}={cfg}", stash_api::LABEL_CONFIGURATION)),
+            )
+            .await
+            .unwrap()
+            .items;
+        list.sort_by_key(|s| std::cmp::Reverse(s.metadata.creation_timestamp.clone().map(|t| t.0)));
+        if let Some(s) = list.iter().find(|s| pred(s)) {
+            return s.clone();
+        }
+        if start.elapsed() > timeout {
+            let summary: Vec<Value> = list
+                .iter()
+                .take(3)
+                .map(|s| json!({"name": s.name_any(), "status": s.status}))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; newest sessions: {}\n{}",
+                serde_json::to_string_pretty(&summary).unwrap(),
+                w.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn finished_ok(s: &BackupSession) -> bool {
+    s.status
+        .as_ref()
+        .is_some_and(|st| st.phase == SessionPhase::Succeeded)
+}
+
+fn item<'a>(s: &'a BackupSession, pod: &str, volume: &str) -> &'a stash_api::BackupItem {
+    s.status
+        .as_ref()
+        .unwrap()
+        .items
+        .iter()
+        .find(|i| i.pod == pod && i.volume == volume)
+        .unwrap_or_else(|| panic!("no item {pod}/{volume} in {:?}", s.status))
+}
+
+/// `restic check --read-data`, beside backups that may be running (their
+/// shared locks would refuse check's exclusive one).
+fn check_read_data(r: &Restic) {
+    let out = r.run_ok(["--no-lock", "check", "--read-data"]);
+    assert!(out.contains("no errors were found"), "{out}");
+}
+
+fn restic_snapshots(r: &Restic) -> Vec<Value> {
+    r.snapshots_json().as_array().cloned().unwrap_or_default()
+}
+
+/// Restores snapshot `id` with restic and compares volume `volume` with `src`.
+fn assert_restic_restores(r: &Restic, base: &Path, id: &str, volume: &str, src: &Path) {
+    let target = base.join(format!("restic-restore-{}", &id[..8]));
+    let _ = fs::remove_dir_all(&target);
+    r.restore(id, &target);
+    assert_trees_equal(
+        src,
+        &target.join(volume),
+        &CompareOptions {
+            check_root_metadata: false,
+            ..CompareOptions::default()
+        },
+    );
+}
+
+async fn setup() -> World {
+    let base = tempfile::Builder::new()
+        .prefix("stash-e2e")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let minio = servers::minio();
+    let url = format!("s3:{}/e2e/repo", minio.base_url());
+    let pw = write_password_file(&base, PASSWORD);
+    // The repository exists before the cluster uses it (as an operator
+    // would create it); weak KDF parameters keep the test fast.
+    let out = Command::new(env!("CARGO_BIN_EXE_stash"))
+        .args(["init", "-r", &url])
+        .arg("--password-file")
+        .arg(&pw)
+        .env("AWS_ACCESS_KEY_ID", servers::MINIO_USER)
+        .env("AWS_SECRET_ACCESS_KEY", servers::MINIO_PASSWORD)
+        .env("STASH_KDF_PARAMS", "1024,8,1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let with_creds = |r: Restic| {
+        r.with_env("AWS_ACCESS_KEY_ID", servers::MINIO_USER)
+            .with_env("AWS_SECRET_ACCESS_KEY", servers::MINIO_PASSWORD)
+    };
+    let restic = with_creds(Restic::new(url.clone(), pw.clone()));
+    let restic_current =
+        with_creds(Restic::new(url.clone(), pw.clone()).with_bin(servers::bin("restic")));
+
+    let env = Envtest::start().await;
+    env.install_crds(stash_api::crds()).await;
+    let client = env.client().await;
+    for ns in [NS, "other"] {
+        apply_cluster::<Namespace>(
+            &client,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    }
+    create::<Secret>(
+        &client,
+        None,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-password"}, "stringData": {"password": PASSWORD}}),
+    )
+    .await;
+    create::<Secret>(
+        &client,
+        None,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "repo-creds"},
+               "stringData": {"AWS_ACCESS_KEY_ID": servers::MINIO_USER, "AWS_SECRET_ACCESS_KEY": servers::MINIO_PASSWORD}}),
+    )
+    .await;
+    create::<Repository>(
+        &client,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository", "metadata": {"name": "main"},
+               "spec": {"url": url, "credentialsSecret": "repo-creds", "passwordSecret": {"name": "repo-password"}}}),
+    )
+    .await;
+    let mut nodes = vec![Node::new(&base, "node-a"), Node::new(&base, "node-b")];
+    for n in &mut nodes {
+        n.start_agent(&env.kubeconfig());
+    }
+    World {
+        client,
+        env,
+        nodes,
+        _minio: minio,
+        restic,
+        restic_current,
+        base,
+    }
+}
+
+fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let settings = Settings {
+            identity: "controller-e2e".into(),
+            host_paths: HostPathAllowList::new([PathBuf::from("/srv")]),
+            concurrency: 4,
+        };
+        let lease = LeaseConfig {
+            namespace: "default".into(),
+            name: "stash-controller".into(),
+            identity: "controller-e2e".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_period: Duration::from_secs(5),
+        };
+        if let Err(e) =
+            stash_controller::run(client, settings, lease, Metrics::default(), shutdown).await
+        {
+            panic!("controller: {e}");
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
+    let mut w = setup().await;
+    let shutdown = CancellationToken::new();
+    let controller = start_controller(w.client.clone(), shutdown.clone());
+    let c = w.client.clone();
+
+    // 1. Pods with an emptyDir and a hostPath volume on node-a, and a
+    // CSI-backed PVC on node-b, with files where their kubelets keep them.
+    apply_cluster::<PersistentVolume>(
+        &c,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-db"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "csi": {"driver": "csi.example.com", "volumeHandle": "vol-1"},
+                        "claimRef": {"namespace": NS, "name": "db-data"}}}),
+    )
+    .await;
+    create::<PersistentVolumeClaim>(
+        &c,
+        None,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "db-data"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                        "volumeName": "pv-db", "storageClassName": ""}}),
+    )
+    .await;
+    let web_volumes = json!([
+        {"name": "cache", "emptyDir": {}},
+        {"name": "logs", "hostPath": {"path": "/srv/logs"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]);
+    let web_annotations = json!({"stash.rs/backup-volumes": "cache,logs"});
+    let web_uid = running_pod(
+        &c,
+        NS,
+        "web",
+        "node-a",
+        json!({"app": "shop"}),
+        web_annotations.clone(),
+        web_volumes.clone(),
+    )
+    .await;
+    let db_uid = running_pod(
+        &c,
+        NS,
+        "db",
+        "node-b",
+        json!({"app": "shop"}),
+        json!({"stash.rs/backup-volumes": "data"}),
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "db-data"}}]),
+    )
+    .await;
+    let cache_dir = w
+        .node("node-a")
+        .pod_volumes(&web_uid)
+        .join("kubernetes.io~empty-dir/cache");
+    let logs_dir = w.node("node-a").host_root.join("srv/logs");
+    let data_dir = w
+        .node("node-b")
+        .pod_volumes(&db_uid)
+        .join("kubernetes.io~csi/pv-db/mount");
+    for d in [&cache_dir, &logs_dir, &data_dir] {
+        fs::create_dir_all(d.join("sub")).unwrap();
+    }
+    for i in 0..20u64 {
+        write_random_file(&cache_dir.join(format!("sub/f{i}")), 200_000, i).unwrap();
+    }
+    fs::write(logs_dir.join("app.log"), "started\n".repeat(1000)).unwrap();
+    // Big enough that node-b's agent can be killed in the middle.
+    write_random_file(&data_dir.join("sub/big.db"), 96 << 20, 7).unwrap();
+    fs::write(data_dir.join("small"), b"row").unwrap();
+
+    create::<BackupConfiguration>(
+        &c,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": "nightly"},
+               "spec": {"schedule": "*/10 * * * * *", "target": {"selector": {"matchLabels": {"app": "shop"}}},
+                        "repository": {"name": "main"}, "concurrencyPolicy": "Forbid",
+                        "retention": {"keepLast": 2}}}),
+    )
+    .await;
+
+    // 6. Kill node-b's agent in the middle of the first backup of the PVC.
+    let running = wait_session(
+        &w,
+        "nightly",
+        "the PVC backup under way",
+        Duration::from_secs(90),
+        |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.items.iter().any(|i| {
+                    i.pod == "db" && i.phase == ItemPhase::Running && i.bytes_done.unwrap_or(0) > 0
+                })
+            })
+        },
+    )
+    .await;
+    w.node("node-b").kill_agent();
+    let killed_claim = item(&running, "db", "data")
+        .claim
+        .claimed_by
+        .clone()
+        .unwrap();
+    assert!(killed_claim.starts_with("node-b/"), "{killed_claim}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kubeconfig = w.env.kubeconfig();
+    w.node("node-b").start_agent(&kubeconfig);
+
+    // 2. The session succeeds; each volume was backed up by its own node's agent.
+    let first_name = running.name_any();
+    let first = wait_session(
+        &w,
+        "nightly",
+        "the first session to succeed",
+        Duration::from_secs(180),
+        |s| s.name_any() == first_name && finished_ok(s),
+    )
+    .await;
+    let st = first.status.as_ref().unwrap();
+    assert_eq!(st.items.len(), 3, "{st:?}");
+    for (pod, volume, node) in [
+        ("web", "cache", "node-a"),
+        ("web", "logs", "node-a"),
+        ("db", "data", "node-b"),
+    ] {
+        let i = item(&first, pod, volume);
+        assert_eq!(i.node.as_deref(), Some(node));
+        assert_eq!(i.phase, ItemPhase::Succeeded, "{i:?}");
+        let by = i.claim.claimed_by.as_deref().unwrap();
+        assert!(
+            by.starts_with(&format!("{node}/")),
+            "{pod}/{volume} claimed by {by}"
+        );
+        assert!(i.snapshot_id.is_some());
+    }
+    let db = item(&first, "db", "data");
+    assert_eq!(
+        db.claim.attempt,
+        Some(2),
+        "the restarted agent took the item over: {db:?}"
+    );
+    assert_ne!(db.claim.claimed_by.as_deref(), Some(killed_claim.as_str()));
+
+    // restic sees the snapshots with the stable identity, and restores them.
+    let snaps = restic_snapshots(&w.restic);
+    let by_id = |id: &str| {
+        snaps
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("restic lacks {id}: {snaps:?}"))
+            .clone()
+    };
+    for (pod, volume, host, src) in [
+        ("web", "cache", "shop/web/cache", &cache_dir),
+        ("web", "logs", "shop/web/logs", &logs_dir),
+        ("db", "data", "shop/db-data", &data_dir),
+    ] {
+        let id = item(&first, pod, volume).snapshot_id.clone().unwrap();
+        let s = by_id(&id);
+        assert_eq!(s["hostname"], host);
+        assert_eq!(s["paths"], json!([format!("/{volume}")]));
+        let tags: Vec<String> = serde_json::from_value(s["tags"].clone()).unwrap();
+        for t in [
+            format!("namespace={NS}"),
+            format!("pod={pod}"),
+            format!("volume={volume}"),
+            format!("session={first_name}"),
+            "config=nightly".into(),
+        ] {
+            assert!(tags.contains(&t), "{t} missing in {tags:?}");
+        }
+        assert_restic_restores(&w.restic, &w.base, &id, volume, src);
+    }
+    check_read_data(&w.restic);
+    check_read_data(&w.restic_current);
+
+    // From here on, backups are taken on demand, so that parents are known.
+    let cfgs: Api<BackupConfiguration> = Api::namespaced(c.clone(), NS);
+    cfgs.patch(
+        "nightly",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true}})),
+    )
+    .await
+    .unwrap();
+    let sessions: Api<BackupSession> = Api::namespaced(c.clone(), NS);
+    let start = Instant::now();
+    loop {
+        let list = sessions.list(&ListParams::default()).await.unwrap().items;
+        if list
+            .iter()
+            .all(|s| s.status.as_ref().is_some_and(|st| st.phase.is_finished()))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "sessions still running after pausing\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let latest = wait_session(
+        &w,
+        "nightly",
+        "the newest successful session",
+        Duration::from_secs(1),
+        finished_ok,
+    )
+    .await;
+    let on_demand = |name: &str| {
+        serde_json::from_value::<BackupSession>(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {(stash_api::LABEL_CONFIGURATION): "nightly"}},
+            "spec": {"backupConfiguration": "nightly"}
+        }))
+        .unwrap()
+    };
+
+    // 3. Change a few files: the next backup is incremental.
+    let cache_before = item(&latest, "web", "cache").snapshot_id.clone().unwrap();
+    write_random_file(&cache_dir.join("sub/f3"), 200_000, 1003).unwrap();
+    fs::write(cache_dir.join("new.txt"), b"new").unwrap();
+    sessions
+        .create(&PostParams::default(), &on_demand("manual-1"))
+        .await
+        .unwrap();
+    let second = wait_session(
+        &w,
+        "nightly",
+        "manual-1 to succeed",
+        Duration::from_secs(60),
+        |s| s.name_any() == "manual-1" && finished_ok(s),
+    )
+    .await;
+    let cache2 = item(&second, "web", "cache");
+    assert_eq!(
+        cache2.parent_snapshot_id.as_deref(),
+        Some(cache_before.as_str()),
+        "{cache2:?}"
+    );
+    assert!(cache2.bytes_added.unwrap() < 600_000, "{cache2:?}");
+    let db2 = item(&second, "db", "data");
+    assert!(db2.parent_snapshot_id.is_some());
+    assert!(db2.bytes_added.unwrap() < 1 << 20, "{db2:?}");
+
+    // ... also after the pod is deleted and recreated with a new UID.
+    let pods: Api<Pod> = Api::namespaced(c.clone(), NS);
+    pods.delete("web", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pods.get_opt("web").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "pod web not deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let new_uid = running_pod(
+        &c,
+        NS,
+        "web",
+        "node-a",
+        json!({"app": "shop"}),
+        web_annotations,
+        web_volumes,
+    )
+    .await;
+    assert_ne!(new_uid, web_uid);
+    let new_cache = w
+        .node("node-a")
+        .pod_volumes(&new_uid)
+        .join("kubernetes.io~empty-dir/cache");
+    fs::create_dir_all(new_cache.parent().unwrap()).unwrap();
+    fs::rename(&cache_dir, &new_cache).unwrap();
+    let cache_dir = new_cache;
+    sessions
+        .create(&PostParams::default(), &on_demand("manual-2"))
+        .await
+        .unwrap();
+    let third = wait_session(
+        &w,
+        "nightly",
+        "manual-2 to succeed",
+        Duration::from_secs(60),
+        |s| s.name_any() == "manual-2" && finished_ok(s),
+    )
+    .await;
+    let cache3 = item(&third, "web", "cache");
+    assert_eq!(cache3.parent_snapshot_id, cache2.snapshot_id, "{cache3:?}");
+    assert!(cache3.bytes_added.unwrap() < 100_000, "{cache3:?}");
+
+    // 7. Retention ran after the session: keepLast 2 per volume.
+    let retention = third
+        .status
+        .as_ref()
+        .unwrap()
+        .retention
+        .clone()
+        .expect("retention ran");
+    assert_eq!(retention.phase, ItemPhase::Succeeded, "{retention:?}");
+    let snaps = restic_snapshots(&w.restic);
+    let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &snaps {
+        *per_host
+            .entry(s["hostname"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_host.len(), 3, "{per_host:?}");
+    for (host, n) in &per_host {
+        assert_eq!(*n, 2, "{host}: keepLast 2 keeps 2: {per_host:?}");
+    }
+    let ids: Vec<&str> = snaps.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    for i in &third.status.as_ref().unwrap().items {
+        assert!(
+            ids.contains(&i.snapshot_id.as_deref().unwrap()),
+            "the newest snapshot is kept"
+        );
+    }
+    let repo: Repository = Api::namespaced(c.clone(), NS).get("main").await.unwrap();
+    let rs = repo.status.expect("Repository status");
+    assert_eq!(rs.snapshot_count, Some(6), "{rs:?}");
+    assert!(rs.total_size.unwrap_or(0) > 96 << 20, "{rs:?}");
+
+    // 4. A RestoreSession into a new pod on node-b, whose init container
+    // (`stash restore-wait`) waits for the data.
+    let restored_uid = {
+        let pod: Pod = create(
+            &c,
+            None,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "web-copy"},
+                   "spec": {"nodeName": "node-b",
+                            "initContainers": [{"name": "restore-wait", "image": "stash", "args": ["restore-wait", "--dir", "/cache"]}],
+                            "containers": [{"name": "app", "image": "busybox"}],
+                            "volumes": [{"name": "cache", "emptyDir": {}}]}}),
+        )
+        .await;
+        set_pod_phase(&c, NS, "web-copy", "Pending").await;
+        pod.uid().unwrap()
+    };
+    let copy_dir = w
+        .node("node-b")
+        .pod_volumes(&restored_uid)
+        .join("kubernetes.io~empty-dir/cache");
+    fs::create_dir_all(&copy_dir).unwrap();
+    let mut wait = Command::new(env!("CARGO_BIN_EXE_stash"))
+        .args(["restore-wait", "--dir"])
+        .arg(&copy_dir)
+        .args(["--timeout", "3m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        wait.try_wait().unwrap().is_none(),
+        "restore-wait must wait for the agent"
+    );
+    create::<RestoreSession>(
+        &c,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession", "metadata": {"name": "copy"},
+               "spec": {"repository": {"name": "main"}, "snapshot": "latest",
+                        "source": {"namespace": NS, "name": "web"},
+                        "target": {"pod": "web-copy"},
+                        "volumes": [{"source": "cache", "target": "cache"}]}}),
+    )
+    .await;
+    let restores: Api<RestoreSession> = Api::namespaced(c.clone(), NS);
+    let start = Instant::now();
+    let done = loop {
+        let r = restores.get("copy").await.unwrap();
+        if r.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "restore not finished: {:?}\n{}",
+            r.status,
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}\n{}", w.logs());
+    assert_eq!(st.items[0].snapshot_id, cache3.snapshot_id);
+    assert!(st.items[0]
+        .claim
+        .claimed_by
+        .as_deref()
+        .unwrap()
+        .starts_with("node-b/"));
+    let out = tokio::task::spawn_blocking(move || wait.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore-wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !copy_dir.join(".stash-restore-done").exists(),
+        "restore-wait removes the marker"
+    );
+    assert_trees_equal(
+        &cache_dir,
+        &copy_dir,
+        &CompareOptions {
+            check_root_metadata: false,
+            ..CompareOptions::default()
+        },
+    );
+
+    // 5. A BackupConfiguration in another namespace may not use this
+    // namespace's Repository: refused, nothing scheduled.
+    create::<BackupConfiguration>(
+        &c,
+        Some("other"),
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": "steal"},
+               "spec": {"schedule": "*/5 * * * * *", "target": {"selector": {"matchLabels": {"app": "shop"}}},
+                        "repository": {"name": "main", "namespace": NS}}}),
+    )
+    .await;
+    let other: Api<BackupConfiguration> = Api::namespaced(c.clone(), "other");
+    let start = Instant::now();
+    loop {
+        let cfg = other.get("steal").await.unwrap();
+        let refused = cfg.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Ready" && c.status == "False" && c.reason == "RepositoryNotAllowed"
+            })
+        });
+        if refused {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not refused: {:?}",
+            cfg.status
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sessions: Api<BackupSession> = Api::namespaced(c.clone(), "other");
+    let list = sessions.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        list.iter()
+            .all(|s| s.status.as_ref().is_none_or(|st| st.items.is_empty())),
+        "nothing may be backed up for namespace other: {list:?}"
+    );
+
+    // After everything, restic still finds the repository sound.
+    check_read_data(&w.restic);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+    let _ = fs::remove_dir_all(&w.base);
+}
