@@ -841,6 +841,84 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         "nothing may be backed up for namespace other: {list:?}"
     );
 
+    // An item whose volume is not there yet waits, unclaimed, and says why.
+    create::<PersistentVolumeClaim>(
+        &c,
+        None,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "unbound"},
+               "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": ""}}),
+    )
+    .await;
+    running_pod(
+        &c,
+        NS,
+        "idle",
+        "node-a",
+        json!({"app": "idle"}),
+        json!({"stash.rs/backup-volumes": "data"}),
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "unbound"}}]),
+    )
+    .await;
+    create::<BackupConfiguration>(
+        &c,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": "idle"},
+               "spec": {"schedule": "@daily", "paused": true, "target": {"selector": {"matchLabels": {"app": "idle"}}},
+                        "repository": {"name": "main"}}}),
+    )
+    .await;
+    let mut idle = on_demand("idle-1");
+    idle.spec.backup_configuration = "idle".into();
+    idle.metadata.labels =
+        Some([(stash_api::LABEL_CONFIGURATION.to_owned(), "idle".to_owned())].into());
+    sessions
+        .create(&PostParams::default(), &idle)
+        .await
+        .unwrap();
+    let waiting = wait_session(
+        &w,
+        "idle",
+        "the idle item to say why it waits",
+        Duration::from_secs(30),
+        |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.items.iter().any(|i| {
+                    i.claim
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("not bound"))
+                })
+            })
+        },
+    )
+    .await;
+    let i = item(&waiting, "idle", "data");
+    assert_eq!(i.phase, ItemPhase::Pending, "{i:?}");
+    assert_eq!(i.claim.claimed_by, None);
+
+    // The agents' metrics count what they did, per volume and repository.
+    let log = w.nodes[0].log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("metrics=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no metrics address in the agent's log:\n{log}"))
+        .to_owned();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let (code, body) = servers::http(port, "GET", "/metrics", "").expect("metrics answer");
+    assert_eq!(code, 200);
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("stash_agent_bytes_total{")
+                && l.contains("shop/web/cache:/cache")
+                && l.contains("kind=\"backup\"")
+        })
+        .unwrap_or_else(|| panic!("no byte counter for the cache volume:\n{body}"));
+    let bytes: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(bytes >= 4_000_000.0, "{line}");
+    assert!(body.contains("stash_agent_items_finished_total{"), "{body}");
+
     // After everything, restic still finds the repository sound.
     check_read_data(&w.restic);
     shutdown.cancel();

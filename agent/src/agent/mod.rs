@@ -16,12 +16,13 @@ mod repository;
 pub mod volumes;
 mod work;
 
+use work::note_start;
 pub use work::RESTORE_MARKER;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
@@ -61,7 +62,13 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Work running now, so a rescan does not start it twice.
     running: Mutex<HashSet<WorkKey>>,
+    /// Work that had to wait (pod or volume not ready), and when to look
+    /// at it again.
+    waiting: Mutex<HashMap<WorkKey, Instant>>,
 }
+
+/// How long work that had to wait is left alone before it is looked at again.
+const WAIT_RETRY: Duration = Duration::from_secs(5);
 
 /// Identifies a piece of work across rescans.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -94,6 +101,7 @@ pub fn run(args: AgentArgs) -> Result<u8> {
 }
 
 async fn run_async(args: AgentArgs) -> Result<()> {
+    note_start();
     for p in &args.allow_host_paths {
         anyhow::ensure!(
             p.is_absolute(),
@@ -124,6 +132,7 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         progress_every: args.progress_interval,
         metrics: metrics.clone(),
         running: Mutex::new(HashSet::new()),
+        waiting: Mutex::new(HashMap::new()),
     });
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -190,7 +199,14 @@ async fn run_async(args: AgentArgs) -> Result<()> {
                     }
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        work::run(&ctx, w).await;
+                        let waits = work::run(&ctx, w).await;
+                        let mut waiting = ctx.waiting.lock().expect("waiting set");
+                        if waits {
+                            waiting.insert(key.clone(), Instant::now() + WAIT_RETRY);
+                        } else {
+                            waiting.remove(&key);
+                        }
+                        drop(waiting);
                         ctx.running.lock().expect("running set").remove(&key);
                         drop(permit);
                     });
@@ -284,7 +300,14 @@ fn find_work(
     backups: &Store<BackupSession>,
     restores: &Store<RestoreSession>,
 ) -> Vec<Work> {
-    let running = ctx.running.lock().expect("running set").clone();
+    let mut skip = ctx.running.lock().expect("running set").clone();
+    {
+        let now = Instant::now();
+        let mut waiting = ctx.waiting.lock().expect("waiting set");
+        waiting.retain(|_, until| *until > now);
+        skip.extend(waiting.keys().cloned());
+    }
+    let running = skip;
     let mut out: Vec<(Option<chrono::DateTime<Utc>>, Work)> = Vec::new();
     let mine = |node: &Option<String>| node.as_deref() == Some(ctx.node.as_str());
     for s in backups.state() {

@@ -129,8 +129,8 @@ impl Claimed<'_> {
     }
 }
 
-/// Runs one piece of work to its end (or until it must wait).
-pub async fn run(ctx: &Ctx, work: Work) {
+/// Runs one piece of work to its end, or until it must wait (then true).
+pub async fn run(ctx: &Ctx, work: Work) -> bool {
     let (kind, namespace, name, slot, previous, waiting_message) = match &work {
         Work::Backup(s, slot, p) => (
             "backup",
@@ -181,13 +181,12 @@ pub async fn run(ctx: &Ctx, work: Work) {
         Ok(p) => Ok(p),
         Err(NotReady::Wait(msg)) => {
             if matches!(previous, Previous::Pending) {
-                if waiting_message.as_deref() != Some(msg.as_str()) {
+                let message = format!("waiting: {msg}");
+                if waiting_message.as_deref() != Some(message.as_str()) {
                     tracing::info!(session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, reason = %msg, "waiting");
-                    let _ = c
-                        .patch(claim::waiting(&c.slot, &format!("waiting: {msg}")))
-                        .await;
+                    let _ = c.patch(claim::waiting(&c.slot, &message)).await;
                 }
-                return;
+                return true;
             }
             // Taken over, but no longer possible to run: fail it.
             Err(msg)
@@ -224,7 +223,7 @@ pub async fn run(ctx: &Ctx, work: Work) {
         .await
     {
         tracing::debug!(slot = ?c.slot, error = %e, "claim lost to another writer");
-        return;
+        return false;
     }
     tracing::info!(kind, session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, attempt, "claimed");
     let (repository, volume_label) = match &prepared {
@@ -291,6 +290,7 @@ pub async fn run(ctx: &Ctx, work: Work) {
         }
     }
     c.update(fields).await;
+    false
 }
 
 fn item_message<T>(
@@ -642,12 +642,53 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
     }
 }
 
+/// When this process started: locks with our host name and pid that are
+/// older were left by an earlier agent in this pod (a container restart
+/// reuses both), and are stale although a process with that pid runs.
+static STARTED: std::sync::LazyLock<chrono::DateTime<chrono::FixedOffset>> =
+    std::sync::LazyLock::new(|| chrono::Local::now().fixed_offset());
+
+/// Notes the process start (call at start-up).
+pub fn note_start() {
+    std::sync::LazyLock::force(&STARTED);
+}
+
+/// Removes the locks an earlier incarnation of this agent left behind.
+fn remove_own_stale_locks(repo: &Repository) -> Result<usize> {
+    let (_, host) = repo_format::repository::whoami();
+    let pid = i64::from(std::process::id());
+    let mut removed = 0;
+    for id in repo.list_ids(FileType::Lock)? {
+        let name = id.to_hex();
+        let Ok(bytes) = repo.load_unpacked(FileType::Lock, &name) else {
+            continue;
+        };
+        let Ok(l) = repo_format::repofile::LockFile::from_json(&bytes, &name) else {
+            continue;
+        };
+        if l.hostname == host && l.pid == pid && l.time < *STARTED {
+            tracing::info!(lock = %name, since = %l.time, "removing a lock an earlier run of this agent left");
+            if repo.backend().remove(FileType::Lock, &name).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Takes a lock, waiting while others hold a conflicting one.
 fn lock(repo: &Arc<Repository>, exclusive: bool) -> Result<RepoLock> {
     let deadline = Instant::now() + LOCK_WAIT;
+    let mut cleaned = false;
     loop {
         match RepoLock::acquire(repo.clone(), exclusive) {
             Ok(l) => return Ok(l),
+            Err(repo_format::Error::Locked { .. }) if !cleaned => {
+                cleaned = true;
+                if remove_own_stale_locks(repo)? == 0 {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
             Err(repo_format::Error::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_secs(2));
             }
