@@ -6,7 +6,10 @@
 //!   Repository namespace policy as a `Ready` condition;
 //! - [`session`] reconciles BackupSessions: resolves the target into one
 //!   item per volume on its pod's node, aggregates item phases, times out
-//!   stuck items, records the last backup on the Repository;
+//!   stuck items, hands the retention run to an agent, records the last
+//!   backup and the repository's figures on the Repository;
+//! - [`status`] writes session status on condition of the version read, so
+//!   the controller never overwrites what an agent wrote meanwhile;
 //! - [`leader`] elects one scheduling replica with a Lease;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
@@ -20,6 +23,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod security;
 pub mod session;
+pub mod status;
 pub mod targets;
 mod time;
 
