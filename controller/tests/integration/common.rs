@@ -326,3 +326,56 @@ pub async fn finish_retention(
         .await
         .unwrap_or_else(|code| panic!("finishing the retention of {ns}/{session}: {code}"));
 }
+
+/// Creates any object from its JSON manifest.
+pub async fn create<K>(client: &Client, ns: &str, manifest: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(manifest.clone())
+        .unwrap_or_else(|e| panic!("manifest {manifest}: {e}"));
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("create {manifest}: {e}"))
+}
+
+/// Binds pod `ns/name` to `node`, as the scheduler would.
+pub async fn bind(client: &Client, ns: &str, name: &str, node: &str) {
+    let body = json!({
+        "apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    let req = http::Request::post(format!("/api/v1/namespaces/{ns}/pods/{name}/binding"))
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    client
+        .request::<serde_json::Value>(req)
+        .await
+        .unwrap_or_else(|e| panic!("bind pod {ns}/{name} to {node}: {e}"));
+}
+
+/// Events whose object is `name`, as (type, reason, note).
+pub async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}

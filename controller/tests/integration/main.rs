@@ -3,6 +3,7 @@
 
 mod common;
 mod leader;
+mod restore;
 mod retention;
 mod schedule;
 mod security;
