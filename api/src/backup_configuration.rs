@@ -105,10 +105,10 @@ fn default_failed_history() -> u32 {
 }
 
 /// The pods a BackupConfiguration backs up: exactly one of a label selector,
-/// a workload, or a PersistentVolumeClaim (the pods mounting it).
+/// a workload, a PersistentVolumeClaim (the pods mounting it), or one pod.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.selector), has(self.workload), has(self.persistentVolumeClaim)].filter(x, x).size() == 1").message("target must set exactly one of selector, workload, persistentVolumeClaim"))]
+#[x_kube(validation = Rule::new("[has(self.selector), has(self.workload), has(self.persistentVolumeClaim), has(self.pod)].filter(x, x).size() == 1").message("target must set exactly one of selector, workload, persistentVolumeClaim, pod"))]
 pub struct BackupTarget {
     /// Pods in this namespace matching these labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +120,11 @@ pub struct BackupTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub persistent_volume_claim: Option<String>,
+    /// One pod by name (in this namespace), e.g. a pod without a workload
+    /// that asked for an automatic backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: Option<String>,
 }
 
 /// A workload in the same namespace.

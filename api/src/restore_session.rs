@@ -64,6 +64,13 @@ pub struct RestoreSessionSpec {
     /// What to do with files that already exist in the target.
     #[serde(default)]
     pub overwrite: OverwritePolicy,
+    /// How long the restore may take, counted from the session's creation
+    /// (waiting for the target pods to be scheduled included), e.g. `30m`;
+    /// no limit when unset. Items not finished by then fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("timeout must be a duration such as \"90s\", \"30m\", \"1h30m\" or \"2d\""))]
+    #[schemars(length(min = 2, max = 32))]
+    pub timeout: Option<String>,
 }
 
 fn default_snapshot() -> String {

@@ -6,7 +6,13 @@
 //!   Repository namespace policy as a `Ready` condition;
 //! - [`session`] reconciles BackupSessions: resolves the target into one
 //!   item per volume on its pod's node, aggregates item phases, times out
-//!   stuck items, records the last backup on the Repository;
+//!   stuck items, hands the retention run to an agent, records the last
+//!   backup and the repository's figures on the Repository;
+//! - [`status`] writes session status on condition of the version read, so
+//!   the controller never overwrites what an agent wrote meanwhile;
+//! - [`restore`] reconciles RestoreSessions: resolves the target into one
+//!   item per target volume, waits for unscheduled pods within the
+//!   session's timeout, aggregates item phases;
 //! - [`leader`] elects one scheduling replica with a Lease;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
@@ -17,9 +23,11 @@ pub mod conditions;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod restore;
 pub mod scheduler;
 pub mod security;
 pub mod session;
+pub mod status;
 pub mod targets;
 pub mod time;
 
@@ -31,7 +39,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use stash_api::{BackupConfiguration, BackupSession};
+use stash_api::{BackupConfiguration, BackupSession, RestoreSession};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
@@ -121,15 +129,24 @@ pub async fn run_controllers(
         .for_each(|_| futures::future::ready(()));
     let stop = shutdown.clone();
     let run_sessions = Controller::new(sessions, watcher::Config::default())
-        .with_config(config)
+        .with_config(config.clone())
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(session::reconcile, session::error_policy, ctx)
+        .run(session::reconcile, session::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let stop = shutdown.clone();
+    let restores = Controller::new(
+        Api::<RestoreSession>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(config)
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(restore::reconcile, restore::error_policy, ctx)
+    .for_each(|_| futures::future::ready(()));
     // The scheduler decides on the sessions it sees in the cache (Forbid,
     // history): start it only once the cache holds them all.
     let controllers = async move {
         if cache_ready.wait_until_ready().await.is_ok() {
-            tokio::join!(schedule, run_sessions);
+            tokio::join!(schedule, run_sessions, restores);
         }
     };
     tokio::join!(session_cache, controllers);

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub schedule_latency: Histogram,
     /// 1 while this replica holds the leadership Lease.
     pub leader: IntGauge,
+    /// Status writes refused because an agent wrote the object meanwhile.
+    pub status_conflicts: IntCounter,
 }
 
 impl Default for Metrics {
@@ -67,6 +69,11 @@ impl Default for Metrics {
         .expect("valid metric");
         let leader = IntGauge::new("leader", "1 while this replica holds the leadership Lease")
             .expect("valid metric");
+        let status_conflicts = IntCounter::new(
+            "status_conflicts_total",
+            "Session status writes that found the object changed (by an agent) and decided again",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -74,6 +81,7 @@ impl Default for Metrics {
             Box::new(ticks_skipped.clone()),
             Box::new(schedule_latency.clone()),
             Box::new(leader.clone()),
+            Box::new(status_conflicts.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -85,6 +93,7 @@ impl Default for Metrics {
             ticks_skipped,
             schedule_latency,
             leader,
+            status_conflicts,
         }
     }
 }

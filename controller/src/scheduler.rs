@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -21,12 +22,13 @@ use serde_json::json;
 use stash_api::schedule::Schedule;
 use stash_api::{
     BackupConfiguration, BackupConfigurationStatus, BackupSession, BackupSessionSpec,
-    ConcurrencyPolicy, Repository, RepositoryReference, SessionPhase, SessionTrigger,
-    LABEL_CONFIGURATION,
+    BackupSessionStatus, ConcurrencyPolicy, ItemPhase, Repository, RepositoryReference,
+    SessionPhase, SessionTrigger, LABEL_CONFIGURATION,
 };
 
 use crate::error::{kube_err, Error, Result};
 use crate::security::{repository_admits, Refusal};
+use crate::status::{write_if_unchanged, Written};
 use crate::time::{from_time, to_time};
 use crate::{conditions, Context, ANNOTATION_SCHEDULED_BY};
 
@@ -231,30 +233,67 @@ async fn fire(
     Ok(())
 }
 
-/// Fails an unfinished session that a new tick replaces.
+/// Fails an unfinished session that a new tick replaces, with its
+/// unfinished items and retention run (revoking their claims, so their
+/// agents stop). Written on condition of the version read, like every
+/// session status write (see [`crate::session`]).
 async fn replace_session(ctx: &Context, s: &BackupSession) -> Result<()> {
     let ns = s.namespace().unwrap_or_default();
     let name = s.name_any();
-    let mut st = s.status.clone().unwrap_or_default();
-    st.phase = SessionPhase::Failed;
+    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut current = s.clone();
+    loop {
+        let old = current.status.clone().unwrap_or_default();
+        if old.phase.is_finished() {
+            return Ok(());
+        }
+        let now = to_time(Utc::now());
+        let mut st = old.clone();
+        replaced(&mut st, now.clone(), current.metadata.generation);
+        match write_if_unchanged(&api, &current, &old, &st, "fail replaced BackupSession").await? {
+            Written::Conflict => {
+                ctx.metrics.status_conflicts.inc();
+                match api
+                    .get_opt(&name)
+                    .await
+                    .map_err(kube_err("get BackupSession", &ns, &name))?
+                {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Written::Done | Written::Unchanged => return Ok(()),
+        }
+    }
+}
+
+/// `status` of a session a newer tick replaced: Failed, and so is every
+/// unfinished item and retention run, their claims revoked.
+pub(crate) fn replaced(status: &mut BackupSessionStatus, now: Time, generation: Option<i64>) {
+    const WHY: &str = "a newer tick replaced this session (concurrencyPolicy Replace)";
+    status.phase = SessionPhase::Failed;
+    status.completion_time = Some(now.clone());
+    for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
+        item.phase = ItemPhase::Failed;
+        item.error = Some(WHY.to_owned());
+        item.claim.claimed_by = None;
+        item.end_time = Some(now.clone());
+    }
+    if let Some(r) = status.retention.as_mut().filter(|r| !r.phase.is_finished()) {
+        r.phase = ItemPhase::Failed;
+        r.error = Some(WHY.to_owned());
+        r.claim.claimed_by = None;
+        r.end_time = Some(now.clone());
+    }
     conditions::set(
-        &mut st.conditions,
+        &mut status.conditions,
         "Ready",
         false,
         "Replaced",
-        "a newer tick replaced this session (concurrencyPolicy Replace)",
-        s.metadata.generation,
-        to_time(Utc::now()),
+        WHY,
+        generation,
+        now,
     );
-    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": st})),
-    )
-    .await
-    .map_err(kube_err("fail replaced BackupSession", &ns, &name))?;
-    Ok(())
 }
 
 /// Deletes finished sessions beyond the history limits.

@@ -1,13 +1,31 @@
 //! Reconciles BackupSessions: resolves a new session into per-volume items,
 //! each on its pod's node, then follows the items the agents update until
-//! the session is Succeeded, PartiallyFailed or Failed; fails items that
-//! outlive the configuration's timeout; records the last backup on the
-//! Repository.
+//! every item is finished; hands the retention run to the agent of the first
+//! succeeded item; then gives the session its final phase and copies the
+//! repository's figures to the Repository's status.
+//!
+//! # Sharing the status with the agents
+//!
+//! The agents update items (and the retention run) with JSON patches on the
+//! status subresource (see the `stash-api` crate docs). The controller
+//! writes the items only twice in a session's life: when it resolves them,
+//! and when the configuration's `timeout` fails the unfinished ones (which
+//! also revokes their claim, so the agent's next `test` fails and it stops).
+//! Every other write carries only the session-level fields it changed. Each
+//! write carries the `resourceVersion` the decision was made on
+//! ([`crate::status`]); on 409 Conflict the session is read again and the
+//! decision made again, so an agent's update is never lost.
+//!
+//! An item whose agent stopped sending heartbeats is not failed here: the
+//! agent of its node takes it over once the heartbeat is old enough, and
+//! the configuration's `timeout` bounds the whole session (items and
+//! retention) when the node never comes back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -15,14 +33,24 @@ use kube::ResourceExt;
 use serde_json::json;
 use stash_api::{
     parse_duration, BackupConfiguration, BackupSession, BackupSessionStatus, ItemPhase, Repository,
-    SessionPhase,
+    RetentionStatus, SessionPhase,
 };
 
 use crate::error::{kube_err, Error, Result};
 use crate::scheduler::{check_repository, publish};
+use crate::status::{write_if_unchanged, Written};
 use crate::targets::{resolve_items, target_pods};
 use crate::time::{from_time, to_time};
 use crate::{conditions, Context};
+
+/// How often a reconciliation reads the session again after a conflict
+/// before it gives up and requeues.
+const ATTEMPTS: usize = 5;
+
+/// Condition type while the retention run is under way.
+pub const CONDITION_RETENTION_RUNNING: &str = "RetentionRunning";
+/// Condition type set when the retention run failed.
+pub const CONDITION_RETENTION_FAILED: &str = "RetentionFailed";
 
 /// Reconciles one BackupSession.
 pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result<Action> {
@@ -30,29 +58,94 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         .reconciles
         .with_label_values(&["BackupSession"])
         .inc();
+    let ns = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut current = session;
+    for _ in 0..ATTEMPTS {
+        if let Some(action) = step(&current, &ctx).await? {
+            return Ok(action);
+        }
+        ctx.metrics.status_conflicts.inc();
+        match api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get BackupSession", &ns, &name))?
+        {
+            Some(s) => current = Arc::new(s),
+            None => return Ok(Action::await_change()),
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// One decision on `session` as read; `None` when its status changed
+/// meanwhile and the decision must be made again.
+async fn step(session: &BackupSession, ctx: &Context) -> Result<Option<Action>> {
     let status = session.status.clone().unwrap_or_default();
     if status.phase.is_finished() {
-        return Ok(Action::await_change());
+        return Ok(Some(Action::await_change()));
     }
     if status.start_time.is_none() {
-        return start(&session, &ctx).await;
+        return start(session, ctx).await;
     }
-    follow(&session, &ctx, status).await
+    follow(session, ctx, status).await
+}
+
+/// An Event to publish once the status it describes is written.
+pub(crate) struct Note {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// CamelCase reason.
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl Note {
+    fn new(type_: EventType, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Writes `new` over `old` on condition, then publishes `notes`.
+async fn commit(
+    ctx: &Context,
+    session: &BackupSession,
+    old: &BackupSessionStatus,
+    new: &BackupSessionStatus,
+    notes: Vec<Note>,
+) -> Result<bool> {
+    let api: Api<BackupSession> =
+        Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let written =
+        write_if_unchanged(&api, session, old, new, "update BackupSession status").await?;
+    if written == Written::Conflict {
+        return Ok(false);
+    }
+    for n in notes {
+        publish(ctx, session, n.type_, &n.reason, &n.message).await;
+    }
+    Ok(true)
 }
 
 /// Resolves a new session into items, or fails it with the reason.
-async fn start(session: &BackupSession, ctx: &Context) -> Result<Action> {
+async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>> {
     let ns = session.namespace().unwrap_or_default();
-    let name = session.name_any();
-    let now = to_time(Utc::now());
+    let old = session.status.clone().unwrap_or_default();
+    let now = Utc::now();
     let mut status = BackupSessionStatus {
-        start_time: Some(now.clone()),
-        ..BackupSessionStatus::default()
+        start_time: Some(to_time(now)),
+        ..old.clone()
     };
     let generation = session.metadata.generation;
-    let fail = |mut status: BackupSessionStatus, reason: &str, message: String| {
+    let fail = |status: &mut BackupSessionStatus, reason: &str, message: String| {
         status.phase = SessionPhase::Failed;
-        status.completion_time = Some(now.clone());
+        status.completion_time = Some(to_time(now));
         conditions::set(
             &mut status.conditions,
             "Ready",
@@ -60,35 +153,26 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Action> {
             reason,
             message,
             generation,
-            now.clone(),
+            to_time(now),
         );
-        status
     };
 
-    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
     let cfg_name = &session.spec.backup_configuration;
-    let Some(cfg) = configs.get_opt(cfg_name).await.map_err(kube_err(
-        "get BackupConfiguration",
-        &ns,
-        cfg_name,
-    ))?
-    else {
+    let Some(cfg) = get_configuration(ctx, &ns, cfg_name).await? else {
         let message = format!("BackupConfiguration {ns}/{cfg_name} does not exist");
-        write_status(ctx, session, fail(status, "ConfigurationNotFound", message)).await?;
-        return Ok(Action::await_change());
+        fail(&mut status, "ConfigurationNotFound", message.clone());
+        let note = Note::new(EventType::Warning, "ConfigurationNotFound", message);
+        return Ok(commit(ctx, session, &old, &status, vec![note])
+            .await?
+            .then(Action::await_change));
     };
-    let user = format!("BackupSession {ns}/{name}");
+    let user = format!("BackupSession {ns}/{}", session.name_any());
     if let Err(refusal) = check_repository(ctx, &ns, &user, &cfg.spec.repository).await? {
-        publish(
-            ctx,
-            session,
-            EventType::Warning,
-            refusal.reason,
-            &refusal.message,
-        )
-        .await;
-        write_status(ctx, session, fail(status, refusal.reason, refusal.message)).await?;
-        return Ok(Action::await_change());
+        fail(&mut status, refusal.reason, refusal.message.clone());
+        let note = Note::new(EventType::Warning, refusal.reason, refusal.message);
+        return Ok(commit(ctx, session, &old, &status, vec![note])
+            .await?
+            .then(Action::await_change));
     }
     let pods = target_pods(&ctx.client, &ns, &cfg.spec.target).await?;
     let resolution = resolve_items(
@@ -97,25 +181,19 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Action> {
         cfg.spec.target.persistent_volume_claim.as_deref(),
         &ctx.settings.host_paths,
     );
+    let mut notes = Vec::new();
     if !resolution.refused.is_empty() {
         let message = resolution.refused.join("; ");
-        publish(
-            ctx,
-            session,
-            EventType::Warning,
-            "HostPathNotAllowed",
-            &message,
-        )
-        .await;
         conditions::set(
             &mut status.conditions,
             "HostPathNotAllowed",
             true,
             "HostPathNotAllowed",
-            message,
+            message.clone(),
             generation,
-            now.clone(),
+            to_time(now),
         );
+        notes.push(Note::new(EventType::Warning, "HostPathNotAllowed", message));
     }
     if resolution.items.is_empty() {
         let message = format!(
@@ -123,8 +201,11 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Action> {
             pods.len(),
             if cfg.spec.volumes.is_empty() { " (opt volumes in with the stash.rs/backup-volumes pod annotation, or list them in spec.volumes)" } else { "" }
         );
-        write_status(ctx, session, fail(status, "NoVolumes", message)).await?;
-        return Ok(Action::await_change());
+        fail(&mut status, "NoVolumes", message.clone());
+        notes.push(Note::new(EventType::Warning, "NoVolumes", message));
+        return Ok(commit(ctx, session, &old, &status, notes)
+            .await?
+            .then(Action::await_change));
     }
     status.items = resolution.items;
     status.phase = SessionPhase::Running;
@@ -138,82 +219,217 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Action> {
             status.items.len()
         ),
         generation,
-        now,
+        to_time(now),
     );
     // Items already failed at resolution (missing volume, pod not on a
     // node) may finish the session at once.
-    let action = finish_if_done(ctx, session, &mut status, cfg.spec.timeout.as_deref()).await?;
-    write_status(ctx, session, status).await?;
-    Ok(action)
+    let outcome = decide(&mut status, now, timeout_of(&cfg), generation);
+    notes.extend(outcome.notes);
+    if let Some(record) = &outcome.record {
+        record_on_repository(ctx, &ns, &cfg, record).await?;
+    }
+    Ok(commit(ctx, session, &old, &status, notes)
+        .await?
+        .then_some(outcome.action))
 }
 
-/// Follows a running session: timeouts and the overall phase.
+/// Follows a running session: timeouts, retention handoff, final phase.
 async fn follow(
     session: &BackupSession,
     ctx: &Context,
-    mut status: BackupSessionStatus,
-) -> Result<Action> {
+    old: BackupSessionStatus,
+) -> Result<Option<Action>> {
     let ns = session.namespace().unwrap_or_default();
-    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
-    let timeout = configs
-        .get_opt(&session.spec.backup_configuration)
-        .await
-        .map_err(kube_err(
-            "get BackupConfiguration",
-            &ns,
-            &session.spec.backup_configuration,
-        ))?
-        .and_then(|c| c.spec.timeout);
-    let before = status.clone();
-    let action = finish_if_done(ctx, session, &mut status, timeout.as_deref()).await?;
-    if status != before {
-        write_status(ctx, session, status).await?;
+    let cfg = get_configuration(ctx, &ns, &session.spec.backup_configuration).await?;
+    let mut status = old.clone();
+    let outcome = decide(
+        &mut status,
+        Utc::now(),
+        cfg.as_ref().and_then(timeout_of),
+        session.metadata.generation,
+    );
+    if let (Some(record), Some(cfg)) = (&outcome.record, &cfg) {
+        record_on_repository(ctx, &ns, cfg, record).await?;
     }
-    Ok(action)
+    Ok(commit(ctx, session, &old, &status, outcome.notes)
+        .await?
+        .then_some(outcome.action))
 }
 
-/// Times out stuck items, updates progress, and finishes the session when
-/// every item is done. Returns when to look again.
-async fn finish_if_done(
+async fn get_configuration(
     ctx: &Context,
-    session: &BackupSession,
+    ns: &str,
+    name: &str,
+) -> Result<Option<BackupConfiguration>> {
+    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), ns);
+    configs
+        .get_opt(name)
+        .await
+        .map_err(kube_err("get BackupConfiguration", ns, name))
+}
+
+/// The configuration's `timeout`; the schema only admits valid ones.
+fn timeout_of(cfg: &BackupConfiguration) -> Option<Duration> {
+    cfg.spec
+        .timeout
+        .as_deref()
+        .and_then(|t| parse_duration(t).ok())
+}
+
+/// What a finished session leaves on its Repository's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// When the last succeeded item finished.
+    pub last_backup_time: Time,
+    /// `snapshotCount` and `totalSize` read by a succeeded retention run.
+    pub figures: Option<(Option<i64>, Option<i64>)>,
+}
+
+/// What [`decide`] concluded besides the new status.
+pub(crate) struct Outcome {
+    /// When to look again.
+    pub action: Action,
+    /// Events to publish once the status is written.
+    pub notes: Vec<Note>,
+    /// What to write on the Repository, when the session just finished.
+    pub record: Option<Record>,
+}
+
+/// The decision on a running session at `now`: fails what outlived
+/// `timeout` (counted from the session's start), updates progress, hands
+/// the retention run over once every item is finished and one succeeded,
+/// and sets the final phase once the retention run (if any) is over.
+pub(crate) fn decide(
     status: &mut BackupSessionStatus,
-    timeout: Option<&str>,
-) -> Result<Action> {
-    let now = Utc::now();
+    now: DateTime<Utc>,
+    timeout: Option<Duration>,
+    generation: Option<i64>,
+) -> Outcome {
     let started = status.start_time.as_ref().map(from_time).unwrap_or(now);
-    let timeout = timeout.and_then(|t| parse_duration(t).ok());
-    let mut wake = None;
-    if let Some(limit) = timeout {
-        let deadline = started + chrono::Duration::from_std(limit).unwrap_or_default();
-        if now >= deadline {
-            for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
-                item.phase = ItemPhase::Failed;
-                item.error = Some(format!(
-                    "timed out: not finished {limit:?} after the session started"
-                ));
-                item.end_time = Some(to_time(now));
-            }
-        } else {
-            wake = (deadline - now).to_std().ok();
+    let deadline = timeout
+        .and_then(|t| chrono::Duration::from_std(t).ok())
+        .and_then(|t| started.checked_add_signed(t));
+    let expired = deadline.is_some_and(|d| now >= d);
+    let wake = |deadline: Option<DateTime<Utc>>| {
+        deadline
+            .and_then(|d| (d - now).to_std().ok())
+            .map(Action::requeue)
+            .unwrap_or_else(Action::await_change)
+    };
+    let limit = timeout
+        .map(|t| format!("{}s", t.as_secs()))
+        .unwrap_or_default();
+    let mut notes = Vec::new();
+    if expired {
+        for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
+            item.phase = ItemPhase::Failed;
+            item.error = Some(format!(
+                "timed out: not finished {limit} after the session started (the configuration's timeout); \
+                 the claim of {} was revoked",
+                item.claim.claimed_by.as_deref().unwrap_or("no agent")
+            ));
+            item.claim.claimed_by = None;
+            item.end_time = Some(to_time(now));
         }
     }
     let total = status.items.len();
-    let done = status
-        .items
-        .iter()
-        .filter(|i| i.phase.is_finished())
-        .count();
-    let failed = status
-        .items
-        .iter()
-        .filter(|i| i.phase == ItemPhase::Failed)
-        .count();
-    status.progress = Some(format!("{done}/{total}"));
-    if done < total {
-        return Ok(wake
-            .map(Action::requeue)
-            .unwrap_or_else(Action::await_change));
+    let count = |p: ItemPhase| status.items.iter().filter(|i| i.phase == p).count();
+    let (succeeded, failed) = (count(ItemPhase::Succeeded), count(ItemPhase::Failed));
+    status.progress = Some(format!("{}/{total}", succeeded + failed));
+    if succeeded + failed < total {
+        return Outcome {
+            action: wake(deadline),
+            notes,
+            record: None,
+        };
+    }
+    let mut record = None;
+    if succeeded > 0 {
+        let first = status
+            .items
+            .iter()
+            .find(|i| i.phase == ItemPhase::Succeeded);
+        let node = first.and_then(|i| i.node.clone());
+        let retention = status.retention.get_or_insert_with(|| RetentionStatus {
+            phase: ItemPhase::Pending,
+            node: node.clone(),
+            ..RetentionStatus::default()
+        });
+        if !retention.phase.is_finished() && expired {
+            retention.phase = ItemPhase::Failed;
+            retention.error = Some(format!(
+                "timed out: not finished {limit} after the session started (the configuration's timeout)"
+            ));
+            retention.claim.claimed_by = None;
+            retention.end_time = Some(to_time(now));
+        }
+        let retention = retention.clone();
+        if !retention.phase.is_finished() {
+            conditions::set(
+                &mut status.conditions,
+                CONDITION_RETENTION_RUNNING,
+                true,
+                "Running",
+                format!(
+                    "every volume is finished; the agent on node {} applies the retention policy \
+                     and reads the repository's figures",
+                    retention.node.as_deref().unwrap_or("?")
+                ),
+                generation,
+                to_time(now),
+            );
+            return Outcome {
+                action: wake(deadline),
+                notes,
+                record: None,
+            };
+        }
+        let ok = retention.phase == ItemPhase::Succeeded;
+        conditions::set(
+            &mut status.conditions,
+            CONDITION_RETENTION_RUNNING,
+            false,
+            if ok { "Succeeded" } else { "Failed" },
+            if ok {
+                format!(
+                    "retention done: {} snapshot(s) kept, {} removed",
+                    retention.kept.unwrap_or(0),
+                    retention.removed.unwrap_or(0)
+                )
+            } else {
+                "retention failed (see the RetentionFailed condition)".to_owned()
+            },
+            generation,
+            to_time(now),
+        );
+        if !ok {
+            let message = format!(
+                "the retention run on node {} failed: {}",
+                retention.node.as_deref().unwrap_or("?"),
+                retention.error.as_deref().unwrap_or("no reason given")
+            );
+            conditions::set(
+                &mut status.conditions,
+                CONDITION_RETENTION_FAILED,
+                true,
+                "RetentionFailed",
+                message.clone(),
+                generation,
+                to_time(now),
+            );
+            notes.push(Note::new(EventType::Warning, "RetentionFailed", message));
+        }
+        let last = status
+            .items
+            .iter()
+            .filter(|i| i.phase == ItemPhase::Succeeded)
+            .filter_map(|i| i.end_time.as_ref().map(from_time))
+            .max()
+            .unwrap_or(now);
+        record = Some(Record {
+            last_backup_time: to_time(last),
+            figures: ok.then_some((retention.snapshot_count, retention.total_size)),
+        });
     }
     status.phase = match failed {
         0 => SessionPhase::Succeeded,
@@ -222,90 +438,80 @@ async fn finish_if_done(
     };
     status.completion_time = Some(to_time(now));
     status.duration = Some(format!("{}s", (now - started).num_seconds().max(0)));
-    let ns = session.namespace().unwrap_or_default();
-    let (type_, message) = match status.phase {
-        SessionPhase::Succeeded => (
+    notes.push(match status.phase {
+        SessionPhase::Succeeded => Note::new(
             EventType::Normal,
+            "Succeeded",
             format!("all {total} volume(s) backed up"),
         ),
-        _ => (
+        phase => Note::new(
             EventType::Warning,
+            &format!("{phase:?}"),
             format!("{failed} of {total} volume(s) failed"),
         ),
-    };
-    publish(
-        ctx,
-        session,
-        type_,
-        &format!("{:?}", status.phase),
-        &message,
-    )
-    .await;
-    if status.phase == SessionPhase::Succeeded {
-        record_backup(ctx, &ns, session).await?;
+    });
+    Outcome {
+        action: Action::await_change(),
+        notes,
+        record,
     }
-    Ok(Action::await_change())
 }
 
-/// Records the finished backup on the Repository's status.
-async fn record_backup(ctx: &Context, ns: &str, session: &BackupSession) -> Result<()> {
-    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(cfg) = configs
-        .get_opt(&session.spec.backup_configuration)
-        .await
-        .map_err(kube_err(
-            "get BackupConfiguration",
-            ns,
-            &session.spec.backup_configuration,
-        ))?
-    else {
+/// Records a finished backup on the Repository's status: the last backup
+/// time (never moved back) and the figures of the retention run. Writing
+/// the same record twice is harmless, so this runs before the session's
+/// final status is written and a conflict there only repeats it.
+async fn record_on_repository(
+    ctx: &Context,
+    ns: &str,
+    cfg: &BackupConfiguration,
+    record: &Record,
+) -> Result<()> {
+    let repo_ns = cfg.spec.repository.namespace.as_deref().unwrap_or(ns);
+    let repo_name = &cfg.spec.repository.name;
+    let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), repo_ns);
+    let err = || kube_err("update Repository status", repo_ns, repo_name);
+    let Some(repo) = repos.get_opt(repo_name).await.map_err(err())? else {
+        // The Repository went away since the session started: the backup
+        // stands, there is just nothing to stamp.
+        tracing::warn!(
+            repository = %format!("{repo_ns}/{repo_name}"),
+            "the Repository of a finished backup no longer exists"
+        );
         return Ok(());
     };
-    let repo_ns = cfg.spec.repository.namespace.as_deref().unwrap_or(ns);
-    let repos: Api<Repository> = Api::namespaced(ctx.client.clone(), repo_ns);
-    let patch = json!({"status": {"lastBackupTime": to_time(Utc::now())}});
+    let mut fields = serde_json::Map::new();
+    let newer = repo
+        .status
+        .as_ref()
+        .and_then(|s| s.last_backup_time.as_ref())
+        .is_none_or(|t| from_time(t) < from_time(&record.last_backup_time));
+    if newer {
+        fields.insert("lastBackupTime".into(), json!(record.last_backup_time));
+    }
+    if let Some((count, size)) = record.figures {
+        if let Some(c) = count {
+            fields.insert("snapshotCount".into(), json!(c));
+        }
+        if let Some(s) = size {
+            fields.insert("totalSize".into(), json!(s));
+        }
+    }
+    if fields.is_empty() {
+        return Ok(());
+    }
     match repos
         .patch_status(
-            &cfg.spec.repository.name,
+            repo_name,
             &PatchParams::default(),
-            &Patch::Merge(patch),
+            &Patch::Merge(json!({ "status": fields })),
         )
         .await
     {
         Ok(_) => Ok(()),
-        // The Repository went away since the session started: the backup
-        // stands, there is just nothing to stamp.
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            tracing::warn!(
-                repository = %format!("{repo_ns}/{}", cfg.spec.repository.name),
-                "the Repository of a finished backup no longer exists"
-            );
-            Ok(())
-        }
-        Err(e) => Err(kube_err(
-            "update Repository status",
-            repo_ns,
-            &cfg.spec.repository.name,
-        )(e)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(err()(e)),
     }
-}
-
-async fn write_status(
-    ctx: &Context,
-    session: &BackupSession,
-    status: BackupSessionStatus,
-) -> Result<()> {
-    let ns = session.namespace().unwrap_or_default();
-    let name = session.name_any();
-    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await
-    .map_err(kube_err("update BackupSession status", &ns, &name))?;
-    Ok(())
 }
 
 /// Logs and counts a failed reconciliation and retries it soon.

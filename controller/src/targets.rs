@@ -12,78 +12,126 @@ use stash_api::{BackupItem, BackupTarget, ItemPhase, WorkloadKind};
 use crate::error::{kube_err, Result};
 use crate::security::{selector_query, HostPathAllowList};
 
-/// The pods of `target` in namespace `ns`, sorted by name.
+/// The pods of `target` in namespace `ns`, sorted by name; none when the
+/// named workload or pod does not exist.
 pub async fn target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
+    if let Some(name) = &target.pod {
+        return Ok(get_pod(client, ns, name).await?.into_iter().collect());
+    }
+    if let Some(w) = &target.workload {
+        return Ok(workload_pods(client, ns, w.kind, &w.name)
+            .await?
+            .map(|w| w.pods)
+            .unwrap_or_default());
+    }
+    if let Some(s) = &target.selector {
+        return selected_pods(client, ns, s).await;
+    }
+    claim_pods(
+        client,
+        ns,
+        target
+            .persistent_volume_claim
+            .as_deref()
+            .unwrap_or_default(),
+    )
+    .await
+}
+
+/// Pod `name` in `ns`, if it exists.
+pub async fn get_pod(client: &Client, ns: &str, name: &str) -> Result<Option<Pod>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector: Option<LabelSelector> = if let Some(s) = &target.selector {
-        Some(s.clone())
-    } else if let Some(w) = &target.workload {
-        Some(workload_selector(client, ns, w.kind, &w.name).await?)
-    } else {
-        None
-    };
-    let mut list: Vec<Pod> = match selector {
-        Some(s) => {
-            let lp = ListParams::default().labels(&selector_query(&s));
-            pods.list(&lp)
-                .await
-                .map_err(kube_err("list pods", ns, "*"))?
-                .items
-        }
-        None => {
-            let claim = target
-                .persistent_volume_claim
-                .as_deref()
-                .unwrap_or_default();
-            pods.list(&ListParams::default())
-                .await
-                .map_err(kube_err("list pods", ns, "*"))?
-                .items
-                .into_iter()
-                .filter(|p| !claim_volumes(p, claim).is_empty())
-                .collect()
-        }
-    };
+    pods.get_opt(name)
+        .await
+        .map_err(kube_err("get pod", ns, name))
+}
+
+/// The pods in `ns` matching `selector`, sorted by name.
+async fn selected_pods(client: &Client, ns: &str, selector: &LabelSelector) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().labels(&selector_query(selector));
+    let mut list = pods
+        .list(&lp)
+        .await
+        .map_err(kube_err("list pods", ns, "*"))?
+        .items;
     list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok(list)
 }
 
-async fn workload_selector(
+/// The pods in `ns` mounting PersistentVolumeClaim `claim`, sorted by name.
+pub async fn claim_pods(client: &Client, ns: &str, claim: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut list: Vec<Pod> = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("list pods", ns, "*"))?
+        .items
+        .into_iter()
+        .filter(|p| !claim_volumes(p, claim).is_empty())
+        .collect();
+    list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok(list)
+}
+
+/// A workload's pods and how many it wants.
+pub struct WorkloadPods {
+    /// Its pods now, sorted by name.
+    pub pods: Vec<Pod>,
+    /// How many pods it wants: `spec.replicas` (default 1) of a Deployment
+    /// or StatefulSet, `status.desiredNumberScheduled` of a DaemonSet.
+    pub desired: usize,
+}
+
+/// The pods of workload `kind`/`name` in `ns`, or `None` when it does not
+/// exist.
+pub async fn workload_pods(
     client: &Client,
     ns: &str,
     kind: WorkloadKind,
     name: &str,
-) -> Result<LabelSelector> {
-    Ok(match kind {
+) -> Result<Option<WorkloadPods>> {
+    let replicas = |r: Option<i32>| usize::try_from(r.unwrap_or(1)).unwrap_or(0);
+    let found: Option<(LabelSelector, usize)> = match kind {
         WorkloadKind::Deployment => {
             let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-            let w = api
-                .get(name)
+            api.get_opt(name)
                 .await
-                .map_err(kube_err("get Deployment", ns, name))?;
-            w.spec.map(|s| s.selector).unwrap_or_default()
+                .map_err(kube_err("get Deployment", ns, name))?
+                .and_then(|w| w.spec)
+                .map(|s| (s.selector, replicas(s.replicas)))
         }
         WorkloadKind::StatefulSet => {
             let api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-            let w = api
-                .get(name)
+            api.get_opt(name)
                 .await
-                .map_err(kube_err("get StatefulSet", ns, name))?;
-            w.spec.map(|s| s.selector).unwrap_or_default()
+                .map_err(kube_err("get StatefulSet", ns, name))?
+                .and_then(|w| w.spec)
+                .map(|s| (s.selector, replicas(s.replicas)))
         }
         WorkloadKind::DaemonSet => {
             let api: Api<DaemonSet> = Api::namespaced(client.clone(), ns);
-            let w = api
-                .get(name)
+            api.get_opt(name)
                 .await
-                .map_err(kube_err("get DaemonSet", ns, name))?;
-            w.spec.map(|s| s.selector).unwrap_or_default()
+                .map_err(kube_err("get DaemonSet", ns, name))?
+                .and_then(|w| {
+                    let desired = w.status.map(|s| s.desired_number_scheduled).unwrap_or(0);
+                    w.spec
+                        .map(|s| (s.selector, usize::try_from(desired).unwrap_or(0)))
+                })
         }
-    })
+    };
+    let Some((selector, desired)) = found else {
+        return Ok(None);
+    };
+    Ok(Some(WorkloadPods {
+        pods: selected_pods(client, ns, &selector).await?,
+        desired,
+    }))
 }
 
 /// Names of `pod`'s volumes that mount PersistentVolumeClaim `claim`.
-fn claim_volumes(pod: &Pod, claim: &str) -> Vec<String> {
+pub fn claim_volumes(pod: &Pod, claim: &str) -> Vec<String> {
     pod.spec
         .iter()
         .flat_map(|s| s.volumes.iter().flatten())

@@ -3,8 +3,6 @@
 //! the opted-in volumes, each on the right node; then Forbid holds ticks
 //! back while sessions run, and finished items finish the session.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use stash_api::{BackupSession, ItemPhase, Repository, SessionPhase};
 use stash_controller::{HostPathAllowList, Metrics, Settings};
 use tokio_util::sync::CancellationToken;
 
-use common::*;
+use crate::common::*;
 
 fn to_chrono(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.0.as_millisecond()).unwrap()
@@ -195,22 +193,17 @@ async fn schedule_creates_sessions_on_time_with_the_opted_in_volumes() {
     );
     assert!(metrics.ticks_skipped.get() >= 2);
 
-    // The agents finish the items of one session: it succeeds, and the
-    // Repository records the backup.
+    // The agents finish the items of one session; the agent of the first
+    // item's node runs the retention; then it succeeds, and the Repository
+    // records the backup.
     let api: Api<BackupSession> = Api::namespaced(client.clone(), "team");
     let first = list[0].metadata.name.clone().unwrap();
-    let mut st = list[0].status.clone().unwrap();
-    for item in &mut st.items {
-        item.phase = ItemPhase::Succeeded;
-        item.snapshot_id = Some("0123456789abcdef".into());
+    for (i, item) in list[0].status.as_ref().unwrap().items.iter().enumerate() {
+        finish_item(&client, "team", &first, i, item, ItemPhase::Succeeded).await;
     }
-    api.patch_status(
-        &first,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": st})),
-    )
-    .await
-    .unwrap();
+    let node = wait_retention_pending(&client, "team", &first).await;
+    assert_eq!(node, "node-a");
+    finish_retention(&client, "team", &first, ItemPhase::Succeeded, None).await;
     eventually(Duration::from_secs(10), "the session to succeed", || {
         let api = api.clone();
         let first = first.clone();

@@ -2,8 +2,6 @@
 //! the Repository's policy does not admit is refused with a condition, and
 //! nothing is scheduled; a session made by hand fails with the same reason.
 
-mod common;
-
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -12,7 +10,7 @@ use stash_api::{BackupConfiguration, BackupSession, SessionPhase};
 use stash_controller::{HostPathAllowList, Metrics, Settings};
 use tokio_util::sync::CancellationToken;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn cross_namespace_repository_is_refused_with_a_condition() {

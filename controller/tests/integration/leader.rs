@@ -1,8 +1,6 @@
 //! Issue 6, "What must hold" 4: two controller processes; only the leader
 //! schedules; kill it and the other takes over within the lease time.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,7 +9,7 @@ use kube::api::Api;
 use serde_json::json;
 use stash_controller::ANNOTATION_SCHEDULED_BY;
 
-use common::*;
+use crate::common::*;
 
 const LEASE_SECONDS: u64 = 4;
 const RENEW_SECONDS: u64 = 1;

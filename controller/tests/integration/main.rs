@@ -1,0 +1,10 @@
+//! The controller's tests against a real kube-apiserver (see `envtest/`),
+//! in one test binary.
+
+mod common;
+mod leader;
+mod restore;
+mod retention;
+mod schedule;
+mod security;
+mod sessions;

@@ -1,0 +1,269 @@
+//! The controller and the agents share a BackupSession's status: items
+//! updated by an agent while the controller writes progress are never
+//! lost, and a claim whose heartbeat stopped is failed only by the
+//! configuration's timeout.
+
+use std::time::Duration;
+
+use kube::api::Api;
+use serde_json::json;
+use stash_api::{BackupSession, ItemPhase, SessionPhase};
+
+use crate::common::*;
+
+async fn resolved(client: &kube::Client, ns: &str, name: &str) -> BackupSession {
+    let api: Api<BackupSession> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(20), "the session's items", || {
+        let api = api.clone();
+        async move {
+            let s = api.get(name).await.ok()?;
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.phase == SessionPhase::Running && !st.items.is_empty())
+                .then_some(s)
+        }
+    })
+    .await
+}
+
+/// One agent working through item `i`: claim, `updates` progress reports,
+/// finish with a snapshot id derived from the item.
+async fn work_item(client: kube::Client, ns: String, session: String, i: usize, updates: u32) {
+    let pod = format!("db-{i}");
+    let claim = format!("node-{i}/agent-{i}/n1");
+    let path = |f: &str| format!("/status/items/{i}/{f}");
+    let mut ops = item_identity(i, &ns, &pod, "data");
+    ops.extend([
+        json!({"op": "test", "path": path("phase"), "value": "Pending"}),
+        json!({"op": "replace", "path": path("phase"), "value": "Running"}),
+        json!({"op": "add", "path": path("claimedBy"), "value": claim}),
+        json!({"op": "add", "path": path("attempt"), "value": 1}),
+        json!({"op": "add", "path": path("heartbeatTime"), "value": timestamp_ago(Duration::ZERO)}),
+        json!({"op": "add", "path": path("startTime"), "value": timestamp_ago(Duration::ZERO)}),
+    ]);
+    agent_patch(&client, "backupsessions", &ns, &session, json!(ops))
+        .await
+        .unwrap_or_else(|code| panic!("claim of item {i} refused: {code}"));
+    let mine = json!({"op": "test", "path": path("claimedBy"), "value": claim});
+    for n in 1..=updates {
+        let ops = json!([
+            mine,
+            {"op": "add", "path": path("bytesDone"), "value": n * 1000 + i as u32},
+            {"op": "add", "path": path("filesDone"), "value": n},
+            {"op": "add", "path": path("heartbeatTime"), "value": timestamp_ago(Duration::ZERO)},
+        ]);
+        agent_patch(&client, "backupsessions", &ns, &session, ops)
+            .await
+            .unwrap_or_else(|code| panic!("progress {n} of item {i} refused: {code}"));
+    }
+    let ops = json!([
+        mine,
+        {"op": "replace", "path": path("phase"), "value": "Succeeded"},
+        {"op": "add", "path": path("snapshotId"), "value": format!("{i:064x}")},
+        {"op": "add", "path": path("bytesAdded"), "value": i * 7},
+        {"op": "add", "path": path("endTime"), "value": timestamp_ago(Duration::ZERO)},
+    ]);
+    agent_patch(&client, "backupsessions", &ns, &session, ops)
+        .await
+        .unwrap_or_else(|code| panic!("finish of item {i} refused: {code}"));
+}
+
+#[tokio::test]
+async fn agent_updates_are_never_overwritten_by_the_controller() {
+    let (_env, client) = control_plane().await;
+    let ns = "team";
+    namespace(&client, ns, &[]).await;
+    repository(&client, ns, "main", None).await;
+    const PODS: usize = 6;
+    for i in 0..PODS {
+        pod(
+            &client,
+            ns,
+            &format!("db-{i}"),
+            &format!("node-{i}"),
+            &[("app", "db")],
+            &[("stash.rs/backup-volumes", "data")],
+            &["data"],
+        )
+        .await;
+    }
+    configuration(
+        &client,
+        ns,
+        "db",
+        json!({
+            "schedule": "0 0 1 1 *",
+            "target": {"selector": {"matchLabels": {"app": "db"}}},
+            "repository": {"name": "main"},
+        }),
+    )
+    .await;
+    let (shutdown, handle, metrics) = start_controller(&client, settings());
+    backup_session(&client, ns, "manual", "db").await;
+    let s = resolved(&client, ns, "manual").await;
+    let items = &s.status.as_ref().unwrap().items;
+    assert_eq!(items.len(), PODS);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(
+            (item.pod.as_str(), item.phase),
+            (format!("db-{i}").as_str(), ItemPhase::Pending)
+        );
+    }
+
+    // Every agent at once: each finish makes the controller write progress
+    // while the others still report theirs.
+    let workers: Vec<_> = (0..PODS)
+        .map(|i| {
+            tokio::spawn(work_item(
+                client.clone(),
+                ns.into(),
+                "manual".into(),
+                i,
+                5 + 3 * i as u32,
+            ))
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let api: Api<BackupSession> = Api::namespaced(client.clone(), ns);
+    let done = eventually(Duration::from_secs(20), "every item counted", || {
+        let api = api.clone();
+        async move {
+            let s = api.get("manual").await.ok()?;
+            let st = s.status.clone()?;
+            (st.progress.as_deref() == Some(&format!("{PODS}/{PODS}"))).then_some(s)
+        }
+    })
+    .await;
+    let st = done.status.unwrap();
+    for (i, item) in st.items.iter().enumerate() {
+        let updates = 5 + 3 * i as i64;
+        assert_eq!(item.phase, ItemPhase::Succeeded, "item {i}: {item:?}");
+        assert_eq!(item.snapshot_id, Some(format!("{i:064x}")), "item {i}");
+        assert_eq!(item.bytes_done, Some(updates * 1000 + i as i64), "item {i}");
+        assert_eq!(item.files_done, Some(updates), "item {i}");
+        assert_eq!(item.bytes_added, Some(i as i64 * 7), "item {i}");
+        assert_eq!(item.claim.attempt, Some(1), "item {i}");
+        assert!(item.end_time.is_some(), "item {i}");
+    }
+    eprintln!(
+        "status conflicts the controller resolved: {}",
+        metrics.status_conflicts.get()
+    );
+    // Retention waits for every item, then runs on the first item's node.
+    assert_eq!(st.phase, SessionPhase::Running);
+    assert_eq!(
+        wait_retention_pending(&client, ns, "manual").await,
+        "node-0"
+    );
+    finish_retention(&client, ns, "manual", ItemPhase::Succeeded, None).await;
+    eventually(Duration::from_secs(10), "the session to succeed", || {
+        let api = api.clone();
+        async move {
+            let st = api.get("manual").await.ok()?.status?;
+            (st.phase == SessionPhase::Succeeded).then_some(())
+        }
+    })
+    .await;
+    stop_controller(shutdown, handle).await;
+}
+
+#[tokio::test]
+async fn a_silent_claim_fails_only_by_the_configuration_timeout() {
+    let (_env, client) = control_plane().await;
+    let ns = "team";
+    namespace(&client, ns, &[]).await;
+    repository(&client, ns, "main", None).await;
+    for i in 0..2 {
+        pod(
+            &client,
+            ns,
+            &format!("db-{i}"),
+            "node-a",
+            &[("app", "db")],
+            &[("stash.rs/backup-volumes", "data")],
+            &["data"],
+        )
+        .await;
+    }
+    configuration(
+        &client,
+        ns,
+        "db",
+        json!({
+            "schedule": "0 0 1 1 *",
+            "target": {"selector": {"matchLabels": {"app": "db"}}},
+            "repository": {"name": "main"},
+            "timeout": "6s",
+        }),
+    )
+    .await;
+    let (shutdown, handle, _metrics) = start_controller(&client, settings());
+    backup_session(&client, ns, "manual", "db").await;
+    resolved(&client, ns, "manual").await;
+    // Item 0: claimed by an agent whose last heartbeat is an hour old.
+    let mut ops = item_identity(0, ns, "db-0", "data");
+    ops.extend([
+        json!({"op": "test", "path": "/status/items/0/phase", "value": "Pending"}),
+        json!({"op": "replace", "path": "/status/items/0/phase", "value": "Running"}),
+        json!({"op": "add", "path": "/status/items/0/claimedBy", "value": "node-a/agent/dead"}),
+        json!({"op": "add", "path": "/status/items/0/heartbeatTime", "value": timestamp_ago(Duration::from_secs(3600))}),
+    ]);
+    agent_patch(&client, "backupsessions", ns, "manual", json!(ops))
+        .await
+        .unwrap();
+    let api: Api<BackupSession> = Api::namespaced(client.clone(), ns);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = api.get("manual").await.unwrap().status.unwrap();
+    assert_eq!(
+        st.items[0].phase,
+        ItemPhase::Running,
+        "an old heartbeat alone must not fail an item (the agent takes it over)"
+    );
+    assert_eq!(
+        st.items[0].claim.claimed_by.as_deref(),
+        Some("node-a/agent/dead")
+    );
+
+    let st = eventually(
+        Duration::from_secs(15),
+        "the timeout to fail both items",
+        || {
+            let api = api.clone();
+            async move {
+                let st = api.get("manual").await.ok()?.status?;
+                (st.phase == SessionPhase::Failed).then_some(st)
+            }
+        },
+    )
+    .await;
+    for item in &st.items {
+        assert_eq!(item.phase, ItemPhase::Failed);
+        assert!(
+            item.error
+                .as_deref()
+                .unwrap()
+                .starts_with("timed out: not finished 6s"),
+            "{:?}",
+            item.error
+        );
+        assert_eq!(item.claim.claimed_by, None, "the claim is revoked");
+    }
+    assert!(st.items[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("node-a/agent/dead"));
+    // The revoked agent's next report fails its test.
+    let ops = json!([
+        {"op": "test", "path": "/status/items/0/claimedBy", "value": "node-a/agent/dead"},
+        {"op": "replace", "path": "/status/items/0/phase", "value": "Succeeded"},
+    ]);
+    assert_eq!(
+        agent_patch(&client, "backupsessions", ns, "manual", ops).await,
+        Err(422)
+    );
+    stop_controller(shutdown, handle).await;
+}
