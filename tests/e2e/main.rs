@@ -119,6 +119,8 @@ struct World {
     restic: Restic,
     restic_current: Restic,
     base: PathBuf,
+    /// Removed when the test ends, also when it fails.
+    _tmp: tempfile::TempDir,
 }
 
 impl World {
@@ -235,10 +237,13 @@ async fn wait_session(
             return s.clone();
         }
         if start.elapsed() > timeout {
+            if list.is_empty() {
+                list = api.list(&ListParams::default()).await.unwrap().items;
+            }
             let summary: Vec<Value> = list
                 .iter()
                 .take(3)
-                .map(|s| json!({"name": s.name_any(), "status": s.status}))
+                .map(|s| json!({"name": s.name_any(), "labels": s.metadata.labels, "status": s.status}))
                 .collect();
             panic!(
                 "timed out after {timeout:?} waiting for {what}; newest sessions: {}\n{}",
@@ -293,11 +298,11 @@ fn assert_restic_restores(r: &Restic, base: &Path, id: &str, volume: &str, src: 
 }
 
 async fn setup() -> World {
-    let base = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix("stash-e2e")
         .tempdir()
-        .unwrap()
-        .keep();
+        .unwrap();
+    let base = tmp.path().to_path_buf();
     let minio = servers::minio();
     let url = format!("s3:{}/e2e/repo", minio.base_url());
     let pw = write_password_file(&base, PASSWORD);
@@ -367,6 +372,7 @@ async fn setup() -> World {
         restic,
         restic_current,
         base,
+        _tmp: tmp,
     }
 }
 
@@ -833,8 +839,12 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let sessions: Api<BackupSession> = Api::namespaced(c.clone(), "other");
-    let list = sessions.list(&ListParams::default()).await.unwrap().items;
+    let other_sessions: Api<BackupSession> = Api::namespaced(c.clone(), "other");
+    let list = other_sessions
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
     assert!(
         list.iter()
             .all(|s| s.status.as_ref().is_none_or(|st| st.items.is_empty())),
@@ -923,5 +933,4 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     check_read_data(&w.restic);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
-    let _ = fs::remove_dir_all(&w.base);
 }

@@ -759,6 +759,17 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
             .find_id(FileType::Snapshot, &p.snapshot)
             .with_context(|| format!("snapshot {}", p.snapshot))?;
         let snap = repo.load_snapshot(&id)?;
+        // A snapshot named by id must still be one of the sources this
+        // restore may read: in a shared repository, an id is no key to
+        // another namespace's data.
+        if !p.source_hosts.is_empty() && !p.source_hosts.contains(&snap.hostname) {
+            bail!(
+                "snapshot {} was taken of {}, not of {}: this restore may not read it",
+                id.short(),
+                snap.hostname,
+                p.source_hosts.join(" or ")
+            );
+        }
         return Ok((id, snap));
     }
     let mut candidates: Vec<(Id, repo_format::Snapshot)> = repo
