@@ -13,12 +13,15 @@
 //! - [`restore`] reconciles RestoreSessions: resolves the target into one
 //!   item per target volume, waits for unscheduled pods within the
 //!   session's timeout, aggregates item phases;
+//! - [`auto_backup`] turns `stash.rs/backup-schedule` pod annotations into
+//!   BackupConfigurations owned by the pod's workload;
 //! - [`leader`] elects one scheduling replica with a Lease;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
 //! [`run`] ties them together; `main.rs` only parses flags and builds the
 //! client, listener and shutdown token it passes in.
 
+pub mod auto_backup;
 pub mod conditions;
 pub mod error;
 pub mod leader;
@@ -140,13 +143,14 @@ pub async fn run_controllers(
     )
     .with_config(config)
     .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(restore::reconcile, restore::error_policy, ctx)
+    .run(restore::reconcile, restore::error_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
+    let auto = auto_backup::run(ctx, shutdown.clone());
     // The scheduler decides on the sessions it sees in the cache (Forbid,
     // history): start it only once the cache holds them all.
     let controllers = async move {
         if cache_ready.wait_until_ready().await.is_ok() {
-            tokio::join!(schedule, run_sessions, restores);
+            tokio::join!(schedule, run_sessions, restores, auto);
         }
     };
     tokio::join!(session_cache, controllers);

@@ -1,6 +1,7 @@
 //! The controller's tests against a real kube-apiserver (see `envtest/`),
 //! in one test binary.
 
+mod auto_backup;
 mod common;
 mod leader;
 mod restore;
