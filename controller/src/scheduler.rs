@@ -30,7 +30,7 @@ use crate::error::{kube_err, Error, Result};
 use crate::security::{repository_admits, Refusal};
 use crate::status::{write_if_unchanged, Written};
 use crate::time::{from_time, to_time};
-use crate::{conditions, Context, ANNOTATION_SCHEDULED_BY};
+use crate::{conditions, finalizers, Context, ANNOTATION_SCHEDULED_BY};
 
 /// How often to look again at a configuration refused for a reason outside
 /// it (a Repository missing or not admitting it), since those objects are
@@ -61,6 +61,14 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
                 to_time(now),
             );
         };
+
+    let api: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+    if cfg.metadata.deletion_timestamp.is_some() {
+        return terminate(&ctx, &cfg, status, &api).await;
+    }
+    if !finalizers::set(&api, &cfg, finalizers::SESSIONS, true).await? {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
 
     let schedule = match Schedule::parse(&cfg.spec.schedule, cfg.spec.time_zone.as_deref()) {
         Ok(s) => s,
@@ -143,6 +151,51 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
         Some(t) => Action::requeue((t + jitter_c - Utc::now()).to_std().unwrap_or_default()),
         None => Action::await_change(),
     })
+}
+
+/// A configuration being deleted: no more ticks; the finalizer goes once
+/// its sessions are finished (see [`crate::finalizers`]).
+async fn terminate(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    mut status: BackupConfigurationStatus,
+    api: &Api<BackupConfiguration>,
+) -> Result<Action> {
+    if !cfg.finalizers().iter().any(|f| f == finalizers::SESSIONS) {
+        return Ok(Action::await_change());
+    }
+    let ns = cfg.namespace().unwrap_or_default();
+    let running: Vec<String> = sessions_of(ctx, &ns, &cfg.name_any())
+        .iter()
+        .filter(|s| {
+            !s.status
+                .as_ref()
+                .map(|st| st.phase)
+                .unwrap_or_default()
+                .is_finished()
+        })
+        .map(|s| s.name_any())
+        .collect();
+    if running.is_empty() {
+        finalizers::set(api, cfg, finalizers::SESSIONS, false).await?;
+        return Ok(Action::await_change());
+    }
+    status.next_schedule_time = None;
+    conditions::set(
+        &mut status.conditions,
+        "Ready",
+        false,
+        "Terminating",
+        format!(
+            "being deleted: no new sessions; waiting for session(s) {} to finish",
+            running.join(", ")
+        ),
+        cfg.metadata.generation,
+        to_time(Utc::now()),
+    );
+    write_status(ctx, cfg, status).await?;
+    // Session changes wake this too (the sessions are watched).
+    Ok(Action::requeue(Duration::from_secs(30)))
 }
 
 /// Creates (or, by the concurrency policy, skips) the session for `tick`.

@@ -3,6 +3,7 @@
 
 mod auto_backup;
 mod common;
+mod finalizers;
 mod leader;
 mod restore;
 mod retention;
