@@ -35,6 +35,8 @@ pub mod security;
 pub mod session;
 pub mod status;
 pub mod targets;
+#[cfg(test)]
+mod testing;
 mod time;
 
 use std::sync::Arc;

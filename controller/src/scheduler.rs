@@ -573,6 +573,119 @@ mod tests {
         assert_eq!(to_prune(&s, 0, 0).len(), 5);
     }
 
+    mod policy {
+        use super::super::*;
+        use crate::testing::{answer, context, expect};
+        use serde_json::json;
+
+        const NS: &str = "/apis/stash.rs/v1alpha1/namespaces/team";
+        const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team/events";
+
+        fn config(policy: &str) -> BackupConfiguration {
+            let ten_ago = (Utc::now() - chrono::Duration::seconds(10)).to_rfc3339();
+            serde_json::from_value(json!({
+                "apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration",
+                "metadata": {"name": "db", "namespace": "team", "resourceVersion": "1",
+                             "uid": "u1", "finalizers": ["stash.rs/sessions"],
+                             "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"schedule": "* * * * * *", "target": {"pod": "p"},
+                         "repository": {"name": "main"}, "concurrencyPolicy": policy},
+                "status": {"lastScheduleTime": ten_ago},
+            }))
+            .unwrap()
+        }
+
+        fn running_session() -> BackupSession {
+            serde_json::from_value(json!({
+                "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+                "metadata": {"name": "db-1", "namespace": "team", "resourceVersion": "5"},
+                "spec": {"backupConfiguration": "db"},
+                "status": {"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+                           "items": [{"namespace": "team", "pod": "p", "volume": "data",
+                                      "phase": "Running", "claimedBy": "n/a/1"}]},
+            }))
+            .unwrap()
+        }
+
+        async fn repository_is_fine(handle: &mut crate::testing::Handle) {
+            let (_, send) = expect(handle, "GET", &format!("{NS}/repositories/main")).await;
+            answer(
+                send,
+                200,
+                &json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+                "metadata": {"name": "main", "namespace": "team"},
+                "spec": {"url": "/srv", "passwordSecret": {"name": "pw"}}}),
+            );
+        }
+
+        #[tokio::test]
+        async fn forbid_skips_the_tick_while_a_session_runs() {
+            let (ctx, mut handle) = context(vec![running_session()]);
+            let task = tokio::spawn(reconcile(Arc::new(config("Forbid")), ctx.clone()));
+            repository_is_fine(&mut handle).await;
+            let (event, send) = expect(&mut handle, "POST", EVENTS).await;
+            assert_eq!(event["reason"], "TickSkipped");
+            assert!(event["note"]
+                .as_str()
+                .unwrap()
+                .contains("session db-1 is still running"));
+            answer(send, 201, &event);
+            // No session is created: the next request is the status.
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{NS}/backupconfigurations/db/status"),
+            )
+            .await;
+            assert!(body["status"]["lastScheduleTime"].is_string());
+            answer(send, 200, &serde_json::to_value(config("Forbid")).unwrap());
+            task.await.unwrap().unwrap();
+            assert_eq!(ctx.metrics.ticks_skipped.get(), 1);
+        }
+
+        #[tokio::test]
+        async fn replace_fails_the_running_session_then_creates_the_next() {
+            let (ctx, mut handle) = context(vec![running_session()]);
+            let task = tokio::spawn(reconcile(Arc::new(config("Replace")), ctx));
+            repository_is_fine(&mut handle).await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{NS}/backupsessions/db-1/status"),
+            )
+            .await;
+            assert_eq!(
+                body["metadata"]["resourceVersion"], "5",
+                "conditional on the version read"
+            );
+            assert_eq!(body["status"]["phase"], "Failed");
+            let item = &body["status"]["items"][0];
+            assert_eq!(item["phase"], "Failed");
+            assert!(
+                item.get("claimedBy").is_none(),
+                "the claim is revoked: {item}"
+            );
+            answer(send, 200, &serde_json::to_value(running_session()).unwrap());
+            let (created, send) =
+                expect(&mut handle, "POST", &format!("{NS}/backupsessions")).await;
+            assert_eq!(created["spec"]["backupConfiguration"], "db");
+            assert_eq!(created["spec"]["trigger"], "Scheduled");
+            assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "u1");
+            answer(send, 201, &created);
+            let (event, send) = expect(&mut handle, "POST", EVENTS).await;
+            assert_eq!(event["reason"], "Scheduled");
+            answer(send, 201, &event);
+            let (_, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{NS}/backupconfigurations/db/status"),
+            )
+            .await;
+            answer(send, 200, &serde_json::to_value(config("Replace")).unwrap());
+            task.await.unwrap().unwrap();
+        }
+    }
+
     #[test]
     fn names_and_jitter_are_stable() {
         let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
