@@ -47,7 +47,10 @@ pub fn workload_name_of(meta: &ObjectMeta) -> String {
         return pod_name;
     };
     if owner.kind == "ReplicaSet" {
-        let hash = meta.labels.as_ref().and_then(|l| l.get("pod-template-hash"));
+        let hash = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"));
         if let Some(deployment) = hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
             return deployment.to_owned();
         }
