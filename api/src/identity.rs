@@ -14,6 +14,7 @@
 //! snapshots of its predecessor as parents.
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Tag prefix naming the namespace a snapshot was taken in.
 pub const TAG_NAMESPACE: &str = "namespace=";
@@ -30,9 +31,14 @@ pub const TAG_CONFIG: &str = "config=";
 /// Deployment's ReplicaSet mapped back to the Deployment (by dropping the
 /// `pod-template-hash` suffix); the pod's own name when it has no owner.
 pub fn workload_name(pod: &Pod) -> String {
-    let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let Some(owner) = pod
-        .metadata
+    workload_name_of(&pod.metadata)
+}
+
+/// [`workload_name`] from a pod's metadata alone (e.g. from a
+/// metadata-only watch).
+pub fn workload_name_of(meta: &ObjectMeta) -> String {
+    let pod_name = meta.name.clone().unwrap_or_default();
+    let Some(owner) = meta
         .owner_references
         .iter()
         .flatten()
@@ -41,8 +47,7 @@ pub fn workload_name(pod: &Pod) -> String {
         return pod_name;
     };
     if owner.kind == "ReplicaSet" {
-        let hash = pod
-            .metadata
+        let hash = meta
             .labels
             .as_ref()
             .and_then(|l| l.get("pod-template-hash"));

@@ -13,14 +13,20 @@
 //! - [`restore`] reconciles RestoreSessions: resolves the target into one
 //!   item per target volume, waits for unscheduled pods within the
 //!   session's timeout, aggregates item phases;
+//! - [`auto_backup`] turns `stash.rs/backup-schedule` pod annotations into
+//!   BackupConfigurations owned by the pod's workload;
+//! - [`finalizers`] hold back the deletion of a BackupConfiguration while
+//!   its sessions run, and of a Repository while configurations use it;
 //! - [`leader`] elects one scheduling replica with a Lease;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
 //! [`run`] ties them together; `main.rs` only parses flags and builds the
 //! client, listener and shutdown token it passes in.
 
+pub mod auto_backup;
 pub mod conditions;
 pub mod error;
+pub mod finalizers;
 pub mod leader;
 pub mod metrics;
 pub mod restore;
@@ -29,6 +35,8 @@ pub mod security;
 pub mod session;
 pub mod status;
 pub mod targets;
+#[cfg(test)]
+mod testing;
 pub mod time;
 
 use std::sync::Arc;
@@ -39,7 +47,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
-use stash_api::{BackupConfiguration, BackupSession, RestoreSession};
+use stash_api::{BackupConfiguration, BackupSession, Repository, RestoreSession};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
@@ -140,13 +148,27 @@ pub async fn run_controllers(
     )
     .with_config(config)
     .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(restore::reconcile, restore::error_policy, ctx)
+    .run(restore::reconcile, restore::error_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
+    let stop = shutdown.clone();
+    let repositories = Controller::new(
+        Api::<Repository>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().concurrency(concurrency))
+    .graceful_shutdown_on(async move { stop.cancelled().await })
+    .run(
+        finalizers::reconcile_repository,
+        finalizers::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let auto = auto_backup::run(ctx, shutdown.clone());
     // The scheduler decides on the sessions it sees in the cache (Forbid,
     // history): start it only once the cache holds them all.
     let controllers = async move {
         if cache_ready.wait_until_ready().await.is_ok() {
-            tokio::join!(schedule, run_sessions, restores);
+            tokio::join!(schedule, run_sessions, restores, repositories, auto);
         }
     };
     tokio::join!(session_cache, controllers);

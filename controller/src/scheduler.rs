@@ -30,7 +30,7 @@ use crate::error::{kube_err, Error, Result};
 use crate::security::{repository_admits, Refusal};
 use crate::status::{write_if_unchanged, Written};
 use crate::time::{from_time, to_time};
-use crate::{conditions, Context, ANNOTATION_SCHEDULED_BY};
+use crate::{conditions, finalizers, Context, ANNOTATION_SCHEDULED_BY};
 
 /// How often to look again at a configuration refused for a reason outside
 /// it (a Repository missing or not admitting it), since those objects are
@@ -61,6 +61,14 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
                 to_time(now),
             );
         };
+
+    let api: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+    if cfg.metadata.deletion_timestamp.is_some() {
+        return terminate(&ctx, &cfg, status, &api).await;
+    }
+    if !finalizers::set(&api, &cfg, finalizers::SESSIONS, true).await? {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
 
     let schedule = match Schedule::parse(&cfg.spec.schedule, cfg.spec.time_zone.as_deref()) {
         Ok(s) => s,
@@ -143,6 +151,51 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
         Some(t) => Action::requeue((t + jitter_c - Utc::now()).to_std().unwrap_or_default()),
         None => Action::await_change(),
     })
+}
+
+/// A configuration being deleted: no more ticks; the finalizer goes once
+/// its sessions are finished (see [`crate::finalizers`]).
+async fn terminate(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    mut status: BackupConfigurationStatus,
+    api: &Api<BackupConfiguration>,
+) -> Result<Action> {
+    if !cfg.finalizers().iter().any(|f| f == finalizers::SESSIONS) {
+        return Ok(Action::await_change());
+    }
+    let ns = cfg.namespace().unwrap_or_default();
+    let running: Vec<String> = sessions_of(ctx, &ns, &cfg.name_any())
+        .iter()
+        .filter(|s| {
+            !s.status
+                .as_ref()
+                .map(|st| st.phase)
+                .unwrap_or_default()
+                .is_finished()
+        })
+        .map(|s| s.name_any())
+        .collect();
+    if running.is_empty() {
+        finalizers::set(api, cfg, finalizers::SESSIONS, false).await?;
+        return Ok(Action::await_change());
+    }
+    status.next_schedule_time = None;
+    conditions::set(
+        &mut status.conditions,
+        "Ready",
+        false,
+        "Terminating",
+        format!(
+            "being deleted: no new sessions; waiting for session(s) {} to finish",
+            running.join(", ")
+        ),
+        cfg.metadata.generation,
+        to_time(Utc::now()),
+    );
+    write_status(ctx, cfg, status).await?;
+    // Session changes wake this too (the sessions are watched).
+    Ok(Action::requeue(Duration::from_secs(30)))
 }
 
 /// Creates (or, by the concurrency policy, skips) the session for `tick`.
@@ -518,6 +571,119 @@ mod tests {
         pruned.sort();
         assert_eq!(pruned, ["bad-3", "ok-1"]);
         assert_eq!(to_prune(&s, 0, 0).len(), 5);
+    }
+
+    mod policy {
+        use super::super::*;
+        use crate::testing::{answer, context, expect};
+        use serde_json::json;
+
+        const NS: &str = "/apis/stash.rs/v1alpha1/namespaces/team";
+        const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/team/events";
+
+        fn config(policy: &str) -> BackupConfiguration {
+            let ten_ago = (Utc::now() - chrono::Duration::seconds(10)).to_rfc3339();
+            serde_json::from_value(json!({
+                "apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration",
+                "metadata": {"name": "db", "namespace": "team", "resourceVersion": "1",
+                             "uid": "u1", "finalizers": ["stash.rs/sessions"],
+                             "creationTimestamp": "2024-01-01T00:00:00Z"},
+                "spec": {"schedule": "* * * * * *", "target": {"pod": "p"},
+                         "repository": {"name": "main"}, "concurrencyPolicy": policy},
+                "status": {"lastScheduleTime": ten_ago},
+            }))
+            .unwrap()
+        }
+
+        fn running_session() -> BackupSession {
+            serde_json::from_value(json!({
+                "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+                "metadata": {"name": "db-1", "namespace": "team", "resourceVersion": "5"},
+                "spec": {"backupConfiguration": "db"},
+                "status": {"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+                           "items": [{"namespace": "team", "pod": "p", "volume": "data",
+                                      "phase": "Running", "claimedBy": "n/a/1"}]},
+            }))
+            .unwrap()
+        }
+
+        async fn repository_is_fine(handle: &mut crate::testing::Handle) {
+            let (_, send) = expect(handle, "GET", &format!("{NS}/repositories/main")).await;
+            answer(
+                send,
+                200,
+                &json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+                "metadata": {"name": "main", "namespace": "team"},
+                "spec": {"url": "/srv", "passwordSecret": {"name": "pw"}}}),
+            );
+        }
+
+        #[tokio::test]
+        async fn forbid_skips_the_tick_while_a_session_runs() {
+            let (ctx, mut handle) = context(vec![running_session()]);
+            let task = tokio::spawn(reconcile(Arc::new(config("Forbid")), ctx.clone()));
+            repository_is_fine(&mut handle).await;
+            let (event, send) = expect(&mut handle, "POST", EVENTS).await;
+            assert_eq!(event["reason"], "TickSkipped");
+            assert!(event["note"]
+                .as_str()
+                .unwrap()
+                .contains("session db-1 is still running"));
+            answer(send, 201, &event);
+            // No session is created: the next request is the status.
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{NS}/backupconfigurations/db/status"),
+            )
+            .await;
+            assert!(body["status"]["lastScheduleTime"].is_string());
+            answer(send, 200, &serde_json::to_value(config("Forbid")).unwrap());
+            task.await.unwrap().unwrap();
+            assert_eq!(ctx.metrics.ticks_skipped.get(), 1);
+        }
+
+        #[tokio::test]
+        async fn replace_fails_the_running_session_then_creates_the_next() {
+            let (ctx, mut handle) = context(vec![running_session()]);
+            let task = tokio::spawn(reconcile(Arc::new(config("Replace")), ctx));
+            repository_is_fine(&mut handle).await;
+            let (body, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{NS}/backupsessions/db-1/status"),
+            )
+            .await;
+            assert_eq!(
+                body["metadata"]["resourceVersion"], "5",
+                "conditional on the version read"
+            );
+            assert_eq!(body["status"]["phase"], "Failed");
+            let item = &body["status"]["items"][0];
+            assert_eq!(item["phase"], "Failed");
+            assert!(
+                item.get("claimedBy").is_none(),
+                "the claim is revoked: {item}"
+            );
+            answer(send, 200, &serde_json::to_value(running_session()).unwrap());
+            let (created, send) =
+                expect(&mut handle, "POST", &format!("{NS}/backupsessions")).await;
+            assert_eq!(created["spec"]["backupConfiguration"], "db");
+            assert_eq!(created["spec"]["trigger"], "Scheduled");
+            assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "u1");
+            answer(send, 201, &created);
+            let (event, send) = expect(&mut handle, "POST", EVENTS).await;
+            assert_eq!(event["reason"], "Scheduled");
+            answer(send, 201, &event);
+            let (_, send) = expect(
+                &mut handle,
+                "PATCH",
+                &format!("{NS}/backupconfigurations/db/status"),
+            )
+            .await;
+            answer(send, 200, &serde_json::to_value(config("Replace")).unwrap());
+            task.await.unwrap().unwrap();
+        }
     }
 
     #[test]

@@ -523,3 +523,109 @@ pub fn error_policy(session: Arc<BackupSession>, err: &Error, ctx: Arc<Context>)
         .inc();
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{answer, conflict, context, echo_rest, expect};
+    use serde_json::Value;
+
+    const CFG: &str = "/apis/stash.rs/v1alpha1/namespaces/team/backupconfigurations/db";
+    const SESSION: &str = "/apis/stash.rs/v1alpha1/namespaces/team/backupsessions/s1";
+
+    fn config() -> Value {
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration",
+               "metadata": {"name": "db", "namespace": "team"},
+               "spec": {"schedule": "@daily", "target": {"pod": "p"},
+                        "repository": {"name": "main"}}})
+    }
+
+    fn session(rv: &str, status: Value) -> Value {
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+               "metadata": {"name": "s1", "namespace": "team", "resourceVersion": rv},
+               "spec": {"backupConfiguration": "db"}, "status": status})
+    }
+
+    fn item(pod: &str, node: &str, phase: &str) -> Value {
+        json!({"namespace": "team", "pod": pod, "volume": "data", "node": node, "phase": phase})
+    }
+
+    #[tokio::test]
+    async fn finished_items_hand_retention_over_and_a_conflict_decides_again() {
+        let running = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "items": [item("a", "node-x", "Failed"), item("b", "node-b", "Succeeded"),
+                      item("c", "node-c", "Running")]});
+        let s: BackupSession = serde_json::from_value(session("7", running)).unwrap();
+        let (ctx, mut handle) = context(vec![]);
+        let task = tokio::spawn(reconcile(Arc::new(s), ctx));
+
+        // Decided on version 7, where item c still runs: progress only.
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            body["status"],
+            json!({"progress": "2/3"}),
+            "only what changed"
+        );
+        answer(send, 409, &conflict());
+        // Meanwhile the agent finished c: read again, decide again.
+        let (_, send) = expect(&mut handle, "GET", SESSION).await;
+        let done = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "items": [item("a", "node-x", "Failed"), item("b", "node-b", "Succeeded"),
+                      item("c", "node-c", "Succeeded")]});
+        answer(send, 200, &session("8", done.clone()));
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        assert_eq!(body["metadata"]["resourceVersion"], "8");
+        let st = &body["status"];
+        assert!(st.get("items").is_none(), "items are the agents': {st}");
+        assert_eq!(st["progress"], "3/3");
+        assert_eq!(
+            st["retention"],
+            json!({"phase": "Pending", "node": "node-b"})
+        );
+        assert!(st.get("phase").is_none(), "still Running: {st}");
+        assert_eq!(st["conditions"][0]["type"], "RetentionRunning");
+        answer(send, 200, &session("9", done));
+        let rest = echo_rest(handle);
+        task.await.unwrap().unwrap();
+        assert!(rest.await.unwrap().is_empty(), "no events before the end");
+    }
+
+    #[tokio::test]
+    async fn a_finished_retention_gives_the_phase_and_the_figures() {
+        let st = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "items": [item("a", "node-a", "Succeeded"), item("b", "node-b", "Failed")],
+            "retention": {"phase": "Succeeded", "node": "node-a", "snapshotCount": 40,
+                          "totalSize": 1000, "kept": 3, "removed": 1}});
+        let s: BackupSession = serde_json::from_value(session("3", st)).unwrap();
+        let (ctx, mut handle) = context(vec![]);
+        let task = tokio::spawn(reconcile(Arc::new(s), ctx));
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let repo = "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main";
+        let repository = json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+            "metadata": {"name": "main", "namespace": "team"},
+            "spec": {"url": "/srv", "passwordSecret": {"name": "pw"}}});
+        let (_, send) = expect(&mut handle, "GET", repo).await;
+        answer(send, 200, &repository);
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{repo}/status")).await;
+        assert_eq!(body["status"]["snapshotCount"], 40);
+        assert_eq!(body["status"]["totalSize"], 1000);
+        assert!(body["status"]["lastBackupTime"].is_string());
+        answer(send, 200, &repository);
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        assert_eq!(body["status"]["phase"], "PartiallyFailed");
+        assert_eq!(body["status"]["progress"], "2/2");
+        answer(send, 200, &session("4", body["status"].clone()));
+        let rest = echo_rest(handle);
+        task.await.unwrap().unwrap();
+        let rest = rest.await.unwrap();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!(rest[0].2["reason"], "PartiallyFailed");
+        assert_eq!(rest[0].2["type"], "Warning");
+    }
+}

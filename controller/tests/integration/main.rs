@@ -1,7 +1,9 @@
 //! The controller's tests against a real kube-apiserver (see `envtest/`),
 //! in one test binary.
 
+mod auto_backup;
 mod common;
+mod finalizers;
 mod leader;
 mod restore;
 mod retention;

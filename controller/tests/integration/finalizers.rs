@@ -1,0 +1,132 @@
+//! Finalizers: a BackupConfiguration deleted while a session runs stays
+//! until the session is finished; a Repository in use stays until no
+//! configuration refers to it.
+
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+use stash_api::{BackupConfiguration, BackupSession, ItemPhase, Repository, SessionPhase};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn deletion_waits_for_running_sessions_and_repository_users() {
+    let (_env, client) = control_plane().await;
+    namespace(&client, "team", &[]).await;
+    repository(&client, "team", "main", None).await;
+    pod(
+        &client,
+        "team",
+        "db-0",
+        "node-a",
+        &[("app", "db")],
+        &[("stash.rs/backup-volumes", "data")],
+        &["data"],
+    )
+    .await;
+    configuration(
+        &client,
+        "team",
+        "db",
+        json!({"schedule": "0 0 1 1 *", "target": {"selector": {"matchLabels": {"app": "db"}}},
+               "repository": {"name": "main"}}),
+    )
+    .await;
+    let (shutdown, handle, _m) = start_controller(&client, settings());
+    let configs: Api<BackupConfiguration> = Api::namespaced(client.clone(), "team");
+    let repos: Api<Repository> = Api::namespaced(client.clone(), "team");
+    eventually(Duration::from_secs(20), "both finalizers", || {
+        let (configs, repos) = (configs.clone(), repos.clone());
+        async move {
+            let c = configs.get("db").await.ok()?;
+            let r = repos.get("main").await.ok()?;
+            (c.metadata.finalizers? == ["stash.rs/sessions"]
+                && r.metadata.finalizers? == ["stash.rs/in-use"])
+            .then_some(())
+        }
+    })
+    .await;
+    backup_session(&client, "team", "s1", "db").await;
+    let sessions: Api<BackupSession> = Api::namespaced(client.clone(), "team");
+    let items = eventually(Duration::from_secs(20), "items", || {
+        let sessions = sessions.clone();
+        async move {
+            let st = sessions.get("s1").await.ok()?.status?;
+            (!st.items.is_empty()).then_some(st.items)
+        }
+    })
+    .await;
+
+    configs
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    repos
+        .delete("main", &DeleteParams::default())
+        .await
+        .unwrap();
+    let message = eventually(Duration::from_secs(20), "Terminating", || {
+        let configs = configs.clone();
+        async move {
+            let c = configs.get("db").await.ok()?;
+            let ready = c
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.reason == "Terminating").then_some(ready.message)
+        }
+    })
+    .await;
+    assert!(
+        message.contains("waiting for session(s) s1 to finish"),
+        "{message}"
+    );
+    let message = eventually(Duration::from_secs(20), "InUse", || {
+        let repos = repos.clone();
+        async move {
+            let r = repos.get("main").await.ok()?;
+            let ready = r
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.reason == "InUse").then_some(ready.message)
+        }
+    })
+    .await;
+    assert!(message.contains("BackupConfiguration team/db"), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(configs.get_opt("db").await.unwrap().is_some());
+    assert!(repos.get_opt("main").await.unwrap().is_some());
+    assert_eq!(
+        sessions.get("s1").await.unwrap().status.unwrap().phase,
+        SessionPhase::Running,
+        "the running session goes on"
+    );
+
+    // The agent finishes: the session ends, then the configuration, then
+    // the Repository go.
+    finish_item(&client, "team", "s1", 0, &items[0], ItemPhase::Succeeded).await;
+    wait_retention_pending(&client, "team", "s1").await;
+    finish_retention(&client, "team", "s1", ItemPhase::Succeeded, None).await;
+    eventually(
+        Duration::from_secs(30),
+        "configuration and Repository gone",
+        || {
+            let (configs, repos) = (configs.clone(), repos.clone());
+            async move {
+                (configs.get_opt("db").await.unwrap().is_none()
+                    && repos.get_opt("main").await.unwrap().is_none())
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sessions.get("s1").await.unwrap().status.unwrap().phase,
+        SessionPhase::Succeeded
+    );
+    stop_controller(shutdown, handle).await;
+}
