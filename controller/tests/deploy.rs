@@ -713,3 +713,210 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         "no leadership in the log:\n{text}"
     );
 }
+
+/// The `helm` that `hack/helm.sh` builds (`$STASH_HELM` to use another).
+fn helm() -> PathBuf {
+    if let Some(h) = std::env::var_os("STASH_HELM") {
+        return PathBuf::from(h);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/helm.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--path")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `bash hack/helm.sh` (hack/test.sh does) to build helm, \
+         or set STASH_HELM",
+        path.display()
+    );
+    path
+}
+
+/// `helm template` of the chart with `args`; Err(stderr) when it fails.
+fn helm_template(args: &[&str]) -> Result<String, String> {
+    let chart = deploy_dir().join("helm/stash");
+    let out = Command::new(helm())
+        .args(["template", "stash"])
+        .arg(&chart)
+        .args(["--namespace", "stash-system", "--include-crds"])
+        // The envtest apiserver's; a helm built without release ldflags
+        // would assume 1.20, below the chart's kubeVersion.
+        .args(["--kube-version", "1.36.0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helm");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("helm prints UTF-8"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Where `a` and `b` first differ (a JSON pointer and both values), if they
+/// do. Numbers compare by value: YAML's `1000.0` and `1000` are one number.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                first_difference(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &format!("{at}/{k}"),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        _ if a == b => None,
+        _ => Some(format!("{at}: {a} (helm) vs {b} (kustomize)")),
+    }
+}
+
+/// The objects of a multi-document YAML stream, by `Kind/name`.
+fn objects(yaml: &str) -> std::collections::BTreeMap<String, Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("valid YAML");
+            (!v.is_null()).then_some(v)
+        })
+        .map(|v| {
+            let key = format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            );
+            (key, v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
+    let lint = Command::new(helm())
+        .args(["lint", "--strict", "--kube-version", "1.36.0"])
+        .arg(deploy_dir().join("helm/stash"))
+        .output()
+        .expect("run helm lint");
+    assert!(
+        lint.status.success(),
+        "helm lint --strict failed:\n{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
+    // With the defaults: the kustomize base's objects, less the Namespace
+    // (Helm installs into an existing or --create-namespace one), plus
+    // Helm's own labels.
+    let mut from_helm = objects(&helm_template(&[]).unwrap_or_else(|e| panic!("{e}")));
+    for o in from_helm.values_mut() {
+        if let Some(labels) = o
+            .pointer_mut("/metadata/labels")
+            .and_then(Value::as_object_mut)
+        {
+            assert_eq!(
+                labels.remove("app.kubernetes.io/managed-by"),
+                Some(json!("Helm"))
+            );
+            labels.remove("helm.sh/chart");
+        }
+    }
+    let deploy = deploy_dir();
+    let mut from_kustomize = objects(&kubectl_ok(None, &["kustomize", deploy.to_str().unwrap()]));
+    assert!(from_kustomize.remove("Namespace/stash-system").is_some());
+    let keys =
+        |m: &std::collections::BTreeMap<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&from_helm), keys(&from_kustomize));
+    for (key, k) in &from_kustomize {
+        if let Some(diff) = first_difference(&from_helm[key], k, "") {
+            panic!("{key} differs between deploy/helm/stash and deploy/ at {diff}");
+        }
+    }
+
+    // The values land where they must.
+    let root = "/var/snap/microk8s/common/var/lib/kubelet";
+    let rendered = helm_template(&[
+        "--set",
+        &format!("kubeletRoot={root}"),
+        "--set",
+        "hostPathAllowList={/srv/data,/mnt/shared}",
+        "--set",
+        "controller.replicas=3",
+        "--set",
+        "image.agent.repository=registry.example.com/stash-agent",
+        "--set",
+        "image.agent.tag=1.2.3",
+        "--set",
+        "agent.resources.limits.memory=4Gi",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let list = json!({"items": objects(&rendered).into_values().collect::<Vec<_>>()});
+    assert_eq!(kubelet_root_of(&list), [root; 3].map(String::from));
+    let agent =
+        &object(&list, "DaemonSet", "stash-agent")["spec"]["template"]["spec"]["containers"][0];
+    let controller = &object(&list, "Deployment", "stash-controller")["spec"];
+    for args in [
+        &agent["args"],
+        &controller["template"]["spec"]["containers"][0]["args"],
+    ] {
+        let args: Vec<&str> = args
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(
+            args.contains(&"--allow-host-path=/srv/data")
+                && args.contains(&"--allow-host-path=/mnt/shared"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(controller["replicas"], 3);
+    assert_eq!(agent["image"], "registry.example.com/stash-agent:1.2.3");
+    assert_eq!(agent["resources"]["limits"]["memory"], "4Gi");
+
+    // And the server accepts them.
+    let env = Envtest::start().await;
+    kubectl_ok(
+        Some(&env),
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &format!("{}/crds", deploy.display()),
+        ],
+    );
+    kubectl_ok(
+        Some(&env),
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ],
+    );
+    kubectl_ok(Some(&env), &["create", "namespace", "stash-system"]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &rendered).unwrap();
+    kubectl_ok(
+        Some(&env),
+        &[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            file.path().to_str().unwrap(),
+        ],
+    );
+
+    // A relative kubelet root is refused with the reason.
+    let err = helm_template(&["--set", "kubeletRoot=var/lib/kubelet"]).unwrap_err();
+    assert!(err.contains("is not an absolute path"), "{err}");
+}
