@@ -1,7 +1,8 @@
 //! Issue 7, deploy manifests: `kubectl apply -k deploy/` installs
 //! everything, every manifest is valid for a real apiserver, the RBAC grants
-//! each component what it needs and no more, and the controller really runs
-//! under its own ServiceAccount's permissions.
+//! each component what it needs and no more, the controller really runs
+//! under its own ServiceAccount's permissions, and the Helm chart renders
+//! the same objects as the kustomize base.
 
 mod common;
 
@@ -120,7 +121,7 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     rel
 }
 
-/// The objects a dry run returned (`-o json`), by kind and name.
+/// The object of `kind` and `name` in a List (`{"items": [...]}`).
 fn object<'a>(list: &'a Value, kind: &str, name: &str) -> &'a Value {
     list["items"]
         .as_array()
