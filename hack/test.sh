@@ -9,6 +9,8 @@
 #                               toxiproxy and a current restic
 #   5. hack/envtest.sh          builds (once; cached in ~/.cache/stash-envtest)
 #                               kube-apiserver and etcd from source
+#      hack/helm.sh             builds (once; cached in ~/.cache/stash-helm)
+#                               helm, for the chart's test
 #   6. hack/crdgen-check.sh     deploy/crds/ must equal what api/ generates
 #   7. cargo test --workspace   unit, integration and restic-oracle tests; the
 #                               backend tests start those servers themselves,
@@ -29,6 +31,7 @@ step cargo fmt --all --check
 step cargo clippy --workspace --all-targets -- -D warnings
 step bash hack/test-servers.sh build
 step bash hack/envtest.sh
+step bash hack/helm.sh
 step bash hack/crdgen-check.sh
 echo
 echo "==> cargo test --workspace"

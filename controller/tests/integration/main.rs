@@ -3,6 +3,7 @@
 
 mod auto_backup;
 mod common;
+mod deploy;
 mod finalizers;
 mod leader;
 mod restore;
