@@ -113,7 +113,8 @@ impl Drop for Node {
 
 struct World {
     client: Client,
-    env: Envtest,
+    /// The control plane; stopped when the test ends.
+    _env: Envtest,
     nodes: Vec<Node>,
     _minio: Server,
     restic: Restic,
@@ -360,13 +361,15 @@ async fn setup() -> World {
                "spec": {"url": url, "credentialsSecret": "repo-creds", "passwordSecret": {"name": "repo-password"}}}),
     )
     .await;
+    // The agents run with the permissions deploy/ gives them, no more.
+    let agent_kubeconfig = agent_kubeconfig(&env, &base);
     let mut nodes = vec![Node::new(&base, "node-a"), Node::new(&base, "node-b")];
     for n in &mut nodes {
-        n.start_agent(&env.kubeconfig());
+        n.start_agent(&agent_kubeconfig);
     }
     World {
         client,
-        env,
+        _env: env,
         nodes,
         _minio: minio,
         restic,
@@ -374,6 +377,57 @@ async fn setup() -> World {
         base,
         _tmp: tmp,
     }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A kubeconfig with the token of the agent's ServiceAccount, after
+/// installing the agent's RBAC from deploy/.
+fn agent_kubeconfig(env: &Envtest, base: &Path) -> PathBuf {
+    let admin = env.kubeconfig();
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent-rbac.yaml");
+    kubectl(&admin, &["create", "namespace", "stash-system"]);
+    kubectl(&admin, &["apply", "-f", rbac.to_str().unwrap()]);
+    let token = kubectl(
+        &admin,
+        &[
+            "create",
+            "token",
+            "stash-agent",
+            "-n",
+            "stash-system",
+            "--duration=1h",
+        ],
+    );
+    let kubeconfig = base.join("agent-kubeconfig");
+    fs::copy(&admin, &kubeconfig).unwrap();
+    kubectl(
+        &kubeconfig,
+        &[
+            "config",
+            "set-credentials",
+            "stash-agent",
+            &format!("--token={}", token.trim()),
+        ],
+    );
+    kubectl(
+        &kubeconfig,
+        &["config", "set-context", "--current", "--user=stash-agent"],
+    );
+    kubeconfig
 }
 
 fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
@@ -502,7 +556,7 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         .unwrap();
     assert!(killed_claim.starts_with("node-b/"), "{killed_claim}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let kubeconfig = w.env.kubeconfig();
+    let kubeconfig = w.base.join("agent-kubeconfig");
     w.node("node-b").start_agent(&kubeconfig);
 
     // 2. The session succeeds; each volume was backed up by its own node's agent.
@@ -928,6 +982,17 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     let bytes: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(bytes >= 4_000_000.0, "{line}");
     assert!(body.contains("stash_agent_items_finished_total{"), "{body}");
+
+    // The agents did all of this with their deploy/ RBAC: no refusal.
+    for n in &w.nodes {
+        let log = n.log();
+        assert!(
+            !log.contains("forbidden") && !log.contains("Forbidden"),
+            "agent {} was refused something:\n{}",
+            n.name,
+            tail(&log, 40)
+        );
+    }
 
     // After everything, restic still finds the repository sound.
     check_read_data(&w.restic);
