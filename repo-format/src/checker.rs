@@ -91,6 +91,16 @@ impl std::str::FromStr for Subset {
     }
 }
 
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subset::Group { n, t } => write!(f, "{n}/{t}"),
+            Subset::Percent(p) => write!(f, "{p}%"),
+            Subset::Size(b) => write!(f, "{b} bytes"),
+        }
+    }
+}
+
 impl Subset {
     /// The packs of `all` (id, size) to read.
     pub fn select(&self, all: &[(Id, u64)]) -> Vec<Id> {
@@ -449,4 +459,40 @@ fn read_pack(
         }
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_and_select_like_restic() {
+        assert_eq!(
+            "2/5".parse::<Subset>().unwrap(),
+            Subset::Group { n: 2, t: 5 }
+        );
+        assert_eq!("10%".parse::<Subset>().unwrap(), Subset::Percent(10.0));
+        assert_eq!("1k".parse::<Subset>().unwrap(), Subset::Size(1024));
+        for bad in ["0/5", "6/5", "1/0", "0%", "101%", "x", "1/257"] {
+            assert!(bad.parse::<Subset>().is_err(), "{bad}");
+        }
+        let packs: Vec<(Id, u64)> = (0..200u32)
+            .map(|i| (Id::hash(&i.to_le_bytes()), 100))
+            .collect();
+        // Groups partition the packs by the first byte of the id.
+        let mut all: Vec<Id> = (1..=3)
+            .flat_map(|n| Subset::Group { n, t: 3 }.select(&packs))
+            .collect();
+        all.sort();
+        let mut expect: Vec<Id> = packs.iter().map(|p| p.0).collect();
+        expect.sort();
+        assert_eq!(all, expect);
+        assert!(Subset::Group { n: 2, t: 3 }
+            .select(&packs)
+            .iter()
+            .all(|id| id.0[0] % 3 == 1));
+        assert_eq!(Subset::Percent(10.0).select(&packs).len(), 20);
+        assert_eq!(Subset::Percent(0.1).select(&packs).len(), 1);
+        assert_eq!(Subset::Size(1000).select(&packs).len(), 10);
+    }
 }

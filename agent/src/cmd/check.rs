@@ -13,7 +13,7 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
     let reading = if a.read_data {
         ", and reading all data".to_string()
     } else if let Some(s) = &a.read_data_subset {
-        format!(", and reading the data subset {s:?}")
+        format!(", and reading the data subset {s}")
     } else {
         String::new()
     };
