@@ -826,10 +826,17 @@ fn delete_all(repo: &Repository, tpe: FileType, ids: &[Id]) -> Result<u64> {
 fn repack(repo: &Repository, plan: &PrunePlan, opts: &PruneOptions) -> Result<u64> {
     let version = repo.config().version;
     let connections = repo.backend().connections().max(1);
+    // Each upload slot holds a whole pack: one is enough where requests
+    // are cheap (a local directory has 2 connections), a few hide the
+    // latency of a remote store.
     let writer = repo.separate_writer(WriteOptions {
         pack_size: opts.pack_size,
         compression: Compression::Auto,
-        upload_threads: connections.min(8),
+        upload_threads: if connections <= 2 {
+            1
+        } else {
+            connections.min(4)
+        },
         ..WriteOptions::default()
     });
     let workers = connections
@@ -871,6 +878,10 @@ fn repack(repo: &Repository, plan: &PrunePlan, opts: &PruneOptions) -> Result<u6
 /// Largest gap between needed blobs read over rather than skipped.
 const MAX_GAP: u64 = 1 << 20;
 
+/// Largest read request (unless one blob is larger): bounds the memory of
+/// each repack thread, as the restorer's requests do.
+const MAX_READ: u64 = 4 << 20;
+
 fn repack_one(
     repo: &Repository,
     writer: &crate::writer::BlobWriter,
@@ -888,7 +899,7 @@ fn repack_one(
         let mut j = i + 1;
         while j < blobs.len()
             && u64::from(blobs[j].offset) <= end + MAX_GAP
-            && u64::from(blobs[j].offset) + u64::from(blobs[j].length) - start <= 64 << 20
+            && u64::from(blobs[j].offset) + u64::from(blobs[j].length) - start <= MAX_READ
         {
             end = end.max(u64::from(blobs[j].offset) + u64::from(blobs[j].length));
             j += 1;

@@ -368,7 +368,14 @@ fn forget_refuses_an_empty_policy() {
     stash.backup(&[&src], &[]);
     let (_, err) = stash.fails(&["forget", "--prune"]);
     assert!(err.contains("no policy was specified"), "{err}");
-    let (_, err) = stash.fails(&["forget", "--keep-last", "1", "--prune", "--max-unused", "100%"]);
+    let (_, err) = stash.fails(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--max-unused",
+        "100%",
+    ]);
     assert!(err.contains("below 100"), "{err}");
     assert_eq!(env.restic().snapshots_json().as_array().unwrap().len(), 2);
 }
