@@ -7,7 +7,12 @@
 # Phases, each timed with /usr/bin/time -v (wall, CPU, peak RSS), warm cache:
 #   backup-first, backup-nochange, backup-5pct (5 % of files changed),
 #   restore (full), check-read-data; then, against one MinIO server (built
-#   by hack/test-servers.sh; S3=0 to skip), s3-backup and s3-restore.
+#   by hack/test-servers.sh; S3=0 to skip), s3-backup and s3-restore; then
+#   prune (PRUNE=0 to skip): restic 0.14 makes one repository of the corpus
+#   with about 30 % garbage (a backup, ~30 % of the bytes deleted, a second
+#   backup, the first forgotten), and each tool prunes its own identical
+#   copy with the default --max-unused 5 %; restic 0.14 checks every result.
+#   MAIN=0 skips the local backup/restore/check phases.
 # Each run uses a fresh copy of the corpus and a fresh repository per tool.
 # Prints a table with the stash/restic ratio per phase.
 set -euo pipefail
@@ -83,6 +88,7 @@ timed() { # tool phase run cmd...
 }
 
 for run in $(seq 1 "$RUNS"); do
+    [[ "${MAIN:-1}" == 1 ]] || break
     for tool in "${TOOLS[@]}"; do
         W="$BENCH_DIR/work-$tool"
         fresh_copy "$W"
@@ -133,6 +139,40 @@ if [[ "${S3:-1}" == 1 ]]; then
         done
     done
     kill $MINIO_PID 2>/dev/null || true
+fi
+
+if [[ "${PRUNE:-1}" == 1 ]]; then
+    G="$BENCH_DIR/prune-template"
+    if [[ ! -f "$G/.complete" ]]; then
+        echo "==> making a repository with about 30 % garbage (restic 0.14)"
+        rm -rf "$G"
+        mkdir -p "$G"
+        fresh_copy "$G/src"
+        "$RESTIC" -r "$G/repo" --password-file "$PW" --cache-dir "$G/cache" init >/dev/null
+        "$RESTIC" -r "$G/repo" --password-file "$PW" --cache-dir "$G/cache" backup "$G/src/data" >/dev/null
+        python3 hack/bench/corpus.py --remove "$G/src/data" 30 7 >/dev/null
+        "$RESTIC" -r "$G/repo" --password-file "$PW" --cache-dir "$G/cache" backup "$G/src/data" >/dev/null
+        "$RESTIC" -r "$G/repo" --password-file "$PW" --cache-dir "$G/cache" forget --keep-last 1 >/dev/null
+        rm -rf "$G/src" "$G/cache"
+        touch "$G/.complete"
+    fi
+    for run in $(seq 1 "$RUNS"); do
+        for tool in "${TOOLS[@]}"; do
+            W="$BENCH_DIR/work-$tool"
+            rm -rf "$W"
+            mkdir -p "$W"
+            cp -a "$G/repo" "$W/repo"
+            sync
+            tool_cmd $tool "$W/repo" "$W"
+            echo "==> run $run: $tool prune"
+            before=$(du -sb "$W/repo/data" | cut -f1)
+            timed $tool prune "$run" "${T[@]}" prune
+            after=$(du -sb "$W/repo/data" | cut -f1)
+            echo "    packs: $before -> $after bytes"
+            "$RESTIC" -r "$W/repo" --password-file "$PW" --cache-dir "$W/cache" check >/dev/null 2>&1 \
+                || { echo "restic check failed after $tool prune" >&2; exit 1; }
+        done
+    done
 fi
 
 python3 hack/bench/report.py "$RESULTS" "$CORPUS_BYTES" | tee "$BENCH_DIR/report.txt"

@@ -77,11 +77,14 @@ pub enum Command {
     /// Remove snapshots according to a retention policy
     Forget(ForgetArgs),
     /// Check the repository for errors
-    Check {
-        /// Also read and verify all data
-        #[arg(long = "read-data")]
-        read_data: bool,
-    },
+    Check(CheckArgs),
+    /// Remove data no snapshot needs
+    Prune(PruneArgs),
+    /// Copy snapshots from another repository into this one
+    Copy(CopyArgs),
+    /// Repair the repository
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Manage the repository's keys (passwords)
     #[command(subcommand)]
     Key(KeyCommand),
@@ -344,10 +347,83 @@ pub struct ForgetArgs {
     /// Do not delete anything, only print what would be done
     #[arg(short = 'n', long = "dry-run")]
     pub dry_run: bool,
-    /// Prune the repository afterwards (not implemented yet)
+    /// Prune the repository afterwards
     #[arg(long)]
     pub prune: bool,
+    /// Prune settings, for --prune
+    #[command(flatten)]
+    pub prune_opts: PruneOpts,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `stash check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also read and verify all data
+    #[arg(long = "read-data", conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read and verify a subset of the packs: n/t (group n of t), x% (a random x percent) or a size (such as 500M, random packs up to that size)
+    #[arg(long = "read-data-subset", value_name = "SUBSET")]
+    pub read_data_subset: Option<repo_format::checker::Subset>,
+}
+
+/// Prune settings (for `prune` and `forget --prune`), restic's options.
+#[derive(Debug, Args)]
+pub struct PruneOpts {
+    /// Unused space tolerated after pruning: a percentage of the used size (5%), a size (10G) or "unlimited"
+    #[arg(long = "max-unused", value_name = "LIMIT", default_value = "5%")]
+    pub max_unused: repo_format::prune::MaxUnused,
+    /// Repack at most this much data (such as 1G)
+    #[arg(long = "max-repack-size", value_name = "SIZE", value_parser = parse_size)]
+    pub max_repack_size: Option<u64>,
+    /// Repack only tree packs (the cacheable ones); leave data packs alone
+    #[arg(long = "repack-cacheable-only")]
+    pub repack_cacheable_only: bool,
+    /// Repack packs holding uncompressed data, compressing it (repository version 2)
+    #[arg(long = "repack-uncompressed")]
+    pub repack_uncompressed: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    repo_format::prune::parse_size(s)
+}
+
+/// `stash prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Prune settings
+    #[command(flatten)]
+    pub opts: PruneOpts,
+    /// Only print what would be done
+    #[arg(short = 'n', long = "dry-run")]
+    pub dry_run: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stash copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The repository to copy from (same forms as --repo)
+    #[arg(long = "from-repo", value_name = "REPO", required = true)]
+    pub from_repo: String,
+    /// File holding the source repository's password (default: the destination's password)
+    #[arg(long = "from-password-file", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Snapshots to copy (ids, unique prefixes or `latest`; default: all)
+    pub snapshots: Vec<String>,
+}
+
+/// `stash repair`.
+#[derive(Debug, Subcommand)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack files
+    Index {
+        /// Read the header of every pack, not only of those the index does not name
+        #[arg(long = "read-all-packs")]
+        read_all_packs: bool,
+    },
 }

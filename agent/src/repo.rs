@@ -26,7 +26,13 @@ pub fn backend(global: &GlobalArgs) -> Result<Arc<dyn Backend>> {
     else {
         bail!("no repository given: use -r/--repo or set STASH_REPOSITORY");
     };
-    let location = Location::parse(&spec)?;
+    backend_for(global, &spec)
+}
+
+/// The backend for a repository string, with the global connection and
+/// TLS settings.
+pub fn backend_for(global: &GlobalArgs, spec: &str) -> Result<Arc<dyn Backend>> {
+    let location = Location::parse(spec)?;
     let opts = OpenOptions {
         connections: global.connections.map(|n| n as usize),
         tls: TlsOptions {

@@ -6,6 +6,7 @@ content. SIZE_MB scales everything (default 1024). Same seed, same bytes.
 
 usage: corpus.py DIR [SIZE_MB]
        corpus.py --modify DIR PERCENT SEED   (change PERCENT % of the files)
+       corpus.py --remove DIR PERCENT SEED   (delete about PERCENT % of the bytes, whole files)
 """
 import os
 import random
@@ -87,8 +88,24 @@ def modify(root, percent, seed):
     return len(chosen)
 
 
+def remove(root, percent, seed):
+    rng = random.Random(seed)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+    rng.shuffle(files)
+    total = sum(os.path.getsize(f) for f in files)
+    goal, gone = total * percent // 100, 0
+    for path in files:
+        if gone >= goal:
+            break
+        gone += os.path.getsize(path)
+        os.remove(path)
+    return gone
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--modify":
         print(modify(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])), "files modified")
+    elif sys.argv[1] == "--remove":
+        print(remove(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])), "bytes removed")
     else:
         generate(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1024)

@@ -28,6 +28,117 @@ use crate::repository::Repository;
 pub struct CheckOptions {
     /// Read and verify all pack data.
     pub read_data: bool,
+    /// Read and verify only some packs (ignored with `read_data`).
+    pub subset: Option<Subset>,
+}
+
+/// Which packs `--read-data-subset` reads, as restic chooses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Subset {
+    /// `n/t`: the packs whose id's first byte modulo `t` is `n - 1`, so
+    /// that `1/t` … `t/t` on t days read every pack once.
+    Group {
+        /// Which group, 1-based.
+        n: u32,
+        /// How many groups.
+        t: u32,
+    },
+    /// `x%`: a random x percent of the packs (at least one).
+    Percent(f64),
+    /// A size: random packs until their total reaches it.
+    Size(u64),
+}
+
+impl std::str::FromStr for Subset {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if let Some((n, t)) = s.split_once('/') {
+            let (n, t): (u32, u32) = match (n.trim().parse(), t.trim().parse()) {
+                (Ok(n), Ok(t)) => (n, t),
+                _ => {
+                    return Err(format!(
+                        "read data subset {s:?}: n/t needs two whole numbers"
+                    ))
+                }
+            };
+            if t == 0 || t > 256 || n == 0 || n > t {
+                return Err(format!(
+                    "read data subset {s:?}: need 1 <= n <= t <= 256 (the group n of t groups)"
+                ));
+            }
+            return Ok(Subset::Group { n, t });
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("read data subset {s:?}: not a percentage"))?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!(
+                    "read data subset {s:?}: the percentage must be above 0 and at most 100"
+                ));
+            }
+            return Ok(Subset::Percent(p));
+        }
+        crate::prune::parse_size(s)
+            .ok()
+            .filter(|b| *b > 0)
+            .map(Subset::Size)
+            .ok_or_else(|| {
+                format!("read data subset {s:?}: use n/t (such as 2/5), x% (such as 10%) or a size (such as 500M)")
+            })
+    }
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subset::Group { n, t } => write!(f, "{n}/{t}"),
+            Subset::Percent(p) => write!(f, "{p}%"),
+            Subset::Size(b) => write!(f, "{b} bytes"),
+        }
+    }
+}
+
+impl Subset {
+    /// The packs of `all` (id, size) to read.
+    pub fn select(&self, all: &[(Id, u64)]) -> Vec<Id> {
+        use rand::seq::SliceRandom;
+        match *self {
+            Subset::Group { n, t } => all
+                .iter()
+                .filter(|(id, _)| u32::from(id.0[0]) % t == n - 1)
+                .map(|(id, _)| *id)
+                .collect(),
+            Subset::Percent(p) => {
+                let mut v: Vec<Id> = all.iter().map(|(id, _)| *id).collect();
+                let mut k = (v.len() as f64 * p / 100.0) as usize;
+                if k == 0 && !v.is_empty() {
+                    k = 1;
+                }
+                v.shuffle(&mut rand::thread_rng());
+                v.truncate(k);
+                v.sort();
+                v
+            }
+            Subset::Size(max) => {
+                let mut v: Vec<(Id, u64)> = all.to_vec();
+                v.shuffle(&mut rand::thread_rng());
+                let mut total = 0u64;
+                let mut out = Vec::new();
+                for (id, size) in v {
+                    if total >= max {
+                        break;
+                    }
+                    total += size;
+                    out.push(id);
+                }
+                out.sort();
+                out
+            }
+        }
+    }
 }
 
 /// What a check found.
@@ -236,10 +347,21 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     }
 
     // 4. Every byte of every pack.
-    if opts.read_data {
+    let to_read: Option<HashSet<Id>> = if opts.read_data {
+        Some(pack_ids.iter().map(|p| **p).collect())
+    } else {
+        opts.subset.map(|sub| {
+            let all: Vec<(Id, u64)> = pack_ids
+                .iter()
+                .filter_map(|p| packs_on_disk.get(*p).map(|s| (**p, *s)))
+                .collect();
+            sub.select(&all).into_iter().collect()
+        })
+    };
+    if let Some(to_read) = to_read {
         let results: Vec<Vec<String>> = pack_ids
             .par_iter()
-            .filter(|p| packs_on_disk.contains_key(**p))
+            .filter(|p| packs_on_disk.contains_key(**p) && to_read.contains(**p))
             .map(|p| read_pack(repo, p, &pack_blobs[*p]))
             .collect();
         report.packs_read = results.len();
@@ -337,4 +459,40 @@ fn read_pack(
         }
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_and_select_like_restic() {
+        assert_eq!(
+            "2/5".parse::<Subset>().unwrap(),
+            Subset::Group { n: 2, t: 5 }
+        );
+        assert_eq!("10%".parse::<Subset>().unwrap(), Subset::Percent(10.0));
+        assert_eq!("1k".parse::<Subset>().unwrap(), Subset::Size(1024));
+        for bad in ["0/5", "6/5", "1/0", "0%", "101%", "x", "1/257"] {
+            assert!(bad.parse::<Subset>().is_err(), "{bad}");
+        }
+        let packs: Vec<(Id, u64)> = (0..200u32)
+            .map(|i| (Id::hash(&i.to_le_bytes()), 100))
+            .collect();
+        // Groups partition the packs by the first byte of the id.
+        let mut all: Vec<Id> = (1..=3)
+            .flat_map(|n| Subset::Group { n, t: 3 }.select(&packs))
+            .collect();
+        all.sort();
+        let mut expect: Vec<Id> = packs.iter().map(|p| p.0).collect();
+        expect.sort();
+        assert_eq!(all, expect);
+        assert!(Subset::Group { n: 2, t: 3 }
+            .select(&packs)
+            .iter()
+            .all(|id| id.0[0] % 3 == 1));
+        assert_eq!(Subset::Percent(10.0).select(&packs).len(), 20);
+        assert_eq!(Subset::Percent(0.1).select(&packs).len(), 1);
+        assert_eq!(Subset::Size(1000).select(&packs).len(), 10);
+    }
 }

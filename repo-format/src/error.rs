@@ -171,6 +171,15 @@ pub enum Error {
         holder: String,
     },
 
+    /// An operation refused to run because it could lose data.
+    #[error("{op} refused: {reason}")]
+    Refused {
+        /// The operation (`prune`, `copy`, ...).
+        op: &'static str,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// A parameter given by the caller is invalid.
     #[error("{0}")]
     InvalidArgument(String),

@@ -190,6 +190,28 @@ impl Index {
         self.table(tpe).get(&key(id)).is_some()
     }
 
+    /// Number of blobs of one type.
+    pub fn count(&self, tpe: BlobType) -> usize {
+        self.table(tpe).len()
+    }
+
+    /// A dense number in `0..count(tpe)` for a blob, so that sets of blobs
+    /// can be bitsets (prune marks hundreds of millions of blobs in a few
+    /// bits each). Numbers are stable while nothing is added; blobs added
+    /// since the last merge have none, so call [`Index::compact`] first
+    /// unless the index came from [`Index::from_files`].
+    pub fn ordinal(&self, tpe: BlobType, id: &Id) -> Option<usize> {
+        let t = self.table(tpe);
+        debug_assert!(t.recent.is_empty(), "ordinal on an index not compacted");
+        t.sorted.binary_search_by(|e| e.key.cmp(&key(id))).ok()
+    }
+
+    /// Merges recently added blobs into the sorted arrays.
+    pub fn compact(&mut self) {
+        self.data.merge();
+        self.tree.merge();
+    }
+
     /// Number of blobs.
     pub fn len(&self) -> usize {
         self.data.len() + self.tree.len()

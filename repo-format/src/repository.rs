@@ -232,17 +232,23 @@ impl Repository {
     /// Reads every index file into memory. Damaged index files are errors.
     /// Call it once, before writing.
     pub fn load_index(&self) -> Result<()> {
+        self.load_index_files().map(drop)
+    }
+
+    /// Like [`Repository::load_index`], and returns the index files read,
+    /// with their ids, for callers that need every location of every blob
+    /// (the in-memory index keeps one).
+    pub fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
         let ids = self.list_ids(FileType::Index)?;
-        let files: Vec<IndexFile> = ids
+        let files: Vec<(Id, IndexFile)> = ids
             .par_iter()
             .map(|id| {
                 let name = id.to_hex();
                 let plain = self.load_unpacked(FileType::Index, &name)?;
-                IndexFile::from_json(&plain, &name)
+                Ok((*id, IndexFile::from_json(&plain, &name)?))
             })
             .collect::<Result<_>>()?;
-        let loaded = Index::from_files(&files);
-        drop(files);
+        let loaded = Index::from_files(files.iter().map(|(_, f)| f));
         let mut idx = self.index.write().expect("index lock");
         if !idx.is_empty() {
             // Replacing would forget blobs this process wrote.
@@ -256,7 +262,13 @@ impl Repository {
             memory = idx.memory_bytes(),
             "loaded index"
         );
-        Ok(())
+        Ok(files)
+    }
+
+    /// Replaces the in-memory index by an empty one (after a rewrite of the
+    /// index files, or to free its memory).
+    pub fn clear_index(&self) {
+        *self.index.write().expect("index lock") = Index::new();
     }
 
     /// Read access to the in-memory index.
@@ -350,6 +362,55 @@ impl Repository {
     pub fn write_stats(&self) -> WriteStats {
         self.writer.stats()
     }
+
+    /// Stores a blob already compressed (if `uncompressed_length` is set)
+    /// and encrypted with this repository's key, unless the repository has
+    /// it. The caller vouches that `sealed` decrypts to the blob `id`.
+    pub fn save_sealed_blob(
+        &self,
+        tpe: BlobType,
+        id: Id,
+        sealed: &[u8],
+        uncompressed_length: Option<u32>,
+    ) -> Result<bool> {
+        self.writer
+            .save_sealed(tpe, id, sealed, uncompressed_length)
+    }
+
+    /// A writer of its own with an empty index: it writes every blob it is
+    /// given, even those the repository has (prune moves blobs this way).
+    pub(crate) fn separate_writer(&self, opts: WriteOptions) -> BlobWriter {
+        BlobWriter::new(
+            self.backend.clone(),
+            self.key.clone(),
+            self.config.version,
+            Arc::new(RwLock::new(Index::new())),
+            opts,
+        )
+    }
+
+    /// What the repository holds, from two listings (no file is read):
+    /// cheap enough for a status report after every backup.
+    pub fn stats(&self) -> Result<RepositoryStats> {
+        let snapshots = self.backend.list(FileType::Snapshot)?.len() as u64;
+        let packs = self.backend.list(FileType::Pack)?;
+        Ok(RepositoryStats {
+            snapshots,
+            packs: packs.len() as u64,
+            pack_bytes: packs.iter().map(|p| p.size).sum(),
+        })
+    }
+}
+
+/// Size of a repository, see [`Repository::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RepositoryStats {
+    /// Number of snapshot files.
+    pub snapshots: u64,
+    /// Number of pack files.
+    pub packs: u64,
+    /// Total size of the pack files in bytes (the bulk of the repository).
+    pub pack_bytes: u64,
 }
 
 /// Decrypts, decompresses and verifies a blob read from `loc`.

@@ -395,20 +395,8 @@ impl BlobWriter {
     /// Stores a blob unless the repository has it; returns whether it was new.
     pub fn save(&self, tpe: BlobType, id: Id, data: &[u8]) -> Result<bool> {
         self.shared.check()?;
-        {
-            if self
-                .shared
-                .index
-                .read()
-                .expect("index lock")
-                .contains(tpe, &id)
-            {
-                return Ok(false);
-            }
-            let mut w = self.shared.state.lock().expect("write state");
-            if !w.in_flight.insert((tpe, id)) {
-                return Ok(false);
-            }
+        if !self.claim(tpe, id) {
+            return Ok(false);
         }
         // The sealed blob stays in this thread's scratch buffer until it
         // is copied into the pack: no allocation per blob.
@@ -426,52 +414,104 @@ impl BlobWriter {
                     return Err(e);
                 }
             };
-            let ct = &scratch.sealed;
-            {
-                let mut st = self.shared.stats.lock().expect("stats");
-                match tpe {
-                    BlobType::Data => st.data_blobs += 1,
-                    BlobType::Tree => st.tree_blobs += 1,
-                }
-                st.data_added += data.len() as u64;
-                st.data_added_packed += ct.len() as u64;
-            }
-            let mut w = self.shared.state.lock().expect("write state");
-            let slot = match tpe {
-                BlobType::Data => &mut w.data,
-                BlobType::Tree => &mut w.tree,
-            };
-            // Room for a full pack and a bit: rarely any reallocation.
-            let cap = match tpe {
-                BlobType::Data => self.opts.pack_size + (1 << 20),
-                BlobType::Tree => 0,
-            };
-            let p = slot.get_or_insert_with(|| {
-                let pooled = match tpe {
-                    BlobType::Data => self.shared.pack_buffers.lock().expect("pack buffers").pop(),
-                    BlobType::Tree => None,
-                };
-                match pooled {
-                    Some(buf) => Packer::with_buffer(tpe, buf),
-                    None => Packer::with_capacity(tpe, cap),
-                }
-            });
-            p.add(id, ct, ulen);
-            // A full pack leaves its slot only with an upload slot: while
-            // all uploaders are busy, writers wait here and the pack in the
-            // slot grows by at most one blob per writer. That bounds memory
-            // to the uploads plus one pack per type.
-            let full = if p.size() < self.opts.pack_size {
-                Full::No
-            } else if self.try_reserve_upload() {
-                Full::Take(slot.take().expect("just filled"))
-            } else {
-                Full::Wait
-            };
-            drop(w);
+            let full = self.pack(tpe, id, &scratch.sealed, ulen, data.len());
             scratch.trim();
             Ok(full)
         })?;
+        self.dispatch(tpe, full)?;
+        Ok(true)
+    }
+
+    /// Stores a blob that is already sealed (compressed if
+    /// `uncompressed_length` says so, and encrypted with this repository's
+    /// key) unless the writer has it: prune copies verified blobs this way
+    /// without compressing and encrypting them again. The caller vouches
+    /// that `sealed` decrypts to the blob `id`.
+    pub fn save_sealed(
+        &self,
+        tpe: BlobType,
+        id: Id,
+        sealed: &[u8],
+        uncompressed_length: Option<u32>,
+    ) -> Result<bool> {
+        self.shared.check()?;
+        if !self.claim(tpe, id) {
+            return Ok(false);
+        }
+        let plain_len = match uncompressed_length {
+            Some(u) => u as usize,
+            None => sealed.len().saturating_sub(crate::crypto::OVERHEAD),
+        };
+        let full = self.pack(tpe, id, sealed, uncompressed_length, plain_len);
+        self.dispatch(tpe, full)?;
+        Ok(true)
+    }
+
+    /// Marks a blob as being written; false if it is indexed or in flight.
+    fn claim(&self, tpe: BlobType, id: Id) -> bool {
+        if self
+            .shared
+            .index
+            .read()
+            .expect("index lock")
+            .contains(tpe, &id)
+        {
+            return false;
+        }
+        let mut w = self.shared.state.lock().expect("write state");
+        w.in_flight.insert((tpe, id))
+    }
+
+    /// Appends a sealed blob to the open pack of its type; says whether
+    /// the pack is full and what to do with it.
+    fn pack(&self, tpe: BlobType, id: Id, ct: &[u8], ulen: Option<u32>, plain_len: usize) -> Full {
+        {
+            let mut st = self.shared.stats.lock().expect("stats");
+            match tpe {
+                BlobType::Data => st.data_blobs += 1,
+                BlobType::Tree => st.tree_blobs += 1,
+            }
+            st.data_added += plain_len as u64;
+            st.data_added_packed += ct.len() as u64;
+        }
+        let mut w = self.shared.state.lock().expect("write state");
+        let slot = match tpe {
+            BlobType::Data => &mut w.data,
+            BlobType::Tree => &mut w.tree,
+        };
+        // Room for a full pack and a bit: rarely any reallocation.
+        let cap = match tpe {
+            BlobType::Data => self.opts.pack_size + (1 << 20),
+            BlobType::Tree => 0,
+        };
+        let p = slot.get_or_insert_with(|| {
+            let pooled = match tpe {
+                BlobType::Data => self.shared.pack_buffers.lock().expect("pack buffers").pop(),
+                BlobType::Tree => None,
+            };
+            match pooled {
+                Some(buf) => Packer::with_buffer(tpe, buf),
+                None => Packer::with_capacity(tpe, cap),
+            }
+        });
+        p.add(id, ct, ulen);
+        // A full pack leaves its slot only with an upload slot: while
+        // all uploaders are busy, writers wait here and the pack in the
+        // slot grows by at most one blob per writer. That bounds memory
+        // to the uploads plus one pack per type.
+        let full = if p.size() < self.opts.pack_size {
+            Full::No
+        } else if self.try_reserve_upload() {
+            Full::Take(slot.take().expect("just filled"))
+        } else {
+            Full::Wait
+        };
+        drop(w);
+        full
+    }
+
+    /// Sends a full pack on (or waits for an upload slot first).
+    fn dispatch(&self, tpe: BlobType, full: Full) -> Result<()> {
         match full {
             Full::No => {}
             Full::Take(p) => self.send(p)?,
@@ -494,7 +534,7 @@ impl BlobWriter {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Compresses (when it helps) and encrypts a blob, then checks that the

@@ -190,15 +190,20 @@ fn damaged_blob_costs_only_its_file_and_check_names_it() {
     fs::remove_file(&pack_path).unwrap();
     fs::write(&pack_path, &bytes).unwrap();
 
-    let rep = check(&repo, CheckOptions { read_data: true }).unwrap();
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..CheckOptions::default()
+        },
+    )
+    .unwrap();
     assert!(!rep.is_ok());
     let joined = rep.errors.join("\n");
     assert!(joined.contains(&loc.pack.to_hex()), "{joined}");
     assert!(joined.contains(&id.to_hex()), "{joined}");
     // Without reading data the structure is still fine.
-    assert!(check(&repo, CheckOptions { read_data: false })
-        .unwrap()
-        .is_ok());
+    assert!(check(&repo, CheckOptions::default()).unwrap().is_ok());
 
     let target = t.path().join("target");
     let r = restore(

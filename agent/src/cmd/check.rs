@@ -1,24 +1,30 @@
 //! `stash check`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use repo_format::checker::{check, CheckOptions};
 use repo_format::lock::RepoLock;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{CheckArgs, GlobalArgs};
 use crate::repo;
 
-pub fn run(g: &GlobalArgs, read_data: bool) -> Result<u8> {
+pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
     let r = repo::open(g)?;
-    let _lock = RepoLock::acquire(r.clone(), false)?;
-    println!(
-        "checking index, packs, snapshots and trees{}",
-        if read_data {
-            ", and reading all data"
-        } else {
-            ""
-        }
-    );
-    let rep = check(&r, CheckOptions { read_data })?;
+    let _lock = RepoLock::acquire(r.clone(), false).context("check needs a (shared) lock")?;
+    let reading = if a.read_data {
+        ", and reading all data".to_string()
+    } else if let Some(s) = &a.read_data_subset {
+        format!(", and reading the data subset {s}")
+    } else {
+        String::new()
+    };
+    println!("checking index, packs, snapshots and trees{reading}");
+    let rep = check(
+        &r,
+        CheckOptions {
+            read_data: a.read_data,
+            subset: a.read_data_subset,
+        },
+    )?;
     for w in &rep.warnings {
         println!("warning: {w}");
     }
@@ -29,10 +35,10 @@ pub fn run(g: &GlobalArgs, read_data: bool) -> Result<u8> {
         "checked {} snapshots, {} trees{}",
         rep.snapshots,
         rep.trees,
-        if read_data {
-            format!(", {} packs read", rep.packs_read)
-        } else {
+        if reading.is_empty() {
             String::new()
+        } else {
+            format!(", {} packs read", rep.packs_read)
         }
     );
     if rep.is_ok() {

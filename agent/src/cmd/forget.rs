@@ -44,12 +44,6 @@ fn selected(s: &Snapshot, a: &ForgetArgs, tag_lists: &[Vec<String>]) -> bool {
 }
 
 pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
-    if a.prune {
-        bail!(
-            "forget --prune: prune is not implemented yet; run forget without --prune \
-             (unreferenced data stays in the repository until prune exists)"
-        );
-    }
     let policy = policy(a);
     if policy.is_empty() {
         bail!(
@@ -80,6 +74,15 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     }
 
     if a.dry_run {
+        if a.prune {
+            let forgotten: Vec<Id> = groups.iter().flat_map(|gr| gr.remove.clone()).collect();
+            let plan = repo_format::prune::plan_without(
+                &r,
+                &super::prune::options(&a.prune_opts),
+                &forgotten,
+            )?;
+            super::prune::print_dry_run(&plan.stats, a.json)?;
+        }
         return Ok(0);
     }
     let mut failed = 0usize;
@@ -99,6 +102,15 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     if failed > 0 {
         eprintln!("Fatal: {failed} snapshot(s) could not be removed; run forget again");
         return Ok(1);
+    }
+    if a.prune {
+        // Under the same exclusive lock: nothing can start between the two.
+        return super::prune::prune_locked(
+            &r,
+            &super::prune::options(&a.prune_opts),
+            false,
+            a.json,
+        );
     }
     Ok(0)
 }

@@ -3,10 +3,13 @@
 mod backup;
 mod cat;
 mod check;
+mod copy;
 mod forget;
 mod init;
 mod key;
 mod ls;
+mod prune;
+mod repair;
 mod restore;
 mod restore_wait;
 mod snapshots;
@@ -27,7 +30,10 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Cat { what, id } => cat::run(g, &what, id.as_deref()),
         Command::Restore(args) => restore::run(g, &args),
         Command::Forget(args) => forget::run(g, &args),
-        Command::Check { read_data } => check::run(g, read_data),
+        Command::Check(args) => check::run(g, &args),
+        Command::Prune(args) => prune::run(g, &args),
+        Command::Copy(args) => copy::run(g, &args),
+        Command::Repair(r) => repair::run(g, &r),
         Command::Key(k) => key::run(g, &k),
         Command::Unlock { remove_all } => unlock::run(g, remove_all),
         Command::Agent(args) => crate::agent::run(args),

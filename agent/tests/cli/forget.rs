@@ -356,9 +356,9 @@ fn forget_decides_like_restic() {
     assert!(d.values().all(|(_, r)| r.is_empty()), "{d:?}");
 }
 
-/// `--prune` is refused until prune exists, and nothing is forgotten.
+/// An empty policy is refused, and nothing is forgotten.
 #[test]
-fn forget_refuses_prune_and_an_empty_policy() {
+fn forget_refuses_an_empty_policy() {
     let env = Env::new();
     let stash = env.stash();
     stash.ok(&["init"]);
@@ -366,9 +366,16 @@ fn forget_refuses_prune_and_an_empty_policy() {
     std::fs::create_dir_all(&src).unwrap();
     stash.backup(&[&src], &[]);
     stash.backup(&[&src], &[]);
-    let (_, err) = stash.fails(&["forget", "--keep-last", "1", "--prune"]);
-    assert!(err.contains("prune is not implemented yet"), "{err}");
-    let (_, err) = stash.fails(&["forget"]);
+    let (_, err) = stash.fails(&["forget", "--prune"]);
     assert!(err.contains("no policy was specified"), "{err}");
+    let (_, err) = stash.fails(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--max-unused",
+        "100%",
+    ]);
+    assert!(err.contains("below 100"), "{err}");
     assert_eq!(env.restic().snapshots_json().as_array().unwrap().len(), 2);
 }

@@ -7,5 +7,6 @@ mod bad_input;
 mod forget;
 mod interop;
 mod keys;
+mod maintenance;
 mod pipeline;
 mod support;
