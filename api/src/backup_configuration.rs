@@ -180,6 +180,12 @@ pub struct RetentionPolicy {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[ymdh])+$')").message("keepWithin must be a duration in restic's units, e.g. \"7d\", \"1y6m\", \"2y5m7d3h\""))]
     #[schemars(length(min = 2, max = 32))]
     pub keep_within: Option<String>,
+    /// After forgetting, prune: delete the data no snapshot needs any more,
+    /// repacking partly used packs until at most 5 % of the repository is
+    /// unused (restic's `prune`). On when unset; set false to prune on a
+    /// schedule of your own (e.g. `stash forget --prune` in a CronJob).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<bool>,
 }
 
 /// What a tick does while a session of the same configuration is unfinished.

@@ -116,6 +116,9 @@ pub struct RetentionStatus {
     /// Snapshots of this configuration removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<i64>,
+    /// Bytes of packs the prune deleted, net of what it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaimed_bytes: Option<i64>,
     /// Snapshots in the repository afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_count: Option<i64>,

@@ -750,6 +750,8 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         .clone()
         .expect("retention ran");
     assert_eq!(retention.phase, ItemPhase::Succeeded, "{retention:?}");
+    // keepLast 2 with prune on (the default): forgotten data is pruned.
+    assert!(retention.reclaimed_bytes.is_some(), "{retention:?}");
     let snaps = restic_snapshots(&w.restic);
     let mut per_host: BTreeMap<String, usize> = BTreeMap::new();
     for s in &snaps {

@@ -944,15 +944,23 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
             }
             f.insert("kept".into(), json!(kept));
             f.insert("removed".into(), json!(removed));
+            if rp.prune != Some(false) {
+                if lost.load(Ordering::Relaxed) {
+                    bail!("the retention run was taken from this agent; stopped before pruning");
+                }
+                let before = repo.stats()?.pack_bytes;
+                let opts = repo_format::prune::PruneOptions::default();
+                let plan = repo_format::prune::plan(&repo, &opts).context("planning the prune")?;
+                if !plan.is_empty() {
+                    repo_format::prune::execute(&repo, plan, &opts).context("pruning")?;
+                }
+                let after = repo.stats()?.pack_bytes;
+                f.insert("reclaimedBytes".into(), json!(before.saturating_sub(after)));
+            }
         }
     }
-    let snapshots = repo.backend().list(FileType::Snapshot)?.len();
-    let size: u64 = repo
-        .backend()
-        .list(FileType::Pack)?
-        .iter()
-        .map(|i| i.size)
-        .sum();
+    let stats = repo.stats()?;
+    let (snapshots, size) = (stats.snapshots, stats.pack_bytes);
     f.insert("snapshotCount".into(), json!(snapshots));
     f.insert("totalSize".into(), json!(size));
     f.insert(
