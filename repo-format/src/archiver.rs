@@ -350,6 +350,9 @@ impl Archiver<'_> {
 
     /// Backs up one directory entry; `None` when it is skipped.
     fn save_entry(&self, path: &Path, name: &[u8], parent: Option<&Node>) -> Result<Option<Node>> {
+        if self.progress.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         if self.excludes.matches(path.as_os_str().as_bytes()) {
             return Ok(None);
         }

@@ -184,6 +184,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// The caller asked the operation to stop (see
+    /// [`crate::progress::Progress::cancel`]); nothing was committed.
+    #[error("cancelled")]
+    Cancelled,
+
     /// scrypt refused the parameters.
     #[error("key derivation: invalid scrypt parameters N={n} r={r} p={p}")]
     Kdf {

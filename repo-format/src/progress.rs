@@ -18,6 +18,8 @@ pub struct Progress {
     pub scan_done: AtomicBool,
     /// Entries that failed.
     pub errors: AtomicU64,
+    /// Set by [`Progress::cancel`]: the operation stops at the next entry.
+    pub cancelled: AtomicBool,
 }
 
 /// A consistent-enough copy of the counters.
@@ -38,6 +40,17 @@ pub struct ProgressSnapshot {
 }
 
 impl Progress {
+    /// Asks the operation reporting here to stop: a backup then ends with
+    /// [`crate::Error::Cancelled`] before writing its snapshot.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Progress::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Reads all counters.
     pub fn snapshot(&self) -> ProgressSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -627,10 +627,15 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
                     f.clear();
                 }
                 if !c.update(f).await {
-                    // The item is no longer ours (timed out, or taken
-                    // over): the engine call finishes, but nothing is
-                    // reported for it.
+                    // The item is no longer ours (timed out, revoked, or
+                    // taken over): nothing more is reported for it.
                     lost.store(true, Ordering::Relaxed);
+                    // A backup stops without writing its snapshot; a
+                    // restore finishes what it writes (stopping halfway
+                    // would leave a volume half old, half new).
+                    if c.kind == "backup" {
+                        progress.cancel();
+                    }
                 }
             }
         }
