@@ -528,8 +528,9 @@ fn check_read_data_subset_groups_and_percentages() {
         "{out}"
     );
     stash.ok(&["check", "--read-data-subset", "2M"]);
-    // Damage one pack: the group that holds it reports it, by name.
-    let pack = first_file(&env.repo.join("data"));
+    // Damage one data pack (the largest file; a damaged tree pack would show
+    // without reading data): the group that holds it reports it, by name.
+    let pack = largest_file(&env.repo.join("data"));
     let name = pack.file_name().unwrap().to_str().unwrap().to_string();
     let mut b = std::fs::read(&pack).unwrap();
     b[100] ^= 1;
@@ -569,18 +570,22 @@ fn walk_count(p: &Path) -> usize {
         .sum()
 }
 
-fn first_file(p: &Path) -> PathBuf {
+fn largest_file(p: &Path) -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
     let mut dirs = vec![p.to_path_buf()];
     while let Some(d) = dirs.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap()).collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 dirs.push(e.path());
             } else {
-                return e.path();
+                let len = e.metadata().unwrap().len();
+                if best.as_ref().is_none_or(|(b, _)| len > *b) {
+                    best = Some((len, e.path()));
+                }
             }
         }
     }
-    panic!("no file under {}", p.display())
+    best.unwrap_or_else(|| panic!("no file under {}", p.display()))
+        .1
 }
