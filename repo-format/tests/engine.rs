@@ -438,3 +438,25 @@ fn a_directory_recorded_under_another_name_keeps_its_parent_when_it_moves() {
     .unwrap_err();
     assert!(err.to_string().contains("exactly one path"), "{err}");
 }
+
+#[test]
+fn a_cancelled_backup_writes_no_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    let progress = repo_format::progress::Progress::default();
+    progress.cancel();
+    let err = repo_format::archiver::backup_with_progress(
+        &repo,
+        &BackupOptions {
+            paths: vec![src],
+            ..Default::default()
+        },
+        &progress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, repo_format::Error::Cancelled), "{err}");
+    assert!(repo.snapshots().unwrap().is_empty());
+}
