@@ -33,6 +33,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The admission webhook's certificate could not be made, read or used.
+    #[error("{what}: {reason}")]
+    Certificate {
+        /// The certificate or Secret.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// The metrics and health server could not serve.
     #[error("metrics server on {addr}: {source}")]
     Serve {
@@ -51,6 +59,7 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::Lease { .. } => "lease",
             Error::LostLeadership { .. } => "lost_leadership",
+            Error::Certificate { .. } => "certificate",
             Error::Serve { .. } => "serve",
         }
     }
