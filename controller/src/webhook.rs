@@ -58,6 +58,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::certs::CertSettings;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::security::HostPathAllowList;
@@ -158,6 +159,49 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Everything the webhook needs: its certificate (made or read, then kept
+/// current, with the `caBundle`) and the server. Runs until `shutdown`. A
+/// replica that cannot get its certificate (RBAC, a missing
+/// configuration) says so and tries again every few seconds, and the rest
+/// of the controller runs on meanwhile: rollout restores then find their
+/// pods without restore-wait and say so.
+pub async fn run(
+    client: Client,
+    certs: CertSettings,
+    settings: WebhookSettings,
+    metrics: Metrics,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let current = loop {
+        match crate::certs::prepare(&client, &certs).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "the restore-wait webhook cannot get its certificate; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+    };
+    let keeper = tokio::spawn(crate::certs::keep_current(
+        client.clone(),
+        certs,
+        current.clone(),
+        shutdown.clone(),
+    ));
+    let result = serve(
+        listener,
+        current.server_config(),
+        router(client, settings, metrics),
+        shutdown,
+    )
+    .await;
+    keeper.abort();
+    result
 }
 
 fn is_transient(e: &std::io::Error) -> bool {
