@@ -140,6 +140,7 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
+        let stop = shutdown.clone();
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -151,10 +152,20 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            // On shutdown, finish the request in flight and close the
+            // connection: the apiserver keeps connections alive, and must
+            // not go on being served by a stopped webhook.
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "webhook connection ended");
             }
         });
