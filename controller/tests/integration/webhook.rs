@@ -503,15 +503,14 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
         .await
         .unwrap();
     assert!(
-        pg.spec
+        !pg.spec
             .unwrap()
             .template
             .metadata
             .unwrap()
             .labels
             .unwrap()
-            .get(LABEL_RESTORE_SESSION)
-            .is_none(),
+            .contains_key(LABEL_RESTORE_SESSION),
         "a refused rollout leaves the workload alone"
     );
 
