@@ -41,6 +41,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The webhook cannot tell what to inject.
+    #[error("{what}: {reason}")]
+    Webhook {
+        /// The object it looked at.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// The metrics and health server could not serve.
     #[error("metrics server on {addr}: {source}")]
     Serve {
@@ -60,6 +68,7 @@ impl Error {
             Error::Lease { .. } => "lease",
             Error::LostLeadership { .. } => "lost_leadership",
             Error::Certificate { .. } => "certificate",
+            Error::Webhook { .. } => "webhook",
             Error::Serve { .. } => "serve",
         }
     }

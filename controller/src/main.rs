@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use stash_controller::certs::{self, CertSettings};
-use stash_controller::webhook::{self, WebhookSettings};
+use stash_controller::webhook::{self, RestoreWaitImage, WebhookSettings};
 use stash_controller::{metrics, HostPathAllowList, LeaseConfig, Metrics, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -49,9 +49,14 @@ struct Args {
     /// without restore-wait, and wait.
     #[arg(long)]
     no_webhook: bool,
-    /// Image of the restore-wait init container: the agent's image.
+    /// Image of the restore-wait init container; by default the image of
+    /// the agent DaemonSet's container (--agent-daemonset).
     #[arg(long, env = "STASH_RESTORE_WAIT_IMAGE")]
     restore_wait_image: Option<String>,
+    /// The agent DaemonSet (in the controller's namespace) whose image the
+    /// restore-wait init container runs, unless --restore-wait-image.
+    #[arg(long, default_value = "stash-agent")]
+    agent_daemonset: String,
     /// Secret (in the controller's namespace) holding the webhook's CA and
     /// serving certificate; generated when missing, or made by cert-manager.
     #[arg(long, default_value = "stash-webhook-tls")]
@@ -120,10 +125,13 @@ async fn main() -> anyhow::Result<()> {
     let webhook = if args.no_webhook {
         None
     } else {
-        let image = args.restore_wait_image.clone().context(
-            "--restore-wait-image (STASH_RESTORE_WAIT_IMAGE) is required: the agent's image, \
-             for the restore-wait init container (or --no-webhook)",
-        )?;
+        let image = match args.restore_wait_image.clone() {
+            Some(i) => RestoreWaitImage::Fixed(i),
+            None => RestoreWaitImage::FromDaemonSet {
+                namespace: args.lease_namespace.clone(),
+                name: args.agent_daemonset.clone(),
+            },
+        };
         let listener = tokio::net::TcpListener::bind(args.webhook_addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.webhook_addr))?;

@@ -39,6 +39,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, Pod, ResourceRequirements, SeccompProfile, SecurityContext,
     VolumeMount,
@@ -72,11 +73,48 @@ const MAX_CONNECTIONS: usize = 64;
 /// How long a client may take for the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the init container's image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreWaitImage {
+    /// This image.
+    Fixed(String),
+    /// The image of the first container of this DaemonSet (the agent's),
+    /// read at each admission, so it follows the agent's upgrades.
+    FromDaemonSet {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl RestoreWaitImage {
+    /// The image, now.
+    pub async fn resolve(&self, client: &Client) -> Result<String> {
+        let (ns, name) = match self {
+            RestoreWaitImage::Fixed(i) => return Ok(i.clone()),
+            RestoreWaitImage::FromDaemonSet { namespace, name } => (namespace, name),
+        };
+        let ds = Api::<DaemonSet>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .map_err(crate::error::kube_err("get agent DaemonSet", ns, name))?;
+        ds.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.image)
+            .ok_or_else(|| Error::Webhook {
+                what: format!("DaemonSet {ns}/{name}"),
+                reason: "its pod template names no container image".into(),
+            })
+    }
+}
+
 /// What the webhook injects.
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
     /// Image of the init container: the agent's (`stash restore-wait`).
-    pub restore_wait_image: String,
+    pub restore_wait_image: RestoreWaitImage,
     /// hostPath volumes outside this list are never restored, so never
     /// waited for.
     pub host_paths: HostPathAllowList,
@@ -301,7 +339,20 @@ async fn admit(
             return (allow, "error");
         }
     };
-    match injection(pod, &ns, &rs, &state.settings) {
+    let image = match state
+        .settings
+        .restore_wait_image
+        .resolve(&state.client)
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(pod = %format!("{ns}/{pod_name}"), error = %e,
+                "cannot tell the restore-wait image; admitting the pod without restore-wait");
+            return (allow, "error");
+        }
+    };
+    match injection(pod, &ns, &rs, &image, &state.settings.host_paths) {
         Injection::Skip { warning } => {
             let mut r = allow;
             if let Some(w) = warning {
@@ -398,7 +449,8 @@ pub fn injection(
     pod: &Pod,
     ns: &str,
     rs: &RestoreSession,
-    settings: &WebhookSettings,
+    image: &str,
+    host_paths: &HostPathAllowList,
 ) -> Injection {
     let session = format!(
         "RestoreSession {ns}/{}",
@@ -434,7 +486,7 @@ pub fn injection(
     {
         return skip(None);
     }
-    let volumes = target_volumes(pod, rs, &settings.host_paths);
+    let volumes = target_volumes(pod, rs, host_paths);
     if volumes.is_empty() {
         return skip(Some(format!(
             "{session} restores no volume of this pod (list them in spec.volumes, or opt them in \
@@ -484,7 +536,7 @@ pub fn injection(
     let q = |s: &str| Quantity(s.to_owned());
     let container = Container {
         name: RESTORE_WAIT_CONTAINER.to_owned(),
-        image: Some(settings.restore_wait_image.clone()),
+        image: Some(image.to_owned()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(args),
         volume_mounts: Some(mounts),
@@ -530,11 +582,10 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn settings() -> WebhookSettings {
-        WebhookSettings {
-            restore_wait_image: "registry.example.com/stash-agent:1.0".into(),
-            host_paths: HostPathAllowList::new([PathBuf::from("/srv")]),
-        }
+    const IMAGE: &str = "registry.example.com/stash-agent:1.0";
+
+    fn allow() -> HostPathAllowList {
+        HostPathAllowList::new([PathBuf::from("/srv")])
     }
 
     fn session(rollout: bool, finished: bool, volumes: Value) -> RestoreSession {
@@ -588,7 +639,8 @@ mod tests {
             &web_pod(spec()),
             "shop",
             &session(true, false, json!([])),
-            &settings(),
+            IMAGE,
+            &allow(),
         ) else {
             panic!("no injection")
         };
@@ -630,7 +682,8 @@ mod tests {
             &web_pod(s),
             "shop",
             &session(true, false, json!([])),
-            &settings(),
+            IMAGE,
+            &allow(),
         ) else {
             panic!("no injection")
         };
@@ -645,7 +698,8 @@ mod tests {
                 false,
                 json!([{"source": "old", "target": "cache"}, {"source": "x", "target": "nope"}]),
             ),
-            &settings(),
+            IMAGE,
+            &allow(),
         ) else {
             panic!("no injection")
         };
@@ -654,10 +708,11 @@ mod tests {
 
     #[test]
     fn leaves_pods_outside_the_restore_alone() {
-        let skip = |pod: Pod, rs: RestoreSession| match injection(&pod, "shop", &rs, &settings()) {
-            Injection::Skip { warning } => warning,
-            p => panic!("injected: {p:?}"),
-        };
+        let skip =
+            |pod: Pod, rs: RestoreSession| match injection(&pod, "shop", &rs, IMAGE, &allow()) {
+                Injection::Skip { warning } => warning,
+                p => panic!("injected: {p:?}"),
+            };
         // A finished restore, or one without rollout.
         assert_eq!(skip(web_pod(spec()), session(true, true, json!([]))), None);
         assert!(skip(web_pod(spec()), session(false, false, json!([])))

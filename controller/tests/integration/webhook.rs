@@ -72,7 +72,7 @@ fn start_webhook(
         webhook_configuration: Some("stash-controller".into()),
     };
     let settings = WebhookSettings {
-        restore_wait_image: IMAGE.into(),
+        restore_wait_image: webhook::RestoreWaitImage::Fixed(IMAGE.into()),
         host_paths: HostPathAllowList::default(),
     };
     let handle = tokio::spawn({
