@@ -64,7 +64,8 @@ pub use repository::{
 };
 pub use restore_session::{
     OverwritePolicy, RestoreItem, RestoreSession, RestoreSessionSpec, RestoreSessionStatus,
-    RestoreTarget, SourceIdentity, VolumeMapping,
+    RestoreTarget, SourceIdentity, VolumeMapping, ANNOTATION_RESTORE_SESSION,
+    LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
 };
 
 /// The API group of every Stash resource.

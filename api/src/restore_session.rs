@@ -33,6 +33,7 @@ use crate::common::{Claim, ItemPhase, RepositoryReference, SessionPhase};
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a RestoreSession's spec cannot change; create a new session"))]
 #[x_kube(validation = Rule::new("!has(self.before) || self.snapshot == 'latest'").message("before applies only to snapshot \"latest\""))]
+#[x_kube(validation = Rule::new("!has(self.rollout) || !self.rollout || has(self.target.workload)").message("rollout applies only to a workload target"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSessionSpec {
     /// The Repository to restore from.
@@ -71,7 +72,27 @@ pub struct RestoreSessionSpec {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("timeout must be a duration such as \"90s\", \"30m\", \"1h30m\" or \"2d\""))]
     #[schemars(length(min = 2, max = 32))]
     pub timeout: Option<String>,
+    /// With a workload target: restart the workload (a rollout) and restore
+    /// into its new pods before their containers start. The controller marks
+    /// the pod template with [`LABEL_RESTORE_SESSION`] and
+    /// [`ANNOTATION_RESTORE_SESSION`]; its admission webhook gives each new
+    /// pod of the workload the `stash restore-wait` init container, and the
+    /// restore waits for each of the workload's desired replicas. Without
+    /// it, the data goes into the workload's pods as they are, running or
+    /// not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollout: bool,
 }
+
+/// Pod-template label (and so pod label) naming the RestoreSession whose
+/// rollout created the pod; the controller's admission webhook is called
+/// only for pods carrying it.
+pub const LABEL_RESTORE_SESSION: &str = "stash.rs/restore-session";
+/// Pod-template annotation naming the RestoreSession that restarted the
+/// workload, with the time: changing it is what starts the rollout.
+pub const ANNOTATION_RESTORE_SESSION: &str = "stash.rs/restore-session";
+/// Name of the init container that waits for the restore.
+pub const RESTORE_WAIT_CONTAINER: &str = "stash-restore-wait";
 
 fn default_snapshot() -> String {
     "latest".to_owned()

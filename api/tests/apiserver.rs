@@ -234,6 +234,24 @@ async fn apiserver_admits_good_objects_and_refuses_bad_ones() {
         message.contains("snapshot must be \"latest\" or a snapshot id"),
         "{message}"
     );
+    // Issue 7: a rollout restarts a workload; a pod or claim has none.
+    let message = create::<RestoreSession>(
+        &client,
+        "bad-rollout",
+        with(restore.clone(), "/rollout", json!(true)),
+    )
+    .await
+    .expect_err("rollout of a pod");
+    assert!(
+        message.contains("rollout applies only to a workload target"),
+        "{message}"
+    );
+    let workload = json!({"repository": {"name": "main"}, "rollout": true,
+        "target": {"workload": {"kind": "StatefulSet", "name": "db"}}});
+    let stored = create::<RestoreSession>(&client, "rollout", workload)
+        .await
+        .expect("a rollout of a workload");
+    assert_eq!(stored["spec"]["rollout"], true);
 
     // BackupSession: the spec cannot change after creation.
     create::<BackupSession>(&client, "run-1", json!({"backupConfiguration": "good"}))

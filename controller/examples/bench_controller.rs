@@ -145,6 +145,8 @@ async fn main() -> anyhow::Result<()> {
             "default",
             "--metrics-addr",
             "127.0.0.1:0",
+            // Scheduling is measured; the webhook serves no pod here.
+            "--no-webhook",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

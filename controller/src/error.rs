@@ -33,6 +33,22 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The admission webhook's certificate could not be made, read or used.
+    #[error("{what}: {reason}")]
+    Certificate {
+        /// The certificate or Secret.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The webhook cannot tell what to inject.
+    #[error("{what}: {reason}")]
+    Webhook {
+        /// The object it looked at.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// The metrics and health server could not serve.
     #[error("metrics server on {addr}: {source}")]
     Serve {
@@ -51,6 +67,8 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::Lease { .. } => "lease",
             Error::LostLeadership { .. } => "lost_leadership",
+            Error::Certificate { .. } => "certificate",
+            Error::Webhook { .. } => "webhook",
             Error::Serve { .. } => "serve",
         }
     }

@@ -18,12 +18,17 @@
 //! - [`finalizers`] hold back the deletion of a BackupConfiguration while
 //!   its sessions run, and of a Repository while configurations use it;
 //! - [`leader`] elects one scheduling replica with a Lease;
+//! - [`webhook`] (on every replica, leader or not) gives the new pods of a
+//!   workload restored with `spec.rollout` the `stash restore-wait` init
+//!   container; [`certs`] keeps its TLS certificate and the apiserver's
+//!   trust in it;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
 //! [`run`] ties them together; `main.rs` only parses flags and builds the
 //! client, listener and shutdown token it passes in.
 
 pub mod auto_backup;
+pub mod certs;
 pub mod conditions;
 pub mod error;
 pub mod finalizers;
@@ -38,6 +43,7 @@ pub mod targets;
 #[cfg(test)]
 mod testing;
 pub mod time;
+pub mod webhook;
 
 use std::sync::Arc;
 

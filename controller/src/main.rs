@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use stash_controller::certs::{self, CertSettings};
+use stash_controller::webhook::{self, RestoreWaitImage, WebhookSettings};
 use stash_controller::{metrics, HostPathAllowList, LeaseConfig, Metrics, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,35 @@ struct Args {
     /// Objects of each kind reconciled at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// Address of the restore-wait admission webhook (HTTPS), served by
+    /// every replica.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// Do not serve the webhook: rollout restores then find their pods
+    /// without restore-wait, and wait.
+    #[arg(long)]
+    no_webhook: bool,
+    /// Image of the restore-wait init container; by default the image of
+    /// the agent DaemonSet's container (--agent-daemonset).
+    #[arg(long, env = "STASH_RESTORE_WAIT_IMAGE")]
+    restore_wait_image: Option<String>,
+    /// The agent DaemonSet (in the controller's namespace) whose image the
+    /// restore-wait init container runs, unless --restore-wait-image.
+    #[arg(long, default_value = "stash-agent")]
+    agent_daemonset: String,
+    /// Secret (in the controller's namespace) holding the webhook's CA and
+    /// serving certificate; generated when missing, or made by cert-manager.
+    #[arg(long, default_value = "stash-webhook-tls")]
+    webhook_secret: String,
+    /// Service in front of the webhook: the DNS names of a generated
+    /// certificate.
+    #[arg(long, default_value = "stash-controller-webhook")]
+    webhook_service: String,
+    /// MutatingWebhookConfiguration whose caBundle the controller sets to
+    /// the Secret's ca.crt; empty to leave it alone (cert-manager's CA
+    /// injector sets it).
+    #[arg(long, default_value = "stash-controller")]
+    webhook_configuration: String,
 }
 
 #[tokio::main]
@@ -91,9 +122,42 @@ async fn main() -> anyhow::Result<()> {
 
     let metrics = Metrics::default();
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
+    let webhook = if args.no_webhook {
+        None
+    } else {
+        let image = match args.restore_wait_image.clone() {
+            Some(i) => RestoreWaitImage::Fixed(i),
+            None => RestoreWaitImage::FromDaemonSet {
+                namespace: args.lease_namespace.clone(),
+                name: args.agent_daemonset.clone(),
+            },
+        };
+        let listener = tokio::net::TcpListener::bind(args.webhook_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.webhook_addr))?;
+        let certs = CertSettings {
+            namespace: args.lease_namespace.clone(),
+            secret: args.webhook_secret.clone(),
+            dns_names: certs::service_dns_names(&args.webhook_service, &args.lease_namespace),
+            webhook_configuration: Some(args.webhook_configuration.clone())
+                .filter(|c| !c.is_empty()),
+        };
+        let settings = WebhookSettings {
+            restore_wait_image: image,
+            host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
+        };
+        Some(tokio::spawn(webhook::run(
+            client.clone(),
+            certs,
+            settings,
+            metrics.clone(),
+            listener,
+            shutdown.clone(),
+        )))
+    };
     let settings = Settings {
         identity: identity.clone(),
-        host_paths: HostPathAllowList::new(args.allow_host_paths),
+        host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
         concurrency: args.concurrency.max(1),
     };
     let lease = LeaseConfig {
@@ -106,6 +170,9 @@ async fn main() -> anyhow::Result<()> {
     let result = stash_controller::run(client, settings, lease, metrics, shutdown.clone()).await;
     shutdown.cancel();
     server.await.context("metrics server task")??;
+    if let Some(w) = webhook {
+        w.await.context("webhook task")??;
+    }
     result.context("controller stopped")
 }
 

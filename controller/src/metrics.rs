@@ -33,6 +33,9 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Status writes refused because an agent wrote the object meanwhile.
     pub status_conflicts: IntCounter,
+    /// Pod admissions the webhook answered, by outcome (`injected`,
+    /// `skipped`, `error`).
+    pub admissions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -74,8 +77,17 @@ impl Default for Metrics {
             "Session status writes that found the object changed (by an agent) and decided again",
         )
         .expect("valid metric");
+        let admissions = IntCounterVec::new(
+            Opts::new(
+                "webhook_admissions_total",
+                "Pod creations the restore-wait webhook answered, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(admissions.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(sessions_created.clone()),
             Box::new(ticks_skipped.clone()),
@@ -94,6 +106,7 @@ impl Default for Metrics {
             schedule_latency,
             leader,
             status_conflicts,
+            admissions,
         }
     }
 }

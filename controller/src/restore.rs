@@ -21,11 +21,25 @@
 //!   Refusals are conditions and Warning events.
 //! - Waiting: a target pod need not run (it may sit in the `stash
 //!   restore-wait` init container until the agent's marker releases it),
-//!   but it must be scheduled, and a workload must have all its pods. Until
-//!   then the session stays Pending with `Ready=False WaitingForTarget`,
-//!   looked at again every few seconds; `spec.timeout` (counted from the
-//!   session's creation) bounds the wait and the whole restore: at the
-//!   deadline, unscheduled pods' items and unfinished items fail.
+//!   but it must be scheduled. A pod or claim target waits until its pods
+//!   exist and are scheduled, Pending with `Ready=False WaitingForTarget`,
+//!   looked at again every few seconds. A workload target gets items pod by
+//!   pod, as each appears and is scheduled (an OrderedReady StatefulSet
+//!   creates pod N+1 only once pod N, restored, is Ready), and is over once
+//!   each of its desired replicas has been restored into. `spec.timeout`
+//!   (counted from the session's creation) bounds the wait and the whole
+//!   restore: at the deadline, unscheduled pods' items and unfinished items
+//!   fail, and replicas that never appeared count as failed.
+//! - Rollout (`spec.rollout`, workload targets): the controller first marks
+//!   the workload's pod template with the `stash.rs/restore-session` label
+//!   and annotation, which restarts it; the admission webhook
+//!   ([`crate::webhook`]) gives its new pods the restore-wait init
+//!   container; only those pods are restored into. A new pod that came
+//!   without it (the webhook was down) is not restored into, and a
+//!   `RestoreWaitMissing` condition and Warning event say to delete it. A
+//!   rollout that would restore into a claim still in use (a Deployment
+//!   updating with RollingUpdate, or several replicas sharing one claim) is
+//!   refused with the reason.
 //!
 //! Status writes are conditional on `resourceVersion`, as for backups (see
 //! [`crate::session`]).
@@ -35,15 +49,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use stash_api::annotations::opted_in_volumes;
 use stash_api::{
     identity, parse_duration, ItemPhase, RestoreItem, RestoreSession, RestoreSessionStatus,
-    SessionPhase,
+    SessionPhase, WorkloadKind, WorkloadReference, ANNOTATION_RESTORE_SESSION,
+    LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
 };
 
 use crate::error::{kube_err, Error, Result};
@@ -95,10 +111,12 @@ async fn step(rs: &RestoreSession, ctx: &Context) -> Result<Option<Action>> {
     let now = Utc::now();
     let deadline = deadline(rs);
     let mut status = old.clone();
-    let (action, notes) = if old.start_time.is_none() {
+    let (action, notes) = if let Some(w) = &rs.spec.target.workload {
+        workload_step(rs, w, ctx, &mut status, now, deadline).await?
+    } else if old.start_time.is_none() {
         start(rs, ctx, &mut status, now, deadline).await?
     } else {
-        decide(&mut status, now, deadline)
+        decide(&mut status, now, deadline, 0)
     };
     let api: Api<RestoreSession> =
         Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
@@ -242,7 +260,7 @@ async fn start(
         generation,
         to_time(now),
     );
-    let (action, more) = decide(status, now, deadline);
+    let (action, more) = decide(status, now, deadline, 0);
     notes.extend(more);
     Ok((action, notes))
 }
@@ -291,25 +309,6 @@ async fn target(
             .is_empty()
             .then(|| format!("no pod mounts PersistentVolumeClaim {ns}/{claim} yet"));
         (pods, why)
-    } else if let Some(w) = &t.workload {
-        match workload_pods(&ctx.client, ns, w.kind, &w.name).await? {
-            None => (
-                Vec::new(),
-                Some(format!("{:?} {ns}/{} does not exist yet", w.kind, w.name)),
-            ),
-            Some(found) => {
-                let why = (found.pods.len() < found.desired || found.pods.is_empty()).then(|| {
-                    format!(
-                        "{:?} {ns}/{} has {} of its {} pod(s)",
-                        w.kind,
-                        w.name,
-                        found.pods.len(),
-                        found.desired.max(1)
-                    )
-                });
-                (found.pods, why)
-            }
-        }
     } else {
         (Vec::new(), Some("the target names nothing".to_owned()))
     };
@@ -330,6 +329,400 @@ async fn target(
     Ok((pods, waiting))
 }
 
+/// Condition type set once the controller has restarted the workload for
+/// a rollout restore (it does so once).
+pub const CONDITION_ROLLOUT: &str = "RolloutStarted";
+/// Condition type naming the pods of a rollout created without the
+/// restore-wait init container.
+pub const CONDITION_RESTORE_WAIT_MISSING: &str = "RestoreWaitMissing";
+
+fn has_restore_wait(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .any(|c| c.name == RESTORE_WAIT_CONTAINER)
+}
+
+fn waiting(
+    status: &mut RestoreSessionStatus,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+    why: String,
+) {
+    conditions::set(
+        &mut status.conditions,
+        "Ready",
+        false,
+        "WaitingForTarget",
+        format!(
+            "{why}{}",
+            deadline
+                .map(|d| format!("; waiting until {}", d.to_rfc3339()))
+                .unwrap_or_default()
+        ),
+        generation,
+        to_time(now),
+    );
+}
+
+/// A workload target: pods get items as they appear and are scheduled (a
+/// StatefulSet with OrderedReady creates the next pod only once the one
+/// before is restored and Ready); the restore is over once every desired
+/// replica has its items and they are all finished, or at the deadline.
+/// With `spec.rollout`, the workload is restarted first, and only its new
+/// pods (labelled with this session and given restore-wait by the webhook)
+/// are restored into.
+async fn workload_step(
+    rs: &RestoreSession,
+    w: &WorkloadReference,
+    ctx: &Context,
+    status: &mut RestoreSessionStatus,
+    now: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+) -> Result<(Action, Vec<Note>)> {
+    let ns = rs.namespace().unwrap_or_default();
+    let name = rs.name_any();
+    let generation = rs.metadata.generation;
+    let user = format!("RestoreSession {ns}/{name}");
+    let workload = format!("{:?} {ns}/{}", w.kind, w.name);
+    let mut notes = Vec::new();
+    if status.start_time.is_none() {
+        let repo = match check_repository(ctx, &ns, &user, &rs.spec.repository).await? {
+            Ok(repo) => repo,
+            Err(r) => return Ok(fail(status, now, generation, r.reason, r.message)),
+        };
+        if let Err(r) = source_allowed(rs, &ns, repo.metadata.namespace.as_deref(), &user) {
+            return Ok(fail(status, now, generation, r.reason, r.message));
+        }
+    }
+    let expired = deadline.is_some_and(|d| now >= d);
+    let Some(found) = workload_pods(&ctx.client, &ns, w.kind, &w.name).await? else {
+        let why = format!("{workload} does not exist");
+        if !expired {
+            waiting(status, generation, now, deadline, format!("{why} yet"));
+            return Ok((Action::requeue(WAIT_POLL), notes));
+        }
+        if status.items.is_empty() {
+            return Ok(fail(
+                status,
+                now,
+                generation,
+                "TargetNotFound",
+                format!("{user}: {why} (spec.timeout passed)"),
+            ));
+        }
+        return Ok(decide(status, now, deadline, 1));
+    };
+    let desired = found.desired.max(1);
+    if rs.spec.rollout && conditions::get(&status.conditions, CONDITION_ROLLOUT).is_none() {
+        let hint = match start_rollout(ctx, rs, w, &ns, desired).await? {
+            Ok(hint) => hint,
+            Err(message) => {
+                return Ok(fail(
+                    status,
+                    now,
+                    generation,
+                    "RolloutRefused",
+                    format!("{user}: {message}"),
+                ))
+            }
+        };
+        let message = format!(
+            "{workload} restarted: its pod template carries {LABEL_RESTORE_SESSION}={name}, and \
+             its new pods get the {RESTORE_WAIT_CONTAINER} init container{hint}"
+        );
+        conditions::set(
+            &mut status.conditions,
+            CONDITION_ROLLOUT,
+            true,
+            "Restarted",
+            message.clone(),
+            generation,
+            to_time(now),
+        );
+        notes.push(Note {
+            type_: EventType::Normal,
+            reason: CONDITION_ROLLOUT.into(),
+            message,
+        });
+        waiting(
+            status,
+            generation,
+            now,
+            deadline,
+            format!("waiting for the new pods of {workload}"),
+        );
+        return Ok((Action::requeue(WAIT_POLL), notes));
+    }
+
+    let mut pods: Vec<Pod> = found
+        .pods
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let mut bypassed = Vec::new();
+    if rs.spec.rollout {
+        // Only the pods the rollout created; the old ones are going away.
+        pods.retain(|p| {
+            p.labels().get(LABEL_RESTORE_SESSION).map(String::as_str) == Some(name.as_str())
+        });
+        pods.retain(|p| {
+            let ok = has_restore_wait(p);
+            if !ok {
+                bypassed.push(p.name_any());
+            }
+            ok
+        });
+    }
+    let scheduled = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    let unscheduled: Vec<String> = pods
+        .iter()
+        .filter(|p| !scheduled(p))
+        .map(|p| p.name_any())
+        .collect();
+    // At the deadline unscheduled pods are resolved too: into failed items
+    // that say why.
+    let eligible: Vec<&Pod> = pods.iter().filter(|p| expired || scheduled(p)).collect();
+    let mut claims: BTreeSet<String> = status
+        .items
+        .iter()
+        .filter_map(|i| {
+            let p = pods.iter().find(|p| p.name_any() == i.pod)?;
+            identity::volume_claim(p, &i.volume).map(str::to_owned)
+        })
+        .collect();
+    let known: BTreeSet<&str> = status.items.iter().map(|i| i.pod.as_str()).collect();
+    let new: Vec<Pod> = eligible
+        .iter()
+        .filter(|p| !known.contains(p.name_any().as_str()))
+        .map(|p| (*p).clone())
+        .collect();
+    let resolution = resolve_more_items(rs, &new, &ctx.settings.host_paths, &mut claims);
+    if !resolution.refused.is_empty() {
+        let message = resolution.refused.join("; ");
+        conditions::set(
+            &mut status.conditions,
+            "HostPathNotAllowed",
+            true,
+            "HostPathNotAllowed",
+            message.clone(),
+            generation,
+            to_time(now),
+        );
+        notes.push(Note {
+            type_: EventType::Warning,
+            reason: "HostPathNotAllowed".into(),
+            message,
+        });
+    }
+    let added = resolution.items.len();
+    status.items.extend(resolution.items);
+
+    if !bypassed.is_empty() {
+        let message = format!(
+            "pod(s) {} of {workload} were created without the {RESTORE_WAIT_CONTAINER} init \
+             container (the admission webhook was unreachable, and its failurePolicy Ignore \
+             admitted them): their containers may already use the volumes, so nothing is \
+             restored into them. Delete them; {workload} creates them again, through the webhook",
+            bypassed.join(", ")
+        );
+        if conditions::get(&status.conditions, CONDITION_RESTORE_WAIT_MISSING)
+            .is_none_or(|c| c.message != message)
+        {
+            notes.push(Note {
+                type_: EventType::Warning,
+                reason: CONDITION_RESTORE_WAIT_MISSING.into(),
+                message: message.clone(),
+            });
+        }
+        conditions::set(
+            &mut status.conditions,
+            CONDITION_RESTORE_WAIT_MISSING,
+            true,
+            "PodsWithoutRestoreWait",
+            message,
+            generation,
+            to_time(now),
+        );
+    } else if conditions::get(&status.conditions, CONDITION_RESTORE_WAIT_MISSING)
+        .is_some_and(|c| c.status == "True")
+    {
+        conditions::set(
+            &mut status.conditions,
+            CONDITION_RESTORE_WAIT_MISSING,
+            false,
+            "AllPodsWait",
+            "every pod of the rollout has the restore-wait init container",
+            generation,
+            to_time(now),
+        );
+    }
+
+    let covered = eligible.len();
+    let missing = desired.saturating_sub(covered);
+    let mut why = format!("{workload} has {covered} of its {desired} pod(s)");
+    if rs.spec.rollout {
+        why.push_str(" from the rollout");
+    }
+    if !unscheduled.is_empty() {
+        why.push_str(&format!(
+            "; pod(s) {} not scheduled to a node yet",
+            unscheduled.join(", ")
+        ));
+    }
+    if status.items.is_empty() {
+        if !new.is_empty() && added == 0 {
+            let message = format!(
+                "nothing to restore: {} target pod(s), and no volume to restore into{}",
+                new.len(),
+                if rs.spec.volumes.is_empty() {
+                    " (list the volumes in spec.volumes, or opt them in with the stash.rs/backup-volumes pod annotation)"
+                } else {
+                    ""
+                }
+            );
+            let (action, more) = fail(status, now, generation, "NoVolumes", message);
+            notes.extend(more);
+            return Ok((action, notes));
+        }
+        if expired {
+            let (action, more) = fail(
+                status,
+                now,
+                generation,
+                "TargetNotFound",
+                format!("{user}: {why} (spec.timeout passed)"),
+            );
+            notes.extend(more);
+            return Ok((action, notes));
+        }
+        waiting(status, generation, now, deadline, why);
+        return Ok((Action::requeue(WAIT_POLL), notes));
+    }
+    if status.start_time.is_none() {
+        status.start_time = Some(to_time(now));
+        status.phase = SessionPhase::Running;
+    }
+    if missing == 0 {
+        conditions::set(
+            &mut status.conditions,
+            "Ready",
+            true,
+            "Resolved",
+            format!(
+                "{} volume(s) of {covered} pod(s) assigned to their nodes' agents",
+                status.items.len()
+            ),
+            generation,
+            to_time(now),
+        );
+    } else {
+        waiting(status, generation, now, deadline, why);
+    }
+    let (action, more) = decide(status, now, deadline, missing);
+    notes.extend(more);
+    Ok((action, notes))
+}
+
+/// The API resource of a workload kind.
+fn workload_resource(kind: WorkloadKind) -> ApiResource {
+    match kind {
+        WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+    }
+}
+
+/// Restarts the workload by marking its pod template with the session
+/// (label and annotation); idempotent. `Ok(Err(why))` when a rollout
+/// restore of it would be unsafe; `Ok(Ok(hint))` with what the user may
+/// have to do.
+async fn start_rollout(
+    ctx: &Context,
+    rs: &RestoreSession,
+    w: &WorkloadReference,
+    ns: &str,
+    desired: usize,
+) -> Result<std::result::Result<String, String>> {
+    let name = rs.name_any();
+    let workload = format!("{:?} {ns}/{}", w.kind, w.name);
+    if name.len() > 63 {
+        return Ok(Err(format!(
+            "a rollout restore's name becomes the {LABEL_RESTORE_SESSION} pod label, at most 63 \
+             characters; {name:?} has {}",
+            name.len()
+        )));
+    }
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &workload_resource(w.kind));
+    let Some(obj) = api
+        .get_opt(&w.name)
+        .await
+        .map_err(kube_err("get workload", ns, &w.name))?
+    else {
+        return Ok(Err(format!("{workload} does not exist")));
+    };
+    let spec = &obj.data["spec"];
+    let template: PodTemplateSpec =
+        serde_json::from_value(spec["template"].clone()).unwrap_or_default();
+    let targets: Vec<String> = if rs.spec.volumes.is_empty() {
+        opted_in_volumes(
+            template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.as_ref()),
+        )
+    } else {
+        rs.spec.volumes.iter().map(|m| m.target.clone()).collect()
+    };
+    let claims: Vec<&str> = template
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter(|v| targets.contains(&v.name))
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
+        .collect();
+    if let Some(claim) = claims.first() {
+        if w.kind != WorkloadKind::StatefulSet && desired > 1 {
+            return Ok(Err(format!(
+                "the {desired} pods of {workload} share PersistentVolumeClaim {claim}: it is \
+                 restored once, and each new pod would wait for the one marker the first of \
+                 them removes. Scale {workload} to 1 replica for the restore, or restore the \
+                 claim (target.persistentVolumeClaim) without a rollout"
+            )));
+        }
+        if w.kind == WorkloadKind::Deployment
+            && spec["strategy"]["type"].as_str().unwrap_or("RollingUpdate") != "Recreate"
+        {
+            return Ok(Err(format!(
+                "{workload} updates with strategy RollingUpdate: its old pod keeps running on \
+                 PersistentVolumeClaim {claim} while the new one is restored into it. Set \
+                 spec.strategy.type: Recreate for the restore"
+            )));
+        }
+    }
+    let strategy = match w.kind {
+        WorkloadKind::Deployment => None,
+        _ => spec["updateStrategy"]["type"].as_str(),
+    };
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {
+        "labels": {LABEL_RESTORE_SESSION: name},
+        "annotations": {ANNOTATION_RESTORE_SESSION: format!("{name}/{}", rs.uid().unwrap_or_default())},
+    }}}});
+    api.patch(&w.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err("patch workload pod template", ns, &w.name))?;
+    Ok(Ok(if strategy == Some("OnDelete") {
+        "; its updateStrategy is OnDelete, so delete its pods to have them recreated and \
+         restored"
+            .to_owned()
+    } else {
+        String::new()
+    }))
+}
+
 /// The outcome of resolving a restore's pods into items.
 #[derive(Debug, Default, PartialEq)]
 pub struct RestoreResolution {
@@ -345,8 +738,18 @@ pub fn resolve_restore_items(
     pods: &[Pod],
     allow: &HostPathAllowList,
 ) -> RestoreResolution {
+    resolve_more_items(rs, pods, allow, &mut BTreeSet::new())
+}
+
+/// [`resolve_restore_items`] for pods added to a restore that already has
+/// items for the claims in `claims_done` (which grows by the new ones).
+pub fn resolve_more_items(
+    rs: &RestoreSession,
+    pods: &[Pod],
+    allow: &HostPathAllowList,
+    claims_done: &mut BTreeSet<String>,
+) -> RestoreResolution {
     let mut out = RestoreResolution::default();
-    let mut claims_done: BTreeSet<String> = BTreeSet::new();
     for pod in pods {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.name_any();
@@ -437,10 +840,15 @@ pub fn resolve_restore_items(
 
 /// Fails what outlived the deadline, updates progress, and sets the final
 /// phase once every item is finished.
+///
+/// `missing`: replicas of a workload target not yet seen (none restored
+/// into them); the session waits for them until the deadline, and counts
+/// them as failed after it.
 fn decide(
     status: &mut RestoreSessionStatus,
     now: DateTime<Utc>,
     deadline: Option<DateTime<Utc>>,
+    missing: usize,
 ) -> (Action, Vec<Note>) {
     let expired = deadline.is_some_and(|d| now >= d);
     if expired {
@@ -458,17 +866,22 @@ fn decide(
     let count = |p: ItemPhase| status.items.iter().filter(|i| i.phase == p).count();
     let (succeeded, failed) = (count(ItemPhase::Succeeded), count(ItemPhase::Failed));
     status.progress = Some(format!("{}/{total}", succeeded + failed));
-    if succeeded + failed < total {
-        let action = deadline
+    if succeeded + failed < total || (missing > 0 && !expired) {
+        let mut action = deadline
             .and_then(|d| (d - now).to_std().ok())
             .map(Action::requeue)
             .unwrap_or_else(Action::await_change);
+        if missing > 0 {
+            action = Action::requeue(WAIT_POLL);
+        }
         return (action, Vec::new());
     }
-    status.phase = match failed {
-        0 => SessionPhase::Succeeded,
-        f if f == total => SessionPhase::Failed,
-        _ => SessionPhase::PartiallyFailed,
+    status.phase = if failed == 0 && missing == 0 {
+        SessionPhase::Succeeded
+    } else if succeeded == 0 {
+        SessionPhase::Failed
+    } else {
+        SessionPhase::PartiallyFailed
     };
     status.completion_time = Some(to_time(now));
     let note = match status.phase {
@@ -480,7 +893,14 @@ fn decide(
         phase => Note {
             type_: EventType::Warning,
             reason: format!("{phase:?}"),
-            message: format!("{failed} of {total} volume(s) failed to restore"),
+            message: if missing > 0 {
+                format!(
+                    "{failed} of {total} volume(s) failed to restore, and {missing} replica(s) \
+                     of the workload did not appear before spec.timeout"
+                )
+            } else {
+                format!("{failed} of {total} volume(s) failed to restore")
+            },
         },
     };
     (Action::await_change(), vec![note])

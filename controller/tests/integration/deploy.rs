@@ -521,6 +521,21 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("get", "apps", "statefulsets", None),
             ("get", "apps", "daemonsets", None),
             ("get", "apps", "replicasets", None),
+            ("patch", "apps", "deployments", None),
+            ("patch", "apps", "statefulsets", None),
+            ("patch", "apps", "daemonsets", None),
+            (
+                "get",
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                Some("stash-controller"),
+            ),
+            (
+                "patch",
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                Some("stash-controller"),
+            ),
             ("create", "events.k8s.io", "events", None),
             ("patch", "events.k8s.io", "events", None),
             ("create", "coordination.k8s.io", "leases", None),
@@ -546,6 +561,27 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("update", "", "namespaces", None),
             ("list", "apps", "deployments", None),
             ("update", "apps", "deployments", None),
+            ("delete", "apps", "statefulsets", None),
+            ("patch", "apps", "replicasets", None),
+            ("get", "", "secrets", Some("stash-webhook-tls")),
+            (
+                "patch",
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                Some("someone-else"),
+            ),
+            (
+                "create",
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                None,
+            ),
+            (
+                "patch",
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                Some("stash-controller"),
+            ),
             ("create", "stash.rs", "restoresessions", None),
             ("create", "stash.rs", "repositories", None),
             ("delete", "stash.rs", "repositories", None),
@@ -566,6 +602,29 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         ],
     )
     .await;
+    // The webhook's Secret: create, and get by name, in stash-system only.
+    for (verb, name, want) in [
+        ("create", None, true),
+        ("get", Some("stash-webhook-tls"), true),
+        ("get", Some("repo-password"), false),
+        ("list", None, false),
+        ("update", Some("stash-webhook-tls"), false),
+    ] {
+        assert_eq!(
+            allowed(
+                &client,
+                "stash-controller",
+                verb,
+                "",
+                "secrets",
+                Some("stash-system"),
+                name
+            )
+            .await,
+            want,
+            "{verb} secrets {name:?} in stash-system"
+        );
+    }
     // The Lease rules are a Role of stash-system: nowhere else.
     assert!(
         !allowed(
@@ -669,6 +728,7 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         .env("POD_NAME", "stash-controller-test")
         .env("POD_NAMESPACE", "stash-system")
         .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(["--webhook-addr", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -695,7 +755,23 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             e.reason.as_deref() == Some("Scheduled")
                 && e.reporting_controller.as_deref() == Some("stash-controller")
         });
-        done = resolved("local") && resolved("remote") && scheduled_event;
+        // The webhook's certificate made and trusted under the same RBAC.
+        let ca_bundle = Api::<
+            k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+        >::all(client.clone())
+        .get("stash-controller")
+        .await
+        .unwrap()
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .all(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .is_some_and(|b| !b.0.is_empty())
+        });
+        done = resolved("local") && resolved("remote") && scheduled_event && ca_bundle;
     }
     let _ = controller.kill();
     let _ = controller.wait();
@@ -704,8 +780,8 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
     let tail = lines[lines.len().saturating_sub(30)..].join("\n");
     assert!(
         done,
-        "within 40 s the controller did not resolve sessions of both configurations \
-         and publish a Scheduled Event; its log ends:\n{tail}"
+        "within 40 s the controller did not resolve sessions of both configurations, \
+         publish a Scheduled Event and set the webhook's caBundle; its log ends:\n{tail}"
     );
     assert!(
         !text.to_lowercase().contains("forbidden"),

@@ -41,6 +41,9 @@ fn replica(kubeconfig: &std::path::Path, identity: &str, log: &std::path::Path) 
                 &RENEW_SECONDS.to_string(),
                 "--metrics-addr",
                 "127.0.0.1:0",
+                // Two replicas on one host: the webhook's fixed port would
+                // clash, and leadership does not concern it.
+                "--no-webhook",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -11,3 +11,4 @@ mod retention;
 mod schedule;
 mod security;
 mod sessions;
+mod webhook;

@@ -292,7 +292,9 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
         )]
     );
 
-    // A StatefulSet: waits for all its pods; identity is the workload's.
+    // A StatefulSet: items pod by pod as they appear (db-0 is restored
+    // while db-1 does not exist yet), done once both are; identity is the
+    // workload's.
     let sts: StatefulSet = create(
         &client,
         "team",
@@ -330,7 +332,7 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
     })
     .await;
     create::<Pod>(&client, "team", sts_pod(1)).await;
-    let st = restore_where(&client, "r-sts", "items", |st| !st.items.is_empty()).await;
+    let st = restore_where(&client, "r-sts", "items", |st| st.items.len() == 2).await;
     assert_eq!(
         rows(&st),
         [

@@ -1,0 +1,520 @@
+//! Issue 7, restore into a workload before its containers start: the real
+//! apiserver calls the controller's webhook (HTTPS on 127.0.0.1, trusted
+//! through the caBundle the controller sets), which gives the new pods of a
+//! workload restored with `rollout: true` the restore-wait init container;
+//! other pods are untouched; with the webhook down pods are still created
+//! (failurePolicy Ignore) and the restore says which pods lack it; an
+//! OrderedReady StatefulSet is restored pod by pod.
+//!
+//! There is no kube-controller-manager: the test creates the pods a
+//! ReplicaSet or StatefulSet controller would, from the workload's current
+//! pod template, with their ownerReferences.
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+use stash_api::{
+    ItemPhase, RestoreSession, RestoreSessionStatus, SessionPhase, LABEL_RESTORE_SESSION,
+    RESTORE_WAIT_CONTAINER,
+};
+use stash_controller::certs::CertSettings;
+use stash_controller::webhook::{self, WebhookSettings, MUTATE_PODS_PATH};
+use stash_controller::{HostPathAllowList, Metrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
+
+const IMAGE: &str = "registry.example.com/stash-agent:9.9";
+
+/// The webhook configuration of deploy/, pointed at `url` instead of the
+/// Service (there is no Service routing without kube-proxy).
+async fn webhook_configuration(client: &Client, url: &str) {
+    let cfg: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "stash-controller"},
+        "webhooks": [{
+            "name": "restore-wait.stash.rs",
+            "admissionReviewVersions": ["v1"],
+            "clientConfig": {"url": url},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "objectSelector": {"matchExpressions": [{"key": LABEL_RESTORE_SESSION, "operator": "Exists"}]},
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                "operator": "NotIn", "values": ["kube-system", "stash-system"]}]},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "timeoutSeconds": 5,
+            "reinvocationPolicy": "IfNeeded",
+        }],
+    }))
+    .unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &cfg)
+        .await
+        .unwrap();
+}
+
+/// Starts the webhook on `listener` as the controller's main does.
+fn start_webhook(
+    client: &Client,
+    listener: tokio::net::TcpListener,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let certs = CertSettings {
+        namespace: "stash-system".into(),
+        secret: "stash-webhook-tls".into(),
+        dns_names: vec!["127.0.0.1".into()],
+        webhook_configuration: Some("stash-controller".into()),
+    };
+    let settings = WebhookSettings {
+        restore_wait_image: webhook::RestoreWaitImage::Fixed(IMAGE.into()),
+        host_paths: HostPathAllowList::default(),
+    };
+    let handle = tokio::spawn({
+        let (client, shutdown) = (client.clone(), shutdown.clone());
+        async move {
+            webhook::run(
+                client,
+                certs,
+                settings,
+                Metrics::default(),
+                listener,
+                shutdown,
+            )
+            .await
+            .expect("the webhook serves");
+        }
+    });
+    (shutdown, handle)
+}
+
+async fn restore(client: &Client, name: &str, kind: &str, workload: &str) {
+    create::<RestoreSession>(
+        client,
+        "team",
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession", "metadata": {"name": name},
+               "spec": {"repository": {"name": "main"}, "rollout": true,
+                        "target": {"workload": {"kind": kind, "name": workload}}}}),
+    )
+    .await;
+}
+
+async fn status_where(
+    client: &Client,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&RestoreSessionStatus) -> bool,
+) -> RestoreSessionStatus {
+    let api: Api<RestoreSession> = Api::namespaced(client.clone(), "team");
+    eventually(Duration::from_secs(30), what, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let st = api.get(name).await.ok()?.status?;
+            pred(&st).then_some(st)
+        }
+    })
+    .await
+}
+
+/// Waits until the controller has marked the pod template; returns it.
+async fn marked_template(client: &Client, kind: &str, name: &str, session: &str) -> Value {
+    eventually(
+        Duration::from_secs(30),
+        "the pod template marked for the rollout",
+        || async {
+            let t = match kind {
+                "Deployment" => serde_json::to_value(
+                    Api::<Deployment>::namespaced(client.clone(), "team")
+                        .get(name)
+                        .await
+                        .ok()?
+                        .spec?
+                        .template,
+                ),
+                _ => serde_json::to_value(
+                    Api::<StatefulSet>::namespaced(client.clone(), "team")
+                        .get(name)
+                        .await
+                        .ok()?
+                        .spec?
+                        .template,
+                ),
+            }
+            .unwrap();
+            (t["metadata"]["labels"][LABEL_RESTORE_SESSION] == session
+                && t["metadata"]["annotations"][LABEL_RESTORE_SESSION]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with(&format!("{session}/"))))
+            .then_some(t)
+        },
+    )
+    .await
+}
+
+/// A pod from `template`, as the workload's controller would create it.
+async fn pod_from(
+    client: &Client,
+    template: &Value,
+    name: &str,
+    node: Option<&str>,
+    owner: (&str, &str, &str),
+    extra_labels: Value,
+) -> Pod {
+    let mut meta = template["metadata"].clone();
+    meta["name"] = json!(name);
+    for (k, v) in extra_labels.as_object().unwrap() {
+        meta["labels"][k] = v.clone();
+    }
+    meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": owner.0, "name": owner.1,
+        "uid": owner.2, "controller": true}]);
+    let mut spec = template["spec"].clone();
+    if let Some(n) = node {
+        spec["nodeName"] = json!(n);
+    }
+    create::<Pod>(
+        client,
+        "team",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}),
+    )
+    .await
+}
+
+fn init_containers(p: &Pod) -> Vec<Value> {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect()
+}
+
+/// Plays the agent: claims and finishes item `i` as Succeeded.
+async fn restored(client: &Client, session: &str, i: usize, st: &RestoreSessionStatus) {
+    let item = &st.items[i];
+    let mut ops = item_identity(i, "team", &item.pod, &item.volume);
+    ops.extend([
+        json!({"op": "test", "path": format!("/status/items/{i}/phase"), "value": "Pending"}),
+        json!({"op": "replace", "path": format!("/status/items/{i}/phase"), "value": "Succeeded"}),
+        json!({"op": "add", "path": format!("/status/items/{i}/claimedBy"), "value": "n/a/1"}),
+    ]);
+    agent_patch(client, "restoresessions", "team", session, json!(ops))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn rollout_restores_get_restore_wait_from_the_webhook() {
+    let (_env, client) = control_plane().await;
+    namespace(&client, "team", &[]).await;
+    namespace(&client, "stash-system", &[]).await;
+    repository(&client, "team", "main", None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    webhook_configuration(
+        &client,
+        &format!("https://127.0.0.1:{port}{MUTATE_PODS_PATH}"),
+    )
+    .await;
+    let (webhook_stop, webhook) = start_webhook(&client, listener);
+    let (shutdown, handle, _m) = start_controller(&client, settings());
+
+    // The controller generated the CA into its Secret and made the
+    // apiserver trust it.
+    let ca = eventually(Duration::from_secs(20), "the caBundle", || async {
+        let cfg = Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .get("stash-controller")
+            .await
+            .ok()?;
+        cfg.webhooks?[0].client_config.ca_bundle.clone()
+    })
+    .await;
+    let secret = Api::<Secret>::namespaced(client.clone(), "stash-system")
+        .get("stash-webhook-tls")
+        .await
+        .unwrap();
+    assert_eq!(secret.data.unwrap()["ca.crt"], ca);
+
+    // A Deployment with an opted-in emptyDir, mounted by its app at /cache.
+    let template = json!({
+        "metadata": {"labels": {"app": "web"}, "annotations": {"stash.rs/backup-volumes": "cache"}},
+        "spec": {"containers": [{"name": "app", "image": "busybox",
+                                 "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}],
+                 "volumes": [{"name": "cache", "emptyDir": {}}]}});
+    let web: Deployment = create(
+        &client,
+        "team",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": template}}),
+    )
+    .await;
+    let web_uid = web.uid().unwrap();
+    // Its pod from before the restore: not the webhook's business.
+    let old = pod_from(
+        &client,
+        &template,
+        "web-aaaaa-1",
+        Some("node-a"),
+        ("ReplicaSet", "web-aaaaa", &web_uid),
+        json!({"pod-template-hash": "aaaaa"}),
+    )
+    .await;
+    assert!(init_containers(&old).is_empty());
+
+    restore(&client, "r-web", "Deployment", "web").await;
+    let marked = marked_template(&client, "Deployment", "web", "r-web").await;
+    let st = status_where(&client, "r-web", "the rollout condition", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "RolloutStarted" && c.status == "True")
+    })
+    .await;
+    assert_eq!(st.phase, SessionPhase::Pending);
+    assert!(st.items.is_empty(), "the old pod is not restored into");
+
+    // The new ReplicaSet's pod gets restore-wait, first, at the app's path.
+    let new = pod_from(
+        &client,
+        &marked,
+        "web-bbbbb-1",
+        None,
+        ("ReplicaSet", "web-bbbbb", &web_uid),
+        json!({"pod-template-hash": "bbbbb"}),
+    )
+    .await;
+    let init = init_containers(&new);
+    assert_eq!(init.len(), 1, "{init:?}");
+    assert_eq!(init[0]["name"], RESTORE_WAIT_CONTAINER);
+    assert_eq!(init[0]["image"], IMAGE);
+    assert_eq!(init[0]["args"], json!(["restore-wait", "--dir", "/cache"]));
+    assert_eq!(
+        init[0]["volumeMounts"],
+        json!([{"name": "cache", "mountPath": "/cache"}])
+    );
+    // A pod carrying the label that is not the target's: untouched.
+    let stray = pod_from(
+        &client,
+        &marked,
+        "api-ccccc-1",
+        Some("node-a"),
+        ("ReplicaSet", "api-ccccc", &web_uid),
+        json!({"pod-template-hash": "ccccc"}),
+    )
+    .await;
+    assert!(init_containers(&stray).is_empty());
+
+    // Unscheduled: no item yet. Once bound, one; restored, the session is
+    // over (one replica wanted).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api: Api<RestoreSession> = Api::namespaced(client.clone(), "team");
+    let st = api.get("r-web").await.unwrap().status.unwrap();
+    assert!(st.items.is_empty(), "{st:?}");
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.message.contains("web-bbbbb-1 not scheduled")),
+        "{:?}",
+        st.conditions
+    );
+    bind(&client, "team", "web-bbbbb-1", "node-b").await;
+    let st = status_where(&client, "r-web", "an item", |st| !st.items.is_empty()).await;
+    assert_eq!(
+        (
+            st.items[0].pod.as_str(),
+            st.items[0].volume.as_str(),
+            st.items[0].node.as_deref()
+        ),
+        ("web-bbbbb-1", "cache", Some("node-b"))
+    );
+    assert_eq!(st.items[0].source_hosts, ["team/web/cache"]);
+    restored(&client, "r-web", 0, &st).await;
+    let st = status_where(&client, "r-web", "the end", |st| st.phase.is_finished()).await;
+    assert_eq!(st.phase, SessionPhase::Succeeded);
+    // Later pods of the workload (a finished restore) get nothing.
+    let later = pod_from(
+        &client,
+        &marked,
+        "web-bbbbb-2",
+        Some("node-a"),
+        ("ReplicaSet", "web-bbbbb", &web_uid),
+        json!({"pod-template-hash": "bbbbb"}),
+    )
+    .await;
+    assert!(init_containers(&later).is_empty());
+
+    // An OrderedReady StatefulSet: pod 1 appears only after pod 0 is
+    // restored; the restore waits for it instead of deadlocking.
+    let template = json!({
+        "metadata": {"labels": {"app": "db"}, "annotations": {"stash.rs/backup-volumes": "data"}},
+        "spec": {"containers": [{"name": "db", "image": "busybox",
+                                 "securityContext": {"runAsUser": 999},
+                                 "volumeMounts": [{"name": "data", "mountPath": "/var/lib/db"}]}],
+                 "volumes": [{"name": "data", "emptyDir": {}}]}});
+    let db: StatefulSet = create(
+        &client,
+        "team",
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+               "spec": {"replicas": 2, "serviceName": "db", "podManagementPolicy": "OrderedReady",
+                        "selector": {"matchLabels": {"app": "db"}}, "template": template}}),
+    )
+    .await;
+    let db_uid = db.uid().unwrap();
+    restore(&client, "r-db", "StatefulSet", "db").await;
+    let marked = marked_template(&client, "StatefulSet", "db", "r-db").await;
+    let db0 = pod_from(
+        &client,
+        &marked,
+        "db-0",
+        Some("node-a"),
+        ("StatefulSet", "db", &db_uid),
+        json!({}),
+    )
+    .await;
+    let init = init_containers(&db0);
+    assert_eq!(
+        init[0]["args"],
+        json!(["restore-wait", "--dir", "/var/lib/db"])
+    );
+    assert_eq!(init[0]["securityContext"]["runAsUser"], 999);
+    let st = status_where(&client, "r-db", "db-0's item", |st| st.items.len() == 1).await;
+    assert_eq!(st.phase, SessionPhase::Running);
+    assert!(
+        st.conditions.iter().any(|c| c
+            .message
+            .contains("StatefulSet team/db has 1 of its 2 pod(s)")),
+        "{:?}",
+        st.conditions
+    );
+    restored(&client, "r-db", 0, &st).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = api.get("r-db").await.unwrap().status.unwrap();
+    assert_eq!(
+        (st.phase, st.progress.as_deref()),
+        (SessionPhase::Running, Some("1/1")),
+        "one replica is still to come: {st:?}"
+    );
+
+    // The webhook is down when db-1 is created: the pod is created all
+    // the same (failurePolicy Ignore), without restore-wait, and the
+    // restore says so instead of writing under its running containers.
+    webhook_stop.cancel();
+    webhook.await.unwrap();
+    let bare = pod_from(
+        &client,
+        &marked,
+        "db-1",
+        Some("node-b"),
+        ("StatefulSet", "db", &db_uid),
+        json!({}),
+    )
+    .await;
+    assert!(init_containers(&bare).is_empty());
+    let st = status_where(&client, "r-db", "the missing restore-wait", |st| {
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "RestoreWaitMissing" && c.status == "True")
+    })
+    .await;
+    assert_eq!(st.items.len(), 1, "nothing restored into db-1: {st:?}");
+    eventually(
+        Duration::from_secs(10),
+        "a RestoreWaitMissing event",
+        || {
+            let client = client.clone();
+            async move {
+                events_of(&client, "team", "r-db")
+                    .await
+                    .into_iter()
+                    .find(|e| {
+                        e.0 == "Warning" && e.1 == "RestoreWaitMissing" && e.2.contains("db-1")
+                    })
+            }
+        },
+    )
+    .await;
+
+    // The webhook back, db-1 deleted and created again: restored.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (webhook_stop, webhook) = start_webhook(&client, listener);
+    Api::<Pod>::namespaced(client.clone(), "team")
+        .delete("db-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "db-1 gone", || async {
+        Api::<Pod>::namespaced(client.clone(), "team")
+            .get_opt("db-1")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let db1 = pod_from(
+        &client,
+        &marked,
+        "db-1",
+        Some("node-b"),
+        ("StatefulSet", "db", &db_uid),
+        json!({}),
+    )
+    .await;
+    assert_eq!(init_containers(&db1)[0]["name"], RESTORE_WAIT_CONTAINER);
+    let st = status_where(&client, "r-db", "db-1's item", |st| st.items.len() == 2).await;
+    assert_eq!(
+        (st.items[1].pod.as_str(), st.items[1].phase),
+        ("db-1", ItemPhase::Pending)
+    );
+    restored(&client, "r-db", 1, &st).await;
+    let st = status_where(&client, "r-db", "the end", |st| st.phase.is_finished()).await;
+    assert_eq!(st.phase, SessionPhase::Succeeded);
+    assert!(st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "RestoreWaitMissing" && c.status == "False"));
+
+    // A rollout that would restore into a claim still in use is refused.
+    create::<Deployment>(
+        &client,
+        "team",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pg"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "pg"}},
+                        "template": {"metadata": {"labels": {"app": "pg"},
+                                                  "annotations": {"stash.rs/backup-volumes": "data"}},
+                                     "spec": {"containers": [{"name": "pg", "image": "postgres"}],
+                                              "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pg"}}]}}}}),
+    )
+    .await;
+    restore(&client, "r-pg", "Deployment", "pg").await;
+    let st = status_where(&client, "r-pg", "the refusal", |st| st.phase.is_finished()).await;
+    assert_eq!(st.phase, SessionPhase::Failed);
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "RolloutRefused");
+    assert!(ready.message.contains("Recreate"), "{}", ready.message);
+    let pg: Deployment = Api::namespaced(client.clone(), "team")
+        .get("pg")
+        .await
+        .unwrap();
+    assert!(
+        !pg.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap()
+            .contains_key(LABEL_RESTORE_SESSION),
+        "a refused rollout leaves the workload alone"
+    );
+
+    webhook_stop.cancel();
+    webhook.await.unwrap();
+    stop_controller(shutdown, handle).await;
+}
