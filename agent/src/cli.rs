@@ -152,6 +152,10 @@ pub struct RestoreWaitArgs {
     /// Leave the agent's marker files in place
     #[arg(long = "keep-marker")]
     pub keep_marker: bool,
+    /// Accept only the marker of this RestoreSession, and leave it in place
+    /// (a pod recreated after the restore then starts at once)
+    #[arg(long = "session", value_name = "NAME")]
+    pub session: Option<String>,
 }
 
 /// `stash key`.

@@ -524,7 +524,11 @@ pub fn injection(
         });
     }
     let dirs: Vec<String> = mounts.iter().map(|m| m.mount_path.clone()).collect();
-    let mut args = vec!["restore-wait".to_owned()];
+    let mut args = vec![
+        "restore-wait".to_owned(),
+        "--session".to_owned(),
+        rs.metadata.name.clone().unwrap_or_default(),
+    ];
     for d in &dirs {
         args.push("--dir".into());
         args.push(d.clone());
@@ -656,6 +660,8 @@ mod tests {
             c["args"],
             json!([
                 "restore-wait",
+                "--session",
+                "r1",
                 "--dir",
                 "/var/lib/app",
                 "--dir",

@@ -6,6 +6,10 @@
 //! a marker file in each volume's root when it is done; this command waits
 //! until every directory has its marker, removes the markers (so the next
 //! restore waits again), and exits 0 so the pod's containers start.
+//!
+//! With `--session NAME` (what the controller's admission webhook injects)
+//! only the marker of that RestoreSession counts, and it stays: a pod of the
+//! same restore recreated later finds the data already there and starts.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,7 +36,7 @@ pub fn run(a: &RestoreWaitArgs) -> Result<u8> {
             .dirs
             .iter()
             .map(|d| d.as_path())
-            .filter(|d| !d.join(RESTORE_MARKER).exists())
+            .filter(|d| !marker_done(d, a.session.as_deref()))
             .collect();
         if missing.is_empty() {
             break;
@@ -65,10 +69,45 @@ pub fn run(a: &RestoreWaitArgs) -> Result<u8> {
         let marker = d.join(RESTORE_MARKER);
         let what = std::fs::read_to_string(&marker).unwrap_or_default();
         println!("{}: restored ({})", d.display(), what.trim());
-        if !a.keep_marker {
+        if !a.keep_marker && a.session.is_none() {
             std::fs::remove_file(&marker)
                 .with_context(|| format!("removing {}", marker.display()))?;
         }
     }
     Ok(0)
+}
+
+/// Whether `dir` holds a finished restore's marker (of `session`, if given).
+fn marker_done(dir: &Path, session: Option<&str>) -> bool {
+    let Ok(body) = std::fs::read(dir.join(RESTORE_MARKER)) else {
+        return false;
+    };
+    match session {
+        None => true,
+        Some(want) => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["session"].as_str().map(|s| s == want))
+            .unwrap_or(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_counts_for_its_own_session_only() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!marker_done(d.path(), None));
+        std::fs::write(
+            d.path().join(RESTORE_MARKER),
+            br#"{"session":"copy","snapshot":"ab"}"#,
+        )
+        .unwrap();
+        assert!(marker_done(d.path(), None));
+        assert!(marker_done(d.path(), Some("copy")));
+        assert!(!marker_done(d.path(), Some("other")));
+        std::fs::write(d.path().join(RESTORE_MARKER), b"garbage").unwrap();
+        assert!(!marker_done(d.path(), Some("copy")));
+    }
 }

@@ -292,7 +292,10 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     assert_eq!(init.len(), 1, "{init:?}");
     assert_eq!(init[0]["name"], RESTORE_WAIT_CONTAINER);
     assert_eq!(init[0]["image"], IMAGE);
-    assert_eq!(init[0]["args"], json!(["restore-wait", "--dir", "/cache"]));
+    assert_eq!(
+        init[0]["args"],
+        json!(["restore-wait", "--session", "r-web", "--dir", "/cache"])
+    );
     assert_eq!(
         init[0]["volumeMounts"],
         json!([{"name": "cache", "mountPath": "/cache"}])
@@ -379,7 +382,7 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     let init = init_containers(&db0);
     assert_eq!(
         init[0]["args"],
-        json!(["restore-wait", "--dir", "/var/lib/db"])
+        json!(["restore-wait", "--session", "r-db", "--dir", "/var/lib/db"])
     );
     assert_eq!(init[0]["securityContext"]["runAsUser"], 999);
     let st = status_where(&client, "r-db", "db-0's item", |st| st.items.len() == 1).await;
