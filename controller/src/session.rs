@@ -261,6 +261,14 @@ async fn get_configuration(
     ns: &str,
     name: &str,
 ) -> Result<Option<BackupConfiguration>> {
+    // The watch cache first; one it does not hold yet (just created) is
+    // read, so a session never fails because the cache lags.
+    if let Some(cfg) = ctx
+        .configs
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+    {
+        return Ok(Some(Arc::unwrap_or_clone(cfg)));
+    }
     let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), ns);
     configs
         .get_opt(name)
