@@ -93,6 +93,8 @@ pub struct Context {
     pub repositories: Store<Repository>,
     /// The last tick the ticker handled, per configuration.
     pub ticks: ticker::Ticks,
+    /// Ticks without a session yet: reconcilers yield to them.
+    pub firing: ticker::Firing,
 }
 
 /// How many changed objects a shared watch holds for its slowest
@@ -181,6 +183,7 @@ pub async fn run_controllers(
         configs: configs.clone(),
         repositories: repositories.clone(),
         ticks: ticker::Ticks::default(),
+        firing: ticker::Firing::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();

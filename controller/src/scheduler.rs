@@ -1,11 +1,13 @@
-//! Reconciles BackupConfigurations: runs their cron schedules in-process.
+//! BackupConfigurations: creating a tick's session, and reconciling the
+//! rest.
 //!
-//! Each reconciliation works out the latest tick due (a tick is due once
-//! `tick + jitter` has passed), creates its BackupSession unless the
-//! concurrency policy says otherwise, prunes old sessions, writes the
-//! status, and asks to be woken at the next tick. Session names are derived
-//! from the tick (`<config>-<unix seconds>`), so a tick can never produce two
-//! sessions, whatever happens to leadership.
+//! [`crate::ticker`] decides when a tick is due (once `tick + jitter` has
+//! passed) and calls [`fire_tick`], which creates the BackupSession unless
+//! the concurrency policy says otherwise; the Event and `lastScheduleTime`
+//! follow. Session names are derived from the tick (`<config>-<unix
+//! seconds>`), so a tick can never produce two sessions, whatever happens to
+//! leadership. The reconciler keeps the finalizer, the `Ready` condition,
+//! `nextScheduleTime` and the session history.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +48,8 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
         .reconciles
         .with_label_values(&["BackupConfiguration"])
         .inc();
+    // A burst of ticks gets the apiserver first (see `ticker::Firing`).
+    ctx.firing.yield_to_ticks().await;
     let ns = cfg.namespace().unwrap_or_default();
     let name = cfg.name_any();
     let now = Utc::now();
@@ -250,7 +254,7 @@ impl Fired {
     /// `nextScheduleTime`: the status fields the ticker owns.
     pub(crate) async fn record(self, ctx: &Context, cfg: &BackupConfiguration) {
         if let Some((type_, reason, note)) = &self.note {
-            publish(ctx, cfg, type_.clone(), reason, note).await;
+            publish(ctx, cfg, *type_, reason, note).await;
         }
         let mut fields = json!({"lastScheduleTime": to_time(self.tick)});
         if let Some(session) = &self.session {

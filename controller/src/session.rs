@@ -58,6 +58,8 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         .reconciles
         .with_label_values(&["BackupSession"])
         .inc();
+    // A burst of ticks gets the apiserver first (see `ticker::Firing`).
+    ctx.firing.yield_to_ticks().await;
     let ns = session.namespace().unwrap_or_default();
     let name = session.name_any();
     let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);

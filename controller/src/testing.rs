@@ -42,6 +42,7 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         configs: ready_store(),
         repositories: ready_store(),
         ticks: crate::ticker::Ticks::default(),
+        firing: crate::ticker::Firing::default(),
     };
     (Arc::new(ctx), handle)
 }

@@ -28,7 +28,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use stash_api::schedule::Schedule;
 use stash_api::BackupConfiguration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{self, jitter_offset};
@@ -41,6 +41,8 @@ pub const FIRE_CONCURRENCY: usize = 32;
 pub const RECORD_CONCURRENCY: usize = 8;
 /// How long a tick whose session could not be created waits to try again.
 const RETRY: Duration = Duration::from_secs(5);
+/// The longest other work waits for the ticker ([`Firing::yield_to_ticks`]).
+const YIELD_LIMIT: Duration = Duration::from_secs(5);
 
 type Key = ObjectRef<BackupConfiguration>;
 
@@ -104,6 +106,44 @@ impl Ticks {
         // A panic elsewhere cannot leave the map inconsistent: every
         // operation is a single insert or remove.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How many due ticks have no session yet (waiting for a permit or being
+/// created). The apiserver is what every writer here shares: when 1 000
+/// configurations fire in the same second, the sessions must not queue
+/// behind the resolution of the first ones, their Events and status
+/// writes. So other writers wait until no tick is pending, at most
+/// [`YIELD_LIMIT`].
+#[derive(Clone)]
+pub struct Firing(Arc<watch::Sender<usize>>);
+
+impl Default for Firing {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Firing {
+    /// Counts one pending tick until the guard is dropped.
+    fn pending(&self) -> Pending {
+        self.0.send_modify(|n| *n += 1);
+        Pending(self.clone())
+    }
+
+    /// Waits until no tick is pending, or [`YIELD_LIMIT`].
+    pub async fn yield_to_ticks(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = tokio::time::timeout(YIELD_LIMIT, rx.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// One pending tick of [`Firing`].
+struct Pending(Firing);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0 .0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -246,8 +286,10 @@ impl Clock {
                 retry.clone(),
                 key.clone(),
             );
+            let pending = ctx.firing.pending();
             tokio::spawn(async move {
                 let result = {
+                    let _pending = pending;
                     let Ok(_permit) = fire.acquire_owned().await else {
                         return;
                     };
@@ -258,6 +300,7 @@ impl Clock {
                         let Ok(_permit) = record.acquire_owned().await else {
                             return;
                         };
+                        ctx.firing.yield_to_ticks().await;
                         fired.record(&ctx, &cfg).await;
                     }
                     Ok(None) => {}
