@@ -7,6 +7,7 @@
 #
 #   bash hack/bench-controller.sh
 #   CONFIGS=200 PODS=2000 WINDOW_SECONDS=30 bash hack/bench-controller.sh
+#   BURST=1 bash hack/bench-controller.sh   # all configurations at one second
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash hack/envtest.sh >/dev/null

@@ -1,9 +1,11 @@
 //! The Stash controller: schedules backups in-process and resolves sessions
 //! into per-volume work for the node agents. It never reads volume data.
 //!
-//! - [`scheduler`] reconciles BackupConfigurations: cron ticks (with
-//!   jitter), paused, concurrency policy, history limits, and the
-//!   Repository namespace policy as a `Ready` condition;
+//! - [`ticker`] fires the cron ticks (with jitter) of every
+//!   BackupConfiguration on time, independent of the reconcile queues;
+//! - [`scheduler`] creates a tick's session (concurrency policy) and
+//!   reconciles BackupConfigurations: finalizer, paused, history limits, and
+//!   the Repository namespace policy as a `Ready` condition;
 //! - [`session`] reconciles BackupSessions: resolves the target into one
 //!   item per volume on its pod's node, aggregates item phases, times out
 //!   stuck items, hands the retention run to an agent, records the last
@@ -42,6 +44,7 @@ pub mod status;
 pub mod targets;
 #[cfg(test)]
 mod testing;
+pub mod ticker;
 pub mod time;
 pub mod webhook;
 
@@ -90,6 +93,62 @@ pub struct Context {
     /// Every BackupSession, kept current by a watch: the scheduler reads
     /// the sessions of a configuration from here instead of listing.
     pub sessions: Store<BackupSession>,
+    /// Every BackupConfiguration, kept current by a watch.
+    pub configs: Store<BackupConfiguration>,
+    /// Every Repository, kept current by a watch.
+    pub repositories: Store<Repository>,
+    /// The last tick the ticker handled, per configuration.
+    pub ticks: ticker::Ticks,
+    /// Ticks without a session yet: reconcilers yield to them.
+    pub firing: ticker::Firing,
+}
+
+/// How many changed objects a shared watch holds for its slowest
+/// subscriber before it waits.
+const SHARED_BUFFER: usize = 256;
+
+/// A watch of all `K` feeding a shared cache, with managed fields dropped
+/// before they reach it (they are most of an object's size and nobody here
+/// reads them): the cache, a subscription per consumer, and the future that
+/// drives the watch until `stop`.
+fn shared_watch<K>(
+    api: Api<K>,
+    subscribers: usize,
+    stop: CancellationToken,
+) -> (
+    Store<K>,
+    Vec<reflector::ReflectHandle<K>>,
+    impl std::future::Future<Output = ()> + Send,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store_shared(SHARED_BUFFER);
+    let handles = (0..subscribers)
+        .map(|_| {
+            writer
+                .subscribe()
+                .expect("a shared store can be subscribed")
+        })
+        .collect();
+    let drive = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|o: &mut K| {
+                o.meta_mut().managed_fields = None;
+            }),
+    )
+    .touched_objects()
+    .take_until(async move { stop.cancelled().await })
+    .for_each(|_| futures::future::ready(()));
+    (store, handles, drive)
 }
 
 /// Runs the controllers until `shutdown`, as the leader. The caller must
@@ -100,19 +159,22 @@ pub async fn run_controllers(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let configs: Api<BackupConfiguration> = Api::all(client.clone());
-    let sessions: Api<BackupSession> = Api::all(client.clone());
-    let (store, writer) = reflector::store();
-    let stop = shutdown.clone();
-    let session_cache = reflector::reflector(
-        writer,
-        watcher(sessions.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .take_until(async move { stop.cancelled().await })
-    .for_each(|_| futures::future::ready(()));
-    let cache_ready = store.clone();
+    // One watch per kind, shared by everything that reads or follows it.
+    let (configs, mut config_subs, config_watch) = shared_watch(
+        Api::<BackupConfiguration>::all(client.clone()),
+        2,
+        shutdown.clone(),
+    );
+    let (sessions, mut session_subs, session_watch) = shared_watch(
+        Api::<BackupSession>::all(client.clone()),
+        2,
+        shutdown.clone(),
+    );
+    let (repositories, mut repository_subs, repository_watch) =
+        shared_watch(Api::<Repository>::all(client.clone()), 1, shutdown.clone());
+    let watches = async {
+        tokio::join!(config_watch, session_watch, repository_watch);
+    };
     let reporter = Reporter {
         controller: "stash-controller".into(),
         instance: Some(settings.identity.clone()),
@@ -123,26 +185,27 @@ pub async fn run_controllers(
         client,
         settings,
         metrics,
-        sessions: store,
+        sessions: sessions.clone(),
+        configs: configs.clone(),
+        repositories: repositories.clone(),
+        ticks: ticker::Ticks::default(),
+        firing: ticker::Firing::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();
-    let schedule = Controller::new(configs, watcher::Config::default())
+    let ticks = ticker::run(ctx.clone(), config_subs.remove(0), shutdown.clone());
+    let schedule = Controller::for_shared_stream(config_subs.remove(0), configs.clone())
         .with_config(config.clone())
         // A session finishing may let a Forbid tick through or prune history.
-        .watches(
-            sessions.clone(),
-            watcher::Config::default(),
-            |s: BackupSession| {
-                let ns = s.metadata.namespace.clone()?;
-                Some(reflector::ObjectRef::new(&s.spec.backup_configuration).within(&ns))
-            },
-        )
+        .watches_shared_stream(session_subs.remove(0), |s: Arc<BackupSession>| {
+            let ns = s.metadata.namespace.clone()?;
+            Some(reflector::ObjectRef::new(&s.spec.backup_configuration).within(&ns))
+        })
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(scheduler::reconcile, scheduler::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let stop = shutdown.clone();
-    let run_sessions = Controller::new(sessions, watcher::Config::default())
+    let run_sessions = Controller::for_shared_stream(session_subs.remove(0), sessions.clone())
         .with_config(config.clone())
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(session::reconcile, session::error_policy, ctx.clone())
@@ -157,27 +220,37 @@ pub async fn run_controllers(
     .run(restore::reconcile, restore::error_policy, ctx.clone())
     .for_each(|_| futures::future::ready(()));
     let stop = shutdown.clone();
-    let repositories = Controller::new(
-        Api::<Repository>::all(ctx.client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(controller::Config::default().concurrency(concurrency))
-    .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(
-        finalizers::reconcile_repository,
-        finalizers::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+    let run_repositories =
+        Controller::for_shared_stream(repository_subs.remove(0), repositories.clone())
+            .with_config(controller::Config::default().concurrency(concurrency))
+            .graceful_shutdown_on(async move { stop.cancelled().await })
+            .run(
+                finalizers::reconcile_repository,
+                finalizers::error_policy,
+                ctx.clone(),
+            )
+            .for_each(|_| futures::future::ready(()));
     let auto = auto_backup::run(ctx, shutdown.clone());
-    // The scheduler decides on the sessions it sees in the cache (Forbid,
-    // history): start it only once the cache holds them all.
+    // The scheduler decides on what it sees in the caches (Forbid, history,
+    // the Repository): start only once they hold everything.
     let controllers = async move {
-        if cache_ready.wait_until_ready().await.is_ok() {
-            tokio::join!(schedule, run_sessions, restores, repositories, auto);
+        let ready = tokio::try_join!(
+            sessions.wait_until_ready(),
+            configs.wait_until_ready(),
+            repositories.wait_until_ready()
+        );
+        if ready.is_ok() {
+            tokio::join!(
+                ticks,
+                schedule,
+                run_sessions,
+                restores,
+                run_repositories,
+                auto
+            );
         }
     };
-    tokio::join!(session_cache, controllers);
+    tokio::join!(watches, controllers);
 }
 
 /// Waits for the leadership Lease, then runs the controllers while holding

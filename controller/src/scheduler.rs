@@ -1,11 +1,13 @@
-//! Reconciles BackupConfigurations: runs their cron schedules in-process.
+//! BackupConfigurations: creating a tick's session, and reconciling the
+//! rest.
 //!
-//! Each reconciliation works out the latest tick due (a tick is due once
-//! `tick + jitter` has passed), creates its BackupSession unless the
-//! concurrency policy says otherwise, prunes old sessions, writes the
-//! status, and asks to be woken at the next tick. Session names are derived
-//! from the tick (`<config>-<unix seconds>`), so a tick can never produce two
-//! sessions, whatever happens to leadership.
+//! [`crate::ticker`] decides when a tick is due (once `tick + jitter` has
+//! passed) and calls [`fire_tick`], which creates the BackupSession unless
+//! the concurrency policy says otherwise; the Event and `lastScheduleTime`
+//! follow. Session names are derived from the tick (`<config>-<unix
+//! seconds>`), so a tick can never produce two sessions, whatever happens to
+//! leadership. The reconciler keeps the finalizer, the `Ready` condition,
+//! `nextScheduleTime` and the session history.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use stash_api::schedule::Schedule;
@@ -28,21 +31,25 @@ use stash_api::{
 
 use crate::error::{kube_err, Error, Result};
 use crate::security::{repository_admits, Refusal};
-use crate::status::{write_if_unchanged, Written};
+use crate::status::{changed_fields, write_if_unchanged, Written};
 use crate::time::{from_time, to_time};
-use crate::{conditions, finalizers, Context, ANNOTATION_SCHEDULED_BY};
+use crate::{conditions, finalizers, ticker, Context, ANNOTATION_SCHEDULED_BY};
 
 /// How often to look again at a configuration refused for a reason outside
 /// it (a Repository missing or not admitting it), since those objects are
 /// not watched.
 const RECHECK: Duration = Duration::from_secs(30);
 
-/// Reconciles one BackupConfiguration.
+/// Reconciles one BackupConfiguration: its finalizer, its `Ready`
+/// condition and `nextScheduleTime`, and its session history. The ticks
+/// themselves are fired by [`crate::ticker`].
 pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics
         .reconciles
         .with_label_values(&["BackupConfiguration"])
         .inc();
+    // A burst of ticks gets the apiserver first (see `ticker::Firing`).
+    ctx.firing.yield_to_ticks().await;
     let ns = cfg.namespace().unwrap_or_default();
     let name = cfg.name_any();
     let now = Utc::now();
@@ -110,47 +117,35 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
         return Ok(Action::await_change());
     }
 
-    let jitter = jitter_offset(&ns, &name, cfg.spec.jitter_seconds.unwrap_or(0));
-    let jitter_c = chrono::Duration::from_std(jitter).unwrap_or_default();
-    let last = status
-        .last_schedule_time
-        .as_ref()
-        .or(cfg.metadata.creation_timestamp.as_ref())
-        .map(from_time)
-        .unwrap_or(now);
     let sessions = sessions_of(&ctx, &ns, &name);
-    if let Some(tick) = schedule
-        .last_at_or_before(now - jitter_c)
-        .filter(|t| *t > last)
-    {
-        fire(&ctx, &cfg, &sessions, tick, jitter_c, &mut status).await?;
-    }
     prune(&ctx, &cfg, &sessions).await?;
-
-    let next = schedule.next_after(
-        status
-            .last_schedule_time
-            .as_ref()
-            .map(from_time)
-            .unwrap_or(last)
-            .max(now - jitter_c),
+    let jitter = jitter_offset(&ns, &name, cfg.spec.jitter_seconds.unwrap_or(0));
+    let jitter = chrono::Duration::from_std(jitter).unwrap_or_default();
+    let (_, next) = ticker::plan(
+        &schedule,
+        jitter,
+        ticker::last_handled(&cfg, &ctx.ticks, now),
+        now,
     );
-    status.next_schedule_time = next.map(|t| to_time(t + jitter_c));
+    status.next_schedule_time = next.map(to_time);
+    // The message does not name the next tick, so it does not change (and
+    // cost a write) on every tick: nextScheduleTime says it.
     set_ready(
         &mut status,
         true,
         "Scheduled",
-        format!(
-            "next session at {}",
-            next.map(|t| (t + jitter_c).to_rfc3339())
-                .unwrap_or_else(|| "never".into())
-        ),
+        match &cfg.spec.time_zone {
+            Some(tz) => format!(
+                "sessions follow the schedule {:?} in {tz}",
+                cfg.spec.schedule
+            ),
+            None => format!("sessions follow the schedule {:?}", cfg.spec.schedule),
+        },
     );
     write_status(&ctx, &cfg, status).await?;
-    Ok(match next {
-        Some(t) => Action::requeue((t + jitter_c - Utc::now()).to_std().unwrap_or_default()),
-        None => Action::await_change(),
-    })
+    // The ticks come from the ticker; this runs again when the object or
+    // one of its sessions changes.
+    Ok(Action::await_change())
 }
 
 /// A configuration being deleted: no more ticks; the finalizer goes once
@@ -198,6 +193,98 @@ async fn terminate(
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
+/// What [`fire_tick`] leaves to record once the session exists.
+pub(crate) struct Fired {
+    /// The tick handled.
+    tick: DateTime<Utc>,
+    /// The session of the tick, unless the concurrency policy skipped it.
+    session: Option<String>,
+    /// The Event to publish about it, if any.
+    note: Option<(EventType, &'static str, String)>,
+}
+
+/// Fires `tick` of `cfg`: adds the finalizer if it is not there yet (a
+/// session must never exist without it), checks the Repository policy,
+/// applies the concurrency policy and creates the session. `None` when the
+/// configuration is gone or refused (its reconciler says why).
+pub(crate) async fn fire_tick(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    tick: DateTime<Utc>,
+) -> Result<Option<Fired>> {
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+    let api: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut current = std::borrow::Cow::Borrowed(cfg);
+    while !current
+        .finalizers()
+        .iter()
+        .any(|f| f == finalizers::SESSIONS)
+    {
+        if finalizers::set(&api, current.as_ref(), finalizers::SESSIONS, true).await? {
+            break;
+        }
+        // Changed meanwhile (or gone): read it again.
+        match api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get BackupConfiguration", &ns, &name))?
+        {
+            Some(fresh) if fresh.metadata.deletion_timestamp.is_none() => {
+                current = std::borrow::Cow::Owned(fresh);
+            }
+            _ => return Ok(None),
+        }
+    }
+    let user = format!("BackupConfiguration {ns}/{name}");
+    if check_repository(ctx, &ns, &user, &cfg.spec.repository)
+        .await?
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let jitter = jitter_offset(&ns, &name, cfg.spec.jitter_seconds.unwrap_or(0));
+    let jitter = chrono::Duration::from_std(jitter).unwrap_or_default();
+    let sessions = sessions_of(ctx, &ns, &name);
+    fire(ctx, cfg, &sessions, tick, jitter).await.map(Some)
+}
+
+impl Fired {
+    /// Publishes the Event and writes `lastScheduleTime`, `lastSession` and
+    /// `nextScheduleTime`: the status fields the ticker owns.
+    pub(crate) async fn record(self, ctx: &Context, cfg: &BackupConfiguration) {
+        if let Some((type_, reason, note)) = &self.note {
+            publish(ctx, cfg, *type_, reason, note).await;
+        }
+        let mut fields = json!({"lastScheduleTime": to_time(self.tick)});
+        if let Some(session) = &self.session {
+            fields["lastSession"] = json!(session);
+        }
+        if let Some((schedule, jitter)) = ticker::clock_of(cfg) {
+            let now = Utc::now();
+            let last = ticker::last_handled(cfg, &ctx.ticks, now).max(self.tick);
+            if let (_, Some(next)) = ticker::plan(&schedule, jitter, last, now) {
+                fields["nextScheduleTime"] = json!(to_time(next));
+            }
+        }
+        let ns = cfg.namespace().unwrap_or_default();
+        let name = cfg.name_any();
+        let api: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": fields})),
+            )
+            .await
+        {
+            // The session exists; the status catches up with the next tick
+            // or reconciliation.
+            tracing::warn!(config = %format!("{ns}/{name}"), error = %e, "cannot record the last tick in the status");
+        }
+    }
+}
+
 /// Creates (or, by the concurrency policy, skips) the session for `tick`.
 async fn fire(
     ctx: &Context,
@@ -205,11 +292,9 @@ async fn fire(
     sessions: &[Arc<BackupSession>],
     tick: DateTime<Utc>,
     jitter: chrono::Duration,
-    status: &mut BackupConfigurationStatus,
-) -> Result<()> {
+) -> Result<Fired> {
     let ns = cfg.namespace().unwrap_or_default();
     let name = cfg.name_any();
-    status.last_schedule_time = Some(to_time(tick));
     let active: Vec<&Arc<BackupSession>> = sessions
         .iter()
         .filter(|s| {
@@ -228,8 +313,11 @@ async fn fire(
                 tick.to_rfc3339(),
                 active[0].name_any()
             );
-            publish(ctx, cfg, EventType::Normal, "TickSkipped", &message).await;
-            return Ok(());
+            return Ok(Fired {
+                tick,
+                session: None,
+                note: Some((EventType::Normal, "TickSkipped", message)),
+            });
         }
         ConcurrencyPolicy::Replace => {
             for s in active {
@@ -262,28 +350,28 @@ async fn fire(
         status: None,
     };
     let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
-    match api.create(&PostParams::default(), &session).await {
+    let note = match api.create(&PostParams::default(), &session).await {
         Ok(_) => {
             let latency = (Utc::now() - (tick + jitter)).to_std().unwrap_or_default();
             ctx.metrics.schedule_latency.observe(latency.as_secs_f64());
             ctx.metrics.sessions_created.inc();
             tracing::info!(session = %format!("{ns}/{session_name}"), ?latency, "scheduled");
-            publish(
-                ctx,
-                cfg,
+            Some((
                 EventType::Normal,
                 "Scheduled",
-                &format!("created BackupSession {session_name}"),
-            )
-            .await;
+                format!("created BackupSession {session_name}"),
+            ))
         }
         // Already created for this tick (by us before a restart, or by a
         // previous leader): nothing to do.
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => None,
         Err(e) => return Err(kube_err("create BackupSession", &ns, &session_name)(e)),
-    }
-    status.last_session = Some(session_name);
-    Ok(())
+    };
+    Ok(Fired {
+        tick,
+        session: Some(session_name),
+        note,
+    })
 }
 
 /// Fails an unfinished session that a new tick replaces, with its
@@ -452,13 +540,23 @@ pub async fn check_repository(
     reference: &RepositoryReference,
 ) -> Result<std::result::Result<Repository, Refusal>> {
     let repo_ns = reference.namespace.as_deref().unwrap_or(ns);
-    let api: Api<Repository> = Api::namespaced(ctx.client.clone(), repo_ns);
-    let Some(repo) = api.get_opt(&reference.name).await.map_err(kube_err(
-        "get Repository",
-        repo_ns,
-        &reference.name,
-    ))?
-    else {
+    // The watch cache first; a Repository it does not hold yet (just
+    // created) is read, so a refusal is never due to the cache lagging.
+    let cached = ctx
+        .repositories
+        .get(&ObjectRef::new(&reference.name).within(repo_ns));
+    let repo = match cached {
+        Some(repo) => Some(Arc::unwrap_or_clone(repo)),
+        None => {
+            let api: Api<Repository> = Api::namespaced(ctx.client.clone(), repo_ns);
+            api.get_opt(&reference.name).await.map_err(kube_err(
+                "get Repository",
+                repo_ns,
+                &reference.name,
+            ))?
+        }
+    };
+    let Some(repo) = repo else {
         return Ok(Err(Refusal {
             reason: "RepositoryNotFound",
             message: format!(
@@ -481,22 +579,25 @@ pub async fn check_repository(
     Ok(repository_admits(&repo, ns, &labels, user).map(|()| repo))
 }
 
-/// Writes `status` when it differs from the stored one.
+/// Writes what differs between `status` and the stored one.
 async fn write_status(
     ctx: &Context,
     cfg: &BackupConfiguration,
     status: BackupConfigurationStatus,
 ) -> Result<()> {
-    if cfg.status.as_ref() == Some(&status) {
+    // Only the fields that changed, so a stale cached copy never takes back
+    // the lastScheduleTime the ticker wrote meanwhile.
+    let old = cfg.status.clone().unwrap_or_default();
+    let Some(fields) = changed_fields(&old, &status) else {
         return Ok(());
-    }
+    };
     let ns = cfg.namespace().unwrap_or_default();
     let name = cfg.name_any();
     let api: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch_status(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
+        &Patch::Merge(json!({"status": fields})),
     )
     .await
     .map_err(kube_err("update BackupConfiguration status", &ns, &name))?;
@@ -607,6 +708,17 @@ mod tests {
             .unwrap()
         }
 
+        /// Fires the tick due now (every second) and records it, as the
+        /// ticker does.
+        async fn tick(cfg: BackupConfiguration, ctx: Arc<Context>) {
+            let now = Utc::now();
+            let (schedule, jitter) = crate::ticker::clock_of(&cfg).unwrap();
+            let last = crate::ticker::last_handled(&cfg, &ctx.ticks, now);
+            let (due, _) = crate::ticker::plan(&schedule, jitter, last, now);
+            let fired = fire_tick(&ctx, &cfg, due.unwrap()).await.unwrap();
+            fired.unwrap().record(&ctx, &cfg).await;
+        }
+
         async fn repository_is_fine(handle: &mut crate::testing::Handle) {
             let (_, send) = expect(handle, "GET", &format!("{NS}/repositories/main")).await;
             answer(
@@ -621,7 +733,7 @@ mod tests {
         #[tokio::test]
         async fn forbid_skips_the_tick_while_a_session_runs() {
             let (ctx, mut handle) = context(vec![running_session()]);
-            let task = tokio::spawn(reconcile(Arc::new(config("Forbid")), ctx.clone()));
+            let task = tokio::spawn(tick(config("Forbid"), ctx.clone()));
             repository_is_fine(&mut handle).await;
             let (event, send) = expect(&mut handle, "POST", EVENTS).await;
             assert_eq!(event["reason"], "TickSkipped");
@@ -639,14 +751,14 @@ mod tests {
             .await;
             assert!(body["status"]["lastScheduleTime"].is_string());
             answer(send, 200, &serde_json::to_value(config("Forbid")).unwrap());
-            task.await.unwrap().unwrap();
+            task.await.unwrap();
             assert_eq!(ctx.metrics.ticks_skipped.get(), 1);
         }
 
         #[tokio::test]
         async fn replace_fails_the_running_session_then_creates_the_next() {
             let (ctx, mut handle) = context(vec![running_session()]);
-            let task = tokio::spawn(reconcile(Arc::new(config("Replace")), ctx));
+            let task = tokio::spawn(tick(config("Replace"), ctx));
             repository_is_fine(&mut handle).await;
             let (body, send) = expect(
                 &mut handle,
@@ -682,7 +794,7 @@ mod tests {
             )
             .await;
             answer(send, 200, &serde_json::to_value(config("Replace")).unwrap());
-            task.await.unwrap().unwrap();
+            task.await.unwrap();
         }
     }
 

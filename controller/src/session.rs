@@ -58,6 +58,8 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         .reconciles
         .with_label_values(&["BackupSession"])
         .inc();
+    // A burst of ticks gets the apiserver first (see `ticker::Firing`).
+    ctx.firing.yield_to_ticks().await;
     let ns = session.namespace().unwrap_or_default();
     let name = session.name_any();
     let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
@@ -261,6 +263,14 @@ async fn get_configuration(
     ns: &str,
     name: &str,
 ) -> Result<Option<BackupConfiguration>> {
+    // The watch cache first; one it does not hold yet (just created) is
+    // read, so a session never fails because the cache lags.
+    if let Some(cfg) = ctx
+        .configs
+        .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+    {
+        return Ok(Some(Arc::unwrap_or_clone(cfg)));
+    }
     let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), ns);
     configs
         .get_opt(name)

@@ -39,8 +39,23 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         },
         metrics: Metrics::default(),
         sessions: store,
+        configs: ready_store(),
+        repositories: ready_store(),
+        ticks: crate::ticker::Ticks::default(),
+        firing: crate::ticker::Firing::default(),
     };
     (Arc::new(ctx), handle)
+}
+
+/// An empty cache, ready: lookups miss and fall back to requests.
+fn ready_store<K>() -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    store
 }
 
 /// Waits for the next request, checks its method and path, and returns
