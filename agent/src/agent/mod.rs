@@ -294,6 +294,16 @@ fn takeable(ctx: &Ctx, phase: ItemPhase, claim: &Claim) -> Option<Previous> {
     }
 }
 
+/// What the scan needs of a backup or restore item.
+struct ItemView<'a> {
+    namespace: &'a str,
+    pod: &'a str,
+    volume: &'a str,
+    node: &'a Option<String>,
+    phase: ItemPhase,
+    claim: &'a Claim,
+}
+
 /// Every piece of work for this node, oldest session first.
 fn find_work(
     ctx: &Ctx,
@@ -310,68 +320,66 @@ fn find_work(
     let running = skip;
     let mut out: Vec<(Option<chrono::DateTime<Utc>>, Work)> = Vec::new();
     let mine = |node: &Option<String>| node.as_deref() == Some(ctx.node.as_str());
+    let mut push = |created, w: Work| {
+        if !running.contains(&w.key()) {
+            out.push((created, w));
+        }
+    };
+    // The items of one session on this node that can be taken, as slots.
+    let takeable_items = |items: Vec<ItemView<'_>>| -> Vec<(Slot, Previous)> {
+        items
+            .into_iter()
+            .enumerate()
+            .filter(|(_, i)| mine(i.node))
+            .filter_map(|(index, i)| {
+                let prev = takeable(ctx, i.phase, i.claim)?;
+                let slot = Slot::Item {
+                    index,
+                    namespace: i.namespace.to_owned(),
+                    pod: i.pod.to_owned(),
+                    volume: i.volume.to_owned(),
+                };
+                Some((slot, prev))
+            })
+            .collect()
+    };
     for s in backups.state() {
-        let Some(status) = s.status.as_ref() else {
+        let Some(status) = s.status.as_ref().filter(|st| !st.phase.is_finished()) else {
             continue;
         };
-        if status.phase.is_finished() {
-            continue;
-        }
         let created = s.metadata.creation_timestamp.as_ref().map(from_time);
-        for (index, item) in status.items.iter().enumerate() {
-            if !mine(&item.node) {
-                continue;
-            }
-            let Some(prev) = takeable(ctx, item.phase, &item.claim) else {
-                continue;
-            };
-            let slot = Slot::Item {
-                index,
-                namespace: item.namespace.clone(),
-                pod: item.pod.clone(),
-                volume: item.volume.clone(),
-            };
-            let w = Work::Backup(s.clone(), slot, prev);
-            if !running.contains(&w.key()) {
-                out.push((created, w));
-            }
+        let items = status.items.iter().map(|i| ItemView {
+            namespace: &i.namespace,
+            pod: &i.pod,
+            volume: &i.volume,
+            node: &i.node,
+            phase: i.phase,
+            claim: &i.claim,
+        });
+        for (slot, prev) in takeable_items(items.collect()) {
+            push(created, Work::Backup(s.clone(), slot, prev));
         }
-        if let Some(r) = &status.retention {
-            if mine(&r.node) {
-                if let Some(prev) = takeable(ctx, r.phase, &r.claim) {
-                    let w = Work::Retention(s.clone(), prev);
-                    if !running.contains(&w.key()) {
-                        out.push((created, w));
-                    }
-                }
+        if let Some(r) = status.retention.as_ref().filter(|r| mine(&r.node)) {
+            if let Some(prev) = takeable(ctx, r.phase, &r.claim) {
+                push(created, Work::Retention(s.clone(), prev));
             }
         }
     }
     for s in restores.state() {
-        let Some(status) = s.status.as_ref() else {
+        let Some(status) = s.status.as_ref().filter(|st| !st.phase.is_finished()) else {
             continue;
         };
-        if status.phase.is_finished() {
-            continue;
-        }
         let created = s.metadata.creation_timestamp.as_ref().map(from_time);
-        for (index, item) in status.items.iter().enumerate() {
-            if !mine(&item.node) {
-                continue;
-            }
-            let Some(prev) = takeable(ctx, item.phase, &item.claim) else {
-                continue;
-            };
-            let slot = Slot::Item {
-                index,
-                namespace: item.namespace.clone(),
-                pod: item.pod.clone(),
-                volume: item.volume.clone(),
-            };
-            let w = Work::Restore(s.clone(), slot, prev);
-            if !running.contains(&w.key()) {
-                out.push((created, w));
-            }
+        let items = status.items.iter().map(|i| ItemView {
+            namespace: &i.namespace,
+            pod: &i.pod,
+            volume: &i.volume,
+            node: &i.node,
+            phase: i.phase,
+            claim: &i.claim,
+        });
+        for (slot, prev) in takeable_items(items.collect()) {
+            push(created, Work::Restore(s.clone(), slot, prev));
         }
     }
     // Retention after items, and older sessions first.
