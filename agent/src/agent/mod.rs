@@ -254,6 +254,23 @@ async fn watch<K: kube::Resource + Clone + Send + Sync + 'static>(
 }
 
 impl Work {
+    /// The claim the work's slot holds in the session as last seen.
+    fn current_claim(&self) -> Option<Claim> {
+        let index = |slot: &Slot| match slot {
+            Slot::Item { index, .. } => Some(*index),
+            Slot::Retention => None,
+        };
+        match self {
+            Work::Backup(s, slot, _) => {
+                Some(s.status.as_ref()?.items.get(index(slot)?)?.claim.clone())
+            }
+            Work::Restore(s, slot, _) => {
+                Some(s.status.as_ref()?.items.get(index(slot)?)?.claim.clone())
+            }
+            Work::Retention(s, _) => Some(s.status.as_ref()?.retention.as_ref()?.claim.clone()),
+        }
+    }
+
     fn key(&self) -> WorkKey {
         match self {
             Work::Backup(s, slot, _) => WorkKey {
@@ -304,6 +321,32 @@ struct ItemView<'a> {
     claim: &'a Claim,
 }
 
+impl<'a> From<&'a stash_api::BackupItem> for ItemView<'a> {
+    fn from(i: &'a stash_api::BackupItem) -> Self {
+        ItemView {
+            namespace: &i.namespace,
+            pod: &i.pod,
+            volume: &i.volume,
+            node: &i.node,
+            phase: i.phase,
+            claim: &i.claim,
+        }
+    }
+}
+
+impl<'a> From<&'a stash_api::RestoreItem> for ItemView<'a> {
+    fn from(i: &'a stash_api::RestoreItem) -> Self {
+        ItemView {
+            namespace: &i.namespace,
+            pod: &i.pod,
+            volume: &i.volume,
+            node: &i.node,
+            phase: i.phase,
+            claim: &i.claim,
+        }
+    }
+}
+
 /// Every piece of work for this node, oldest session first.
 fn find_work(
     ctx: &Ctx,
@@ -348,14 +391,7 @@ fn find_work(
             continue;
         };
         let created = s.metadata.creation_timestamp.as_ref().map(from_time);
-        let items = status.items.iter().map(|i| ItemView {
-            namespace: &i.namespace,
-            pod: &i.pod,
-            volume: &i.volume,
-            node: &i.node,
-            phase: i.phase,
-            claim: &i.claim,
-        });
+        let items = status.items.iter().map(ItemView::from);
         for (slot, prev) in takeable_items(items.collect()) {
             push(created, Work::Backup(s.clone(), slot, prev));
         }
@@ -370,14 +406,7 @@ fn find_work(
             continue;
         };
         let created = s.metadata.creation_timestamp.as_ref().map(from_time);
-        let items = status.items.iter().map(|i| ItemView {
-            namespace: &i.namespace,
-            pod: &i.pod,
-            volume: &i.volume,
-            node: &i.node,
-            phase: i.phase,
-            claim: &i.claim,
-        });
+        let items = status.items.iter().map(ItemView::from);
         for (slot, prev) in takeable_items(items.collect()) {
             push(created, Work::Restore(s.clone(), slot, prev));
         }

@@ -131,40 +131,13 @@ impl Claimed<'_> {
 
 /// Runs one piece of work to its end, or until it must wait (then true).
 pub async fn run(ctx: &Ctx, work: Work) -> bool {
-    let (kind, namespace, name, slot, previous, waiting_message) = match &work {
-        Work::Backup(s, slot, p) => (
-            "backup",
-            s.namespace().unwrap_or_default(),
-            s.name_any(),
-            slot.clone(),
-            p.clone(),
-            item_message(
-                s.status.as_ref().map(|st| &st.items),
-                slot,
-                |i: &stash_api::BackupItem| i.claim.message.clone(),
-            ),
-        ),
-        Work::Restore(s, slot, p) => (
-            "restore",
-            s.namespace().unwrap_or_default(),
-            s.name_any(),
-            slot.clone(),
-            p.clone(),
-            item_message(
-                s.status.as_ref().map(|st| &st.items),
-                slot,
-                |i: &stash_api::RestoreItem| i.claim.message.clone(),
-            ),
-        ),
-        Work::Retention(s, p) => (
-            "retention",
-            s.namespace().unwrap_or_default(),
-            s.name_any(),
-            Slot::Retention,
-            p.clone(),
-            None,
-        ),
+    let (kind, namespace, name, slot, previous) = match &work {
+        Work::Backup(s, slot, p) => ("backup", s.namespace(), s.name_any(), slot.clone(), p),
+        Work::Restore(s, slot, p) => ("restore", s.namespace(), s.name_any(), slot.clone(), p),
+        Work::Retention(s, p) => ("retention", s.namespace(), s.name_any(), Slot::Retention, p),
     };
+    let (namespace, previous) = (namespace.unwrap_or_default(), previous.clone());
+    let current = work.current_claim().unwrap_or_default();
     let c = Claimed {
         ctx,
         kind,
@@ -182,7 +155,7 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         Err(NotReady::Wait(msg)) => {
             if matches!(previous, Previous::Pending) {
                 let message = format!("waiting: {msg}");
-                if waiting_message.as_deref() != Some(message.as_str()) {
+                if current.message.as_deref() != Some(message.as_str()) {
                     tracing::info!(session = %format!("{}/{}", c.namespace, c.name), slot = ?c.slot, reason = %msg, "waiting");
                     let _ = c.patch(claim::waiting(&c.slot, &message)).await;
                 }
@@ -193,25 +166,7 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         }
         Err(NotReady::Refuse(msg)) => Err(msg),
     };
-    let attempt = match &work {
-        Work::Backup(s, slot, _) => attempt_of(
-            s.status.as_ref().map(|st| &st.items),
-            slot,
-            |i: &stash_api::BackupItem| i.claim.attempt,
-        ),
-        Work::Restore(s, slot, _) => attempt_of(
-            s.status.as_ref().map(|st| &st.items),
-            slot,
-            |i: &stash_api::RestoreItem| i.claim.attempt,
-        ),
-        Work::Retention(s, _) => s
-            .status
-            .as_ref()
-            .and_then(|st| st.retention.as_ref())
-            .and_then(|r| r.claim.attempt),
-    }
-    .unwrap_or(0)
-        + 1;
+    let attempt = current.attempt.unwrap_or(0) + 1;
     if let Err(e) = c
         .patch(claim::claim(
             &c.slot,
@@ -291,28 +246,6 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
     }
     c.update(fields).await;
     false
-}
-
-fn item_message<T>(
-    items: Option<&Vec<T>>,
-    slot: &Slot,
-    f: impl Fn(&T) -> Option<String>,
-) -> Option<String> {
-    match slot {
-        Slot::Item { index, .. } => items.and_then(|v| v.get(*index)).and_then(f),
-        Slot::Retention => None,
-    }
-}
-
-fn attempt_of<T>(
-    items: Option<&Vec<T>>,
-    slot: &Slot,
-    f: impl Fn(&T) -> Option<i32>,
-) -> Option<i32> {
-    match slot {
-        Slot::Item { index, .. } => items.and_then(|v| v.get(*index)).and_then(f),
-        Slot::Retention => None,
-    }
 }
 
 /// Everything a piece of work needs, found before claiming it.
@@ -616,15 +549,13 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
             r = &mut work => break r,
             _ = tick.tick() => {
                 let s = progress.snapshot();
+                // A retention run reports only its heartbeat.
                 let mut f = Map::new();
-                f.insert("bytesDone".into(), json!(s.bytes_done));
-                f.insert("bytesTotal".into(), json!(s.bytes_total.max(s.bytes_done)));
                 if c.kind != "retention" {
+                    f.insert("bytesDone".into(), json!(s.bytes_done));
+                    f.insert("bytesTotal".into(), json!(s.bytes_total.max(s.bytes_done)));
                     f.insert("filesDone".into(), json!(s.files_done));
                     f.insert("filesTotal".into(), json!(s.files_total.max(s.files_done)));
-                }
-                if c.kind == "retention" {
-                    f.clear();
                 }
                 if !c.update(f).await {
                     // The item is no longer ours (timed out, revoked, or
