@@ -1,11 +1,11 @@
 //! `stash forget`: remove snapshots by retention policy, deciding exactly
-//! as restic does (see `repo_format::retention`).
+//! as restic does (see `repo_format::ops::forget`).
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use repo_format::lock::RepoLock;
-use repo_format::retention::{self, Group, Policy};
+use repo_format::ops::forget::{self, Group, Policy};
+use repo_format::repository::lock::RepoLock;
 use repo_format::{FileType, Id, Snapshot};
 
 use crate::cli::{ForgetArgs, GlobalArgs};
@@ -76,7 +76,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     if a.dry_run {
         if a.prune {
             let forgotten: Vec<Id> = groups.iter().flat_map(|gr| gr.remove.clone()).collect();
-            let plan = repo_format::prune::plan_without(
+            let plan = repo_format::ops::prune::plan_without(
                 &r,
                 &super::prune::options(&a.prune_opts),
                 &forgotten,

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use repo_format::lock::RepoLock;
-use repo_format::progress::Progress;
-use repo_format::restorer::{restore_with_progress, RestoreOptions};
+use repo_format::ops::progress::Progress;
+use repo_format::ops::restore::{restore_with_progress, RestoreOptions};
+use repo_format::repository::lock::RepoLock;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::progress::{Mode, Reporter};
+use crate::ops::progress::{Mode, Reporter};
 use crate::{format, repo};
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use crate::{NamespacesFrom, Repository};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use stash_api::{NamespacesFrom, Repository};
 
 /// Why a Repository may not be used: the condition reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
