@@ -544,9 +544,13 @@ fn backup_under_lock(
 ) -> (repo_format::Result<Id>, bool) {
     let progress = Arc::new(repo_format::ops::progress::Progress::default());
     let p = progress.clone();
-    let lock =
-        RepoLock::acquire_with(repo.clone(), false, FAST_LOCKS, Some(Box::new(move || p.cancel())))
-            .unwrap();
+    let lock = RepoLock::acquire_with(
+        repo.clone(),
+        false,
+        FAST_LOCKS,
+        Some(Box::new(move || p.cancel())),
+    )
+    .unwrap();
     b.refuse_locks
         .store(refuse, std::sync::atomic::Ordering::SeqCst);
     let r = repo_format::ops::backup::backup_with_progress(
@@ -572,7 +576,9 @@ fn a_lock_that_cannot_be_refreshed_stops_the_backup_before_its_snapshot() {
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     for i in 0..20u32 {
-        let body: Vec<u8> = (0..64 * 1024u32).map(|j| (j.wrapping_mul(i + 7) >> 3) as u8).collect();
+        let body: Vec<u8> = (0..64 * 1024u32)
+            .map(|j| (j.wrapping_mul(i + 7) >> 3) as u8)
+            .collect();
         fs::write(src.join(format!("f{i}")), body).unwrap();
     }
     // The lock is refused while the (slow) pack upload runs: the backup
@@ -581,7 +587,10 @@ fn a_lock_that_cannot_be_refreshed_stops_the_backup_before_its_snapshot() {
     assert!(lost, "the refresher never gave the lock up");
     let err = r.unwrap_err();
     assert!(matches!(err, repo_format::Error::Cancelled), "{err}");
-    assert!(repo.snapshots().unwrap().is_empty(), "a snapshot was written under a lost lock");
+    assert!(
+        repo.snapshots().unwrap().is_empty(),
+        "a snapshot was written under a lost lock"
+    );
     // The same backup with a working backend succeeds (the slow uploads
     // alone do not stop it), and the lock file is gone afterwards.
     let (r, lost) = backup_under_lock(&b, &repo, &src, false);
@@ -605,7 +614,11 @@ fn a_lock_refresh_that_fails_briefly_is_retried_not_given_up() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(!lock.is_lost());
     lock.check().unwrap();
-    assert_ne!(lock.name(), first, "the lock was not refreshed after the outage");
+    assert_ne!(
+        lock.name(),
+        first,
+        "the lock was not refreshed after the outage"
+    );
     assert_eq!(repo.list_ids(FileType::Lock).unwrap().len(), 1);
     // Refused for longer: given up, and `check` says so.
     b.refuse_locks.store(true, Ordering::SeqCst);
@@ -613,4 +626,76 @@ fn a_lock_refresh_that_fails_briefly_is_retried_not_given_up() {
     assert!(lock.is_lost());
     assert!(matches!(lock.check(), Err(repo_format::Error::LockLost)));
     b.refuse_locks.store(false, Ordering::SeqCst);
+}
+
+/// The body of [`a_mostly_unreadable_source_yields_no_snapshot`], run where
+/// mode-000 files really are unreadable (without CAP_DAC_OVERRIDE).
+fn unreadable_source_body() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("readable"), b"ok").unwrap();
+    for i in 0..9 {
+        let f = src.join(format!("secret{i}"));
+        fs::write(&f, b"unreadable").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    assert!(
+        fs::read(src.join("secret0")).is_err(),
+        "test needs unreadable files"
+    );
+    let opts = |max: Option<f64>| BackupOptions {
+        paths: vec![src.clone()],
+        max_unreadable: max,
+        ..Default::default()
+    };
+    // 9 of 11 entries (root, 10 files) unreadable: refused, no snapshot.
+    let err = backup(&repo, &opts(Some(0.5))).unwrap_err();
+    assert!(
+        matches!(err, repo_format::Error::Unreadable { unreadable: 9, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("secret"), "{err}");
+    assert!(repo.snapshots().unwrap().is_empty());
+    // restic's way (no limit): the snapshot is written, the failures listed.
+    let r = backup(&repo, &opts(None)).unwrap();
+    assert_eq!(r.errors.len(), 9);
+    // Mostly readable: written, with the failure listed.
+    for i in 1..9 {
+        fs::remove_file(src.join(format!("secret{i}"))).unwrap();
+        fs::write(src.join(format!("ok{i}")), b"fine").unwrap();
+    }
+    let r = backup(&repo, &opts(Some(0.5))).unwrap();
+    assert_eq!(r.errors.len(), 1);
+}
+
+#[test]
+fn a_mostly_unreadable_source_yields_no_snapshot() {
+    const CHILD: &str = "STASH_TEST_UNREADABLE_CHILD";
+    if std::env::var_os(CHILD).is_some() || !nix::unistd::geteuid().is_root() {
+        return unreadable_source_body();
+    }
+    // Root reads everything: run the body again in a child without the
+    // capabilities that bypass file permissions, as a restricted agent or
+    // a root-squashed NFS volume would be.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_mostly_unreadable_source_yields_no_snapshot",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
 }

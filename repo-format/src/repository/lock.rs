@@ -231,7 +231,9 @@ fn refresh_loop(
                 } else {
                     (wait * 2).min(timing.refresh_every)
                 };
-                wait = wait.min(timing.give_up_after - age).max(Duration::from_millis(1));
+                wait = wait
+                    .min(timing.give_up_after - age)
+                    .max(Duration::from_millis(1));
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not refresh the repository lock; retrying");
             }
         }
