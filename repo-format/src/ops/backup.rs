@@ -711,8 +711,10 @@ pub fn backup_with_progress(
     }
     let errors = a.errors.into_inner().expect("errors");
     if let Some(max) = opts.max_unreadable {
-        let read = ld(&c.files) + ld(&c.dirs_new) + ld(&c.dirs_changed) + ld(&c.dirs_unmodified);
+        // Files that failed to read are counted as processed too.
         let bad = errors.len() as u64;
+        let read = (ld(&c.files) + ld(&c.dirs_new) + ld(&c.dirs_changed) + ld(&c.dirs_unmodified))
+            .saturating_sub(bad);
         if bad > 0 && bad as f64 >= max * (read + bad) as f64 {
             let first = &errors[0];
             return Err(Error::Unreadable {
