@@ -188,9 +188,10 @@ mod tests {
     #[test]
     fn only_a_refused_patch_or_a_gone_session_proves_a_lost_claim() {
         let api = |code: u16| {
-            let mut st = kube::core::Status::default();
-            st.code = code;
-            kube::Error::Api(Box::new(st))
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
         };
         for code in [400, 404, 410, 422] {
             assert!(proves_loss(&api(code)), "{code}");
