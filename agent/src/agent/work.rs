@@ -918,14 +918,20 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool, progress: &Arc<Progress>)
             };
             let groups = forget::apply(&mine, by, &policy, Utc::now());
             let kept: usize = groups.iter().map(|g| g.keep.len()).sum();
-            for id in groups.iter().flat_map(|g| &g.remove) {
-                if lost.load(Ordering::Relaxed) {
-                    bail!("the retention run was taken from this agent; stopped");
-                }
-                repo.backend()
-                    .remove(FileType::Snapshot, &id.to_hex())
-                    .with_context(|| format!("removing snapshot {}", id.short()))?;
-                removed += 1;
+            let done =
+                match forget::remove_forgotten(&repo, &groups, || lost.load(Ordering::Relaxed)) {
+                    Err(repo_format::Error::Cancelled) => {
+                        bail!("the retention run was taken from this agent; stopped")
+                    }
+                    r => r.context("forgetting snapshots")?,
+                };
+            removed = done.removed as u64;
+            if let Some((id, e)) = done.failed.first() {
+                bail!(
+                    "{} snapshot(s) could not be removed, the first {}: {e}",
+                    done.failed.len(),
+                    id.short()
+                );
             }
             f.insert("kept".into(), json!(kept));
             f.insert("removed".into(), json!(removed));
