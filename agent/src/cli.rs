@@ -38,6 +38,9 @@ pub struct GlobalArgs {
     /// Do not verify the storage server's TLS certificate (dangerous)
     #[arg(long = "insecure-tls", global = true)]
     pub insecure_tls: bool,
+    /// Take no lock (for read-only repositories; only for commands that do not write: snapshots, ls, cat, check, restore)
+    #[arg(long = "no-lock", global = true)]
+    pub no_lock: bool,
 }
 
 /// Commands.

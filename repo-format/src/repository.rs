@@ -334,13 +334,73 @@ impl Repository {
         Ok(v)
     }
 
-    /// Finds a snapshot by full id, unique prefix or `latest`.
-    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
-        if spec == "latest" {
-            return self.snapshots()?.pop().ok_or_else(|| Error::Ambiguous {
-                what: "the repository has no snapshots".into(),
-            });
+    /// Loads every snapshot that can be read, oldest first, and names the
+    /// damaged ones with why, the way restic's listings do: a snapshot
+    /// file that does not decrypt, hash or parse costs only itself. Storage
+    /// errors (the backend failing to read) still fail the whole listing,
+    /// so that a flaky connection is never mistaken for missing snapshots.
+    /// For listings and restores only: what deletes data (prune, forget)
+    /// must see every snapshot and uses [`Repository::snapshots`].
+    pub fn snapshots_readable(&self) -> Result<ReadableSnapshots> {
+        let ids = self.list_ids(FileType::Snapshot)?;
+        let loaded: Vec<(Id, Result<Snapshot>)> = ids
+            .par_iter()
+            .map(|id| (*id, self.load_snapshot(id)))
+            .collect();
+        let mut out = ReadableSnapshots::default();
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => out.snapshots.push((id, s)),
+                // Removed meanwhile (a concurrent forget): not damage.
+                Err(Error::NotFound { .. }) => {}
+                Err(e @ (Error::Backend { .. } | Error::Cancelled)) => return Err(e),
+                Err(e) => out.unreadable.push((id, e)),
+            }
         }
+        out.snapshots
+            .sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        out.unreadable.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Finds a snapshot by full id, unique prefix or `latest` (the latest
+    /// readable one: damaged snapshot files are skipped with a warning; see
+    /// [`Repository::find_snapshot_readable`] to learn which).
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let (found, skipped) = self.find_snapshot_readable(spec)?;
+        for (id, e) in &skipped {
+            tracing::warn!(snapshot = %id, error = %e, "could not load snapshot");
+        }
+        Ok(found)
+    }
+
+    /// Like [`Repository::find_snapshot`], and returns the damaged
+    /// snapshot files `latest` skipped.
+    pub fn find_snapshot_readable(&self, spec: &str) -> Result<((Id, Snapshot), Vec<(Id, Error)>)> {
+        if spec == "latest" {
+            let mut all = self.snapshots_readable()?;
+            return match all.snapshots.pop() {
+                Some(s) => Ok((s, all.unreadable)),
+                None if all.unreadable.is_empty() => Err(Error::Ambiguous {
+                    what: "the repository has no snapshots".into(),
+                }),
+                None => Err(Error::Ambiguous {
+                    what: format!(
+                        "the repository has no readable snapshots ({} damaged: {})",
+                        all.unreadable.len(),
+                        all.unreadable
+                            .iter()
+                            .map(|(id, e)| format!("{id}: {e}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                }),
+            };
+        }
+        self.find_snapshot_by_id(spec).map(|f| (f, Vec::new()))
+    }
+
+    fn find_snapshot_by_id(&self, spec: &str) -> Result<(Id, Snapshot)> {
         let id = self.find_id(FileType::Snapshot, spec)?;
         match self.load_snapshot(&id) {
             Err(Error::NotFound { .. }) => Err(Error::Ambiguous {
@@ -405,6 +465,16 @@ impl Repository {
             pack_bytes: packs.iter().map(|p| p.size).sum(),
         })
     }
+}
+
+/// The snapshots that load and those that do not, see
+/// [`Repository::snapshots_readable`].
+#[derive(Debug, Default)]
+pub struct ReadableSnapshots {
+    /// The readable snapshots, oldest first.
+    pub snapshots: Vec<(Id, Snapshot)>,
+    /// The damaged snapshot files and why they do not load, by id.
+    pub unreadable: Vec<(Id, Error)>,
 }
 
 /// Size of a repository, see [`Repository::stats`].
@@ -563,6 +633,49 @@ mod tests {
                 json
             );
         }
+    }
+
+    /// One damaged snapshot file costs only itself: the listing and
+    /// `latest` skip it and name it; `snapshots()` (for prune) still fails.
+    #[test]
+    fn damaged_snapshot_costs_only_itself() {
+        let (d, r) = repo(2);
+        let tree = Id::hash(b"tree");
+        let mut ids = Vec::new();
+        for t in ["2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z"] {
+            let s = Snapshot {
+                time: chrono::DateTime::parse_from_rfc3339(t).unwrap(),
+                parent: None,
+                tree,
+                paths: vec!["/p".into()],
+                hostname: "h".into(),
+                username: String::new(),
+                uid: 0,
+                gid: 0,
+                excludes: vec![],
+                tags: vec![],
+                original: None,
+                program_version: String::new(),
+                summary: None,
+            };
+            ids.push(r.save_unpacked(FileType::Snapshot, &s.to_json()).unwrap());
+        }
+        // Damage the newest.
+        let p = d.path().join("r/snapshots").join(ids[1].to_hex());
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[20] ^= 1;
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, &bytes).unwrap();
+        let all = r.snapshots_readable().unwrap();
+        assert_eq!(all.snapshots.len(), 1);
+        assert_eq!(all.snapshots[0].0, ids[0]);
+        assert_eq!(all.unreadable.len(), 1);
+        assert_eq!(all.unreadable[0].0, ids[1]);
+        let ((latest, _), skipped) = r.find_snapshot_readable("latest").unwrap();
+        assert_eq!(latest, ids[0]);
+        assert_eq!(skipped.len(), 1);
+        assert!(r.snapshots().is_err());
+        assert!(r.find_snapshot(&ids[1].to_hex()).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn run(g: &GlobalArgs, what: &str, id: Option<&str>) -> Result<u8> {
             writeln!(out, "{}", pretty(&r.config().to_json())?)?;
         }
         "snapshot" => {
-            let (sid, _) = r.find_snapshot(need_id()?)?;
+            let (sid, _) = super::find_snapshot(&r, need_id()?)?;
             writeln!(
                 out,
                 "{}",

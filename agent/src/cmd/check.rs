@@ -1,15 +1,14 @@
 //! `stash check`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use repo_format::ops::check::{check, CheckOptions};
-use repo_format::repository::lock::RepoLock;
 
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::repo;
 
 pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
     let r = repo::open(g)?;
-    let _lock = RepoLock::acquire(r.clone(), false).context("check needs a (shared) lock")?;
+    let _lock = super::read_lock(g, &r, "check")?;
     let reading = if a.read_data {
         ", and reading all data".to_string()
     } else if let Some(s) = &a.read_data_subset {
@@ -25,6 +24,9 @@ pub fn run(g: &GlobalArgs, a: &CheckArgs) -> Result<u8> {
             subset: a.read_data_subset,
         },
     )?;
+    for h in &rep.hints {
+        println!("hint: {h}");
+    }
     for w in &rep.warnings {
         println!("warning: {w}");
     }

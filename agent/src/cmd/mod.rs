@@ -22,6 +22,11 @@ use crate::cli::{Cli, Command};
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
+    if g.no_lock && !reads_only(&cli.command) {
+        anyhow::bail!(
+            "--no-lock is only for commands that do not change the repository (snapshots, ls, cat, check, restore)"
+        );
+    }
     match cli.command {
         Command::Init { repository_version } => init::run(g, &repository_version),
         Command::Backup(args) => backup::run(g, &args),
@@ -41,6 +46,18 @@ pub fn run(cli: Cli) -> Result<u8> {
     }
 }
 
+/// Whether a command only reads the repository (so `--no-lock` is safe).
+fn reads_only(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Snapshots { .. }
+            | Command::Ls { .. }
+            | Command::Cat { .. }
+            | Command::Check(_)
+            | Command::Restore(_)
+    )
+}
+
 /// The snapshot as restic's JSON shows it, with `id` and `short_id` added.
 pub fn snapshot_json(id: &repo_format::Id, s: &repo_format::Snapshot) -> serde_json::Value {
     let mut v = serde_json::to_value(s).expect("snapshot json");
@@ -48,4 +65,48 @@ pub fn snapshot_json(id: &repo_format::Id, s: &repo_format::Snapshot) -> serde_j
     o.insert("id".into(), id.to_hex().into());
     o.insert("short_id".into(), id.short().into());
     v
+}
+
+/// restic's warning for a snapshot file that does not load; the listing
+/// goes on without it.
+pub fn warn_unreadable(unreadable: &[(repo_format::Id, repo_format::Error)]) {
+    for (id, e) in unreadable {
+        eprintln!("Warning: could not load snapshot {id}: {e}");
+    }
+}
+
+/// A snapshot by id, prefix or `latest` (the latest readable one, with a
+/// warning for each damaged snapshot file passed over).
+pub fn find_snapshot(
+    r: &repo_format::Repository,
+    spec: &str,
+) -> anyhow::Result<(repo_format::Id, repo_format::Snapshot)> {
+    let (found, skipped) = r.find_snapshot_readable(spec)?;
+    if !skipped.is_empty() {
+        warn_unreadable(&skipped);
+        eprintln!(
+            "Warning: `latest` is {}, the latest readable snapshot",
+            found.0.short()
+        );
+    }
+    Ok(found)
+}
+
+/// The lock of a command that only reads: restic's shared lock, or none
+/// with `--no-lock` (a repository on read-only media or behind read-only
+/// credentials, where a lock file cannot be written).
+pub fn read_lock(
+    g: &crate::cli::GlobalArgs,
+    r: &std::sync::Arc<repo_format::Repository>,
+    command: &str,
+) -> anyhow::Result<Option<repo_format::repository::lock::RepoLock>> {
+    use anyhow::Context;
+    if g.no_lock {
+        return Ok(None);
+    }
+    repo_format::repository::lock::RepoLock::acquire(r.clone(), false)
+        .map(Some)
+        .with_context(|| {
+            format!("{command} needs a (shared) lock; for a read-only repository use --no-lock")
+        })
 }

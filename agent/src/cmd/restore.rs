@@ -5,7 +5,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use repo_format::ops::progress::Progress;
 use repo_format::ops::restore::{restore_with_progress, RestoreOptions};
-use repo_format::repository::lock::RepoLock;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, RestoreArgs};
@@ -15,8 +14,8 @@ use crate::{format, repo};
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let r = repo::open(g)?;
-    let _lock = RepoLock::acquire(r.clone(), false)?;
-    let (id, s) = r.find_snapshot(&a.snapshot)?;
+    let _lock = super::read_lock(g, &r, "restore")?;
+    let (id, s) = super::find_snapshot(&r, &a.snapshot)?;
     r.load_index().context("loading the index")?;
     if !a.json {
         println!(

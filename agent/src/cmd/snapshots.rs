@@ -7,11 +7,18 @@ use crate::repo;
 
 pub fn run(g: &GlobalArgs, json: bool) -> Result<u8> {
     let r = repo::open(g)?;
-    let snaps = r.snapshots()?;
+    let all = r.snapshots_readable()?;
+    super::warn_unreadable(&all.unreadable);
+    let snaps = all.snapshots;
     if json {
+        // restic sorts the paths of each snapshot in its JSON.
         let v: Vec<serde_json::Value> = snaps
             .iter()
-            .map(|(id, s)| super::snapshot_json(id, s))
+            .map(|(id, s)| {
+                let mut s = s.clone();
+                s.paths.sort();
+                super::snapshot_json(id, &s)
+            })
             .collect();
         println!("{}", serde_json::to_string(&v)?);
         return Ok(0);

@@ -244,3 +244,253 @@ fn keys_added_by_either_tool_open_the_repository() {
     s3.ok(&["snapshots"]);
     assert_eq!(std::fs::read_dir(env.repo.join("keys")).unwrap().count(), 3);
 }
+
+/// Flips one byte of a repository file (a new file, as storage would hold
+/// a damaged copy).
+fn damage(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[40] ^= 0x55;
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Issue 19: one damaged snapshot file costs only itself. `snapshots`
+/// warns like restic, lists the rest and exits 0; `latest` is the latest
+/// readable snapshot (with a warning), so `ls latest` and `restore latest`
+/// still work; restic lists the same snapshots.
+#[test]
+fn damaged_snapshot_file_costs_only_itself() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"first").unwrap();
+    let stash = env.stash();
+    stash.ok(&["init"]);
+    let s1 = stash.backup(&[&src], &["--time", "2024-01-01 00:00:00"]);
+    std::fs::write(src.join("b"), b"second").unwrap();
+    let s2 = stash.backup(&[&src], &["--time", "2024-02-01 00:00:00"]);
+    let (id1, id2) = (
+        s1["snapshot_id"].as_str().unwrap(),
+        s2["snapshot_id"].as_str().unwrap(),
+    );
+    damage(&env.repo.join("snapshots").join(id2));
+
+    let out = stash.run(&["snapshots", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("could not load snapshot {id2}")),
+        "{stderr}"
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![id1]);
+    let restic_ids: Vec<String> = env
+        .restic()
+        .snapshots_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(restic_ids, vec![id1.to_string()]);
+
+    let out = stash.run(&["ls", "latest"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("latest readable"), "{stderr}");
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(ls.contains(&id1[..8]), "{ls}");
+    assert!(!ls.lines().any(|l| l.ends_with("/b")), "{ls}");
+    let target = env.path("t");
+    stash.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(restored(&target, &src).join("a")).unwrap(),
+        b"first"
+    );
+    // Asked for by id, the damaged one is an error that names it.
+    let (_, err) = stash.fails(&["ls", id2]);
+    assert!(err.contains(id2), "{err}");
+}
+
+/// Runs stash on a read-only bind mount of the repository, in a mount
+/// namespace of its own (the mount goes away with the process, and root's
+/// permission override does not apply to a read-only mount).
+fn stash_on_read_only_repo(env: &Env, args: &[&str]) -> std::process::Output {
+    let ro = env.path("repo-ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let stash = Stash {
+        repo: ro.display().to_string(),
+        password_file: env.password_file.clone(),
+    };
+    let inner = stash.command();
+    let mut c = std::process::Command::new("unshare");
+    c.args([
+        "-m",
+        "sh",
+        "-c",
+        r#"mount --bind -o ro "$0" "$1" && shift && exec "$@""#,
+    ]);
+    c.arg(&env.repo).arg(&ro).arg(inner.get_program());
+    c.args(inner.get_args());
+    c.args(args);
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.output().expect("unshare")
+}
+
+/// Every file of a directory tree with its SHA-256 (a repository's
+/// fingerprint: equal before and after means nothing was written).
+fn checksums(dir: &std::path::Path) -> Vec<(String, String)> {
+    use sha2::Digest;
+    let mut v: Vec<(String, String)> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            let sum = if e.file_type().is_file() {
+                hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).unwrap()))
+            } else {
+                "dir".into()
+            };
+            (rel, sum)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 19: a read-only repository (a read-only mount: nothing can be
+/// written, not even by root) is checked and restored with `--no-lock`;
+/// without it the lock cannot be written and the error says what to do;
+/// commands that write refuse `--no-lock`.
+#[test]
+fn read_only_repository_is_checked_and_restored_with_no_lock() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src, &FixtureOptions::small()).expect("fixture");
+    let stash = env.stash();
+    stash.ok(&["init"]);
+    stash.backup(&[&src], &[]);
+    let before = checksums(&env.repo);
+
+    let out = stash_on_read_only_repo(&env, &["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check without --no-lock must fail");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(err.contains("--no-lock"), "{err}");
+
+    for args in [
+        &["check", "--no-lock", "--read-data"][..],
+        &["snapshots", "--no-lock"],
+        &["ls", "--no-lock", "latest"],
+    ] {
+        let out = stash_on_read_only_repo(&env, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let target = env.path("t");
+    let out = stash_on_read_only_repo(
+        &env,
+        &[
+            "restore",
+            "--no-lock",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_trees_equal(&src, &restored(&target, &src), &CompareOptions::default());
+
+    let (_, err) = stash.fails(&["backup", "--no-lock", src.to_str().unwrap()]);
+    assert!(err.contains("--no-lock is only for"), "{err}");
+    assert_eq!(checksums(&env.repo), before, "the repository changed");
+}
+
+/// Issue 19: `ls --json` prints what restic 0.19.1 prints for the same
+/// snapshot, node for node and field for field (Go mode strings such as
+/// `dtrwxrwxrwx` and `urwxr-xr-x`, no `linktarget`, no zero `mode`), and
+/// `snapshots --json` sorts paths as restic does.
+#[test]
+fn ls_and_snapshots_json_match_restic_0_19() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("src");
+    let other = env.path("a-other");
+    std::fs::create_dir_all(src.join("sticky")).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::set_permissions(src.join("sticky"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(src.join("suid"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::write(src.join("sgid"), b"x").unwrap();
+    std::fs::set_permissions(src.join("sgid"), std::fs::Permissions::from_mode(0o2750)).unwrap();
+    std::fs::write(src.join("plain"), b"plain").unwrap();
+    std::os::unix::fs::symlink("plain", src.join("link")).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let stash = env.stash();
+    stash.ok(&["init"]);
+    // Paths given in an order that is not sorted.
+    let s = stash.backup(&[&src, &other], &[]);
+    let id = s["snapshot_id"].as_str().unwrap();
+    let restic = env.restic().with_bin(stash_testkit::servers::bin("restic"));
+    let node_lines = |out: String| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains(r#""struct_type":"node""#))
+            .map(str::to_string)
+            .collect()
+    };
+    let theirs = node_lines(restic.run_ok(["ls", "--json", id]));
+    let ours_raw = node_lines(stash.ok(&["ls", "--json", id]));
+    assert!(theirs.len() > 6, "{theirs:?}");
+    assert_eq!(ours_raw.len(), theirs.len());
+    for (o, t) in ours_raw.iter().zip(&theirs) {
+        let (ov, tv): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(o).unwrap(),
+            serde_json::from_str(t).unwrap(),
+        );
+        assert_eq!(ov, tv, "stash's line differs from restic's");
+        // The same fields in the same order, byte for byte.
+        assert_eq!(o, t);
+    }
+    let ours: Vec<serde_json::Value> = ours_raw
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let perms = |name: &str| {
+        ours.iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["permissions"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(perms("sticky"), "dtrwxrwxrwx");
+    assert_eq!(perms("suid"), "urwxr-xr-x");
+
+    let ours: serde_json::Value =
+        serde_json::from_str(&stash.ok(&["snapshots", "--json"])).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_str(&restic.run_ok(["snapshots", "--json"])).unwrap();
+    assert_eq!(ours[0]["paths"], theirs[0]["paths"]);
+    let p = ours[0]["paths"].as_array().unwrap();
+    assert_eq!(p[0].as_str().unwrap(), other.to_str().unwrap());
+}

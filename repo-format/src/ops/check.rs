@@ -148,6 +148,9 @@ pub struct CheckReport {
     pub errors: Vec<String>,
     /// Things worth knowing that do not lose data (e.g. unreferenced packs).
     pub warnings: Vec<String>,
+    /// restic's hints: the layout is unusual but sound (packs mixing tree
+    /// and data blobs, packs in several index files, old-format index files).
+    pub hints: Vec<String>,
     /// Snapshots checked.
     pub snapshots: usize,
     /// Trees checked.
@@ -169,23 +172,38 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
 
     // 1. Index files.
     let index_ids = repo.list_ids(FileType::Index)?;
-    let loaded: Vec<(Id, Result<IndexFile>)> = index_ids
+    // (index file, parsed, whether it is in the old format: a bare array
+    // of packs, which restic reads and reports as a hint).
+    let mut loaded: Vec<(Id, Result<(IndexFile, bool)>)> = index_ids
         .par_iter()
         .map(|id| {
             let name = id.to_hex();
             (
                 *id,
-                repo.load_unpacked(FileType::Index, &name)
-                    .and_then(|b| IndexFile::from_json(&b, &name)),
+                repo.load_unpacked(FileType::Index, &name).and_then(|b| {
+                    let old = b.first() == Some(&b'[');
+                    IndexFile::from_json(&b, &name).map(|f| (f, old))
+                }),
             )
         })
         .collect();
+    loaded.sort_by_key(|(id, _)| *id);
     let mut index = Index::new();
     let mut pack_blobs: HashMap<Id, Vec<(BlobType, Id, BlobLocation)>> = HashMap::new();
+    let mut pack_indexes: HashMap<Id, Vec<Id>> = HashMap::new();
     for (id, r) in loaded {
         match r {
-            Ok(f) => {
+            Ok((f, old)) => {
+                if old {
+                    report.hints.push(format!("index {id} has old format"));
+                }
                 index.add_file(&f);
+                for p in &f.packs {
+                    let files = pack_indexes.entry(p.id).or_default();
+                    if files.last() != Some(&id) {
+                        files.push(id);
+                    }
+                }
                 for (tpe, id, loc) in file_blobs(&f) {
                     pack_blobs.entry(loc.pack).or_default().push((tpe, id, loc));
                 }
@@ -193,10 +211,35 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
             Err(e) => report.errors.push(format!("index file {id}: {e}")),
         }
     }
+    // restic's hints: harmless for the data, but a sign of an old or
+    // repaired repository that prune (or `repair index`) tidies up.
+    let mut hinted: Vec<(&Id, &Vec<Id>)> =
+        pack_indexes.iter().filter(|(_, f)| f.len() > 1).collect();
+    hinted.sort();
+    for (pack, files) in hinted {
+        let names: Vec<String> = files.iter().map(|f| f.to_hex()).collect();
+        report.hints.push(format!(
+            "pack {pack} contained in several indexes: {{{}}}",
+            names.join(" ")
+        ));
+    }
     // A pack listed in several index files is counted once.
     for blobs in pack_blobs.values_mut() {
         blobs.sort_by_key(|b| (b.2.offset, b.1));
         blobs.dedup_by_key(|b| (b.2.offset, b.1));
+    }
+    let mut mixed: Vec<&Id> = pack_blobs
+        .iter()
+        .filter(|(_, b)| {
+            b.iter().any(|x| x.0 == BlobType::Tree) && b.iter().any(|x| x.0 == BlobType::Data)
+        })
+        .map(|(p, _)| p)
+        .collect();
+    mixed.sort();
+    for p in mixed {
+        report
+            .hints
+            .push(format!("pack {p} contains a mix of tree and data blobs"));
     }
 
     // 2. Packs: present, and of the size the index implies.
@@ -494,5 +537,89 @@ mod tests {
         assert_eq!(Subset::Percent(10.0).select(&packs).len(), 20);
         assert_eq!(Subset::Percent(0.1).select(&packs).len(), 1);
         assert_eq!(Subset::Size(1000).select(&packs).len(), 10);
+    }
+
+    /// restic's three hints: a pack holding tree and data blobs, a pack in
+    /// several index files, an index file in the old format (a bare array).
+    /// None of them is an error.
+    #[test]
+    fn hints_like_restic() {
+        use crate::backend::local::LocalBackend;
+        use crate::format::repofile::pack::{header_to_bytes, PackHeaderEntry};
+        use crate::format::repofile::{IndexBlob, IndexPack};
+        use std::sync::Arc;
+        let d = tempfile::tempdir().unwrap();
+        let b: Arc<dyn crate::Backend> = Arc::new(LocalBackend::new(d.path().join("r")));
+        let r = Repository::init(b, b"pw", 2, crate::KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let clean = check(&r, CheckOptions::default()).unwrap();
+        assert!(clean.hints.is_empty(), "{:?}", clean.hints);
+
+        // One pack, one data blob and one tree blob, built by hand the way
+        // restic before 0.8 wrote them.
+        let key = r.key();
+        let (data, tree) = (b"file content".to_vec(), br#"{"nodes":[]}"#.to_vec());
+        let mut bytes = Vec::new();
+        let mut entries = Vec::new();
+        for (tpe, plain) in [(BlobType::Data, &data), (BlobType::Tree, &tree)] {
+            let ct = key.encrypt(plain);
+            entries.push(PackHeaderEntry {
+                tpe,
+                length: ct.len() as u32,
+                uncompressed_length: None,
+                id: Id::hash(plain),
+                offset: bytes.len() as u32,
+            });
+            bytes.extend_from_slice(&ct);
+        }
+        let header = key.encrypt(&header_to_bytes(&entries));
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        let pack = Id::hash(&bytes);
+        r.backend()
+            .write(FileType::Pack, &pack.to_hex(), &bytes)
+            .unwrap();
+        let packs = vec![IndexPack {
+            id: pack,
+            blobs: entries
+                .iter()
+                .map(|e| IndexBlob {
+                    id: e.id,
+                    tpe: e.tpe,
+                    offset: e.offset,
+                    length: e.length,
+                    uncompressed_length: None,
+                })
+                .collect(),
+        }];
+        let new_format = IndexFile {
+            supersedes: vec![],
+            packs: packs.clone(),
+        };
+        let a = r
+            .save_unpacked(FileType::Index, &new_format.to_json())
+            .unwrap();
+        let old = r
+            .save_unpacked(FileType::Index, &serde_json::to_vec(&packs).unwrap())
+            .unwrap();
+        let rep = check(
+            &r,
+            CheckOptions {
+                read_data: true,
+                subset: None,
+            },
+        )
+        .unwrap();
+        assert!(rep.is_ok(), "{:?}", rep.errors);
+        let mut files = [a.to_hex(), old.to_hex()];
+        files.sort();
+        let expect = vec![
+            format!("index {old} has old format"),
+            format!(
+                "pack {pack} contained in several indexes: {{{}}}",
+                files.join(" ")
+            ),
+            format!("pack {pack} contains a mix of tree and data blobs"),
+        ];
+        assert_eq!(rep.hints, expect);
     }
 }

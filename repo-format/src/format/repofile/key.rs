@@ -74,17 +74,26 @@ pub fn derive(password: &[u8], salt: &[u8], params: KdfParams) -> Result<Key> {
     Ok(Key::from_slice(&out))
 }
 
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The JSON content of a key file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyFile {
-    /// When the key was added.
-    #[serde(with = "crate::format::repofile::gotime")]
+    /// When the key was added. restic always writes it; rustic leaves it
+    /// out (with `username` and `hostname`), and restic accepts that, so a
+    /// missing time reads as Go's zero time.
+    #[serde(
+        with = "crate::format::repofile::gotime",
+        default = "crate::format::repofile::gotime::zero"
+    )]
     pub created: DateTime<FixedOffset>,
-    /// User who added it.
-    #[serde(default)]
+    /// User who added it (optional, and `null` reads as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub username: String,
-    /// Host it was added on.
-    #[serde(default)]
+    /// Host it was added on (optional, and `null` reads as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub hostname: String,
     /// Always `scrypt`.
     pub kdf: String,
@@ -184,6 +193,26 @@ mod tests {
         assert_eq!(parsed.salt.len(), 64);
         assert_eq!(parsed.open(b"geheim", "k").unwrap(), master);
         assert!(matches!(parsed.open(b"wrong", "k"), Err(Error::Mac { .. })));
+    }
+
+    /// rustic writes key files without `created`, `username` and
+    /// `hostname` (restic accepts them); they must open.
+    #[test]
+    fn key_file_without_optional_fields_opens() {
+        let master = Key::random();
+        let kf =
+            KeyFile::create(&master, b"geheim", KdfParams::INSECURE_FOR_TESTS, "u", "h").unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&kf.to_json()).unwrap();
+        for field in ["created", "username", "hostname"] {
+            v.as_object_mut().unwrap().remove(field).unwrap();
+        }
+        let parsed = KeyFile::from_json(&serde_json::to_vec(&v).unwrap(), "k").unwrap();
+        assert_eq!(parsed.created, crate::format::repofile::gotime::zero());
+        assert_eq!(parsed.open(b"geheim", "k").unwrap(), master);
+        v["username"] = serde_json::Value::Null;
+        v["hostname"] = serde_json::Value::Null;
+        let parsed = KeyFile::from_json(&serde_json::to_vec(&v).unwrap(), "k").unwrap();
+        assert_eq!(parsed.username, "");
     }
 
     #[test]
