@@ -8,8 +8,6 @@
 #   toxiproxy-server fault injection         (Go module proxy)
 #   fake-gcs-server  Google Cloud Storage    (Go module proxy)
 #   azurite-blob     Azure Blob Storage      (npm)
-#   rustic           rustic, a second oracle (crates.io, cargo install;
-#                    a large Rust build: about 15-25 min cold on 2 cores)
 #
 # Each goes into ~/.cache/stash-test-bin/<name>-<version>/ (or
 # $STASH_TEST_BIN/<name>-<version>/) and is built only when missing, so a
@@ -65,7 +63,6 @@ declare -A binary=(
     [toxiproxy]=toxiproxy-server
     [fake-gcs-server]=fake-gcs-server
     [azurite]=azurite-blob
-    [rustic]=bin/rustic
 )
 
 dir_of() { echo "$cache/$1-${version[$1]}"; }
@@ -90,15 +87,7 @@ build_one() {
     # shellcheck disable=SC2064
     trap "rm -rf '$tmp'" RETURN
     start=$SECONDS
-    if [[ $name == rustic ]]; then
-        command -v cargo >/dev/null || { say "cargo is needed to install rustic"; exit 1; }
-        say "$name ${version[$name]}: cargo install rustic-rs"
-        # Its own target directory inside the build directory, removed with
-        # it: the build takes a few GiB that nothing needs afterwards.
-        CARGO_TARGET_DIR="$tmp/target" cargo install rustic-rs --version "${version[$name]}" \
-            --locked --no-default-features --root "$tmp" >&2
-        rm -rf "$tmp/target"
-    elif [[ $name == azurite ]]; then
+    if [[ $name == azurite ]]; then
         command -v npm >/dev/null || { say "npm is needed to install Azurite"; exit 1; }
         say "$name ${version[$name]}: npm install"
         npm install --prefix "$tmp" --no-audit --no-fund --loglevel=error \

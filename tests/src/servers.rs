@@ -46,7 +46,6 @@ fn executable(name: &str) -> &'static str {
         "rest-server" => "rest-server",
         "restic" => "restic",
         "fake-gcs-server" => "fake-gcs-server",
-        "rustic" => "bin/rustic",
         other => panic!("unknown test server {other}"),
     }
 }

@@ -9,5 +9,4 @@ mod interop;
 mod keys;
 mod maintenance;
 mod pipeline;
-mod rustic;
 mod support;
