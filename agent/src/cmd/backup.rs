@@ -60,6 +60,8 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         force: a.force,
         time: a.time.as_deref().map(parse_time).transpose()?,
         with_atime: a.with_atime,
+        cross_mounts: a.cross_mounts,
+        skip_top: Vec::new(),
     };
     let progress = Arc::new(Progress::default());
     let reporter = Reporter::start(
