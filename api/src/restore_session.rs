@@ -95,9 +95,7 @@ pub struct RestoreSessionSpec {
 }
 
 /// A kind of privilege-giving content a restore may create.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub enum PrivilegedContent {
     /// Block and character device nodes.

@@ -77,7 +77,7 @@ fn hostile_names_never_escape_the_target() {
             file_node(b"../escaped", &repo, b"x"),
             file_node(b"/etc/passwd-stash-test", &repo, b"x"),
             file_node(b"sub/../../escaped2", &repo, b"x"),
-            dir_node(b"..", inner),
+            dir_node(b"../..", inner),
             dir_node(b"a/../..", inner),
             file_node(b"good", &repo, b"fine"),
         ],
@@ -491,8 +491,9 @@ fn a_missing_pack_leaves_directory_metadata_applied() {
     .unwrap();
     // restic agrees the repository is sound before we damage it.
     let pw = stash_testkit::restic::write_password_file(t.path(), "pw");
-    let restic = stash_testkit::restic::Restic::new(t.path().join("repo").display().to_string(), &pw)
-        .with_cache_dir(t.path().join("cache"));
+    let restic =
+        stash_testkit::restic::Restic::new(t.path().join("repo").display().to_string(), &pw)
+            .with_cache_dir(t.path().join("cache"));
     restic.run_ok(["check"]);
     // Remove every pack holding data blobs.
     let idx = repo.index();
@@ -500,18 +501,35 @@ fn a_missing_pack_leaves_directory_metadata_applied() {
     let lost_node = {
         let mut tree = repo.load_tree(&res.snapshot.tree).unwrap();
         for c in src.iter().skip(1) {
-            let n = tree.nodes.into_iter().find(|n| n.name == c.as_encoded_bytes()).unwrap();
+            let n = tree
+                .nodes
+                .into_iter()
+                .find(|n| n.name == c.as_encoded_bytes())
+                .unwrap();
             tree = repo.load_tree(&n.subtree.unwrap()).unwrap();
         }
-        let private = tree.nodes.into_iter().find(|n| n.name == b"private").unwrap();
-        repo.load_tree(&private.subtree.unwrap()).unwrap().nodes.remove(0)
+        let private = tree
+            .nodes
+            .into_iter()
+            .find(|n| n.name == b"private")
+            .unwrap();
+        repo.load_tree(&private.subtree.unwrap())
+            .unwrap()
+            .nodes
+            .remove(0)
     };
     for id in lost_node.content.unwrap() {
         data_packs.insert(idx.get(BlobType::Data, &id).unwrap().pack);
     }
     drop(idx);
     for p in data_packs {
-        fs::remove_file(t.path().join("repo/data").join(&p.to_hex()[..2]).join(p.to_hex())).unwrap();
+        fs::remove_file(
+            t.path()
+                .join("repo/data")
+                .join(&p.to_hex()[..2])
+                .join(p.to_hex()),
+        )
+        .unwrap();
     }
     let target = t.path().join("target");
     let r = restore(
@@ -528,5 +546,8 @@ fn a_missing_pack_leaves_directory_metadata_applied() {
     let md = fs::metadata(&restored).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o700);
     assert_eq!(md.mtime(), 1_000_000_000);
-    assert!(!restored.join("lost").exists(), "no file with wrong content");
+    assert!(
+        !restored.join("lost").exists(),
+        "no file with wrong content"
+    );
 }

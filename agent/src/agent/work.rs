@@ -493,7 +493,9 @@ async fn prepare_restore(
             beyond.join(", ")
         )));
     }
-    let session_uid = s.uid().ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
+    let session_uid = s
+        .uid()
+        .ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
     Ok(RestorePlan {
         repo,
         dir,

@@ -45,7 +45,10 @@ fn one_name(name: &[u8]) -> io::Result<&OsStr> {
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("not a single file name: {:?}", String::from_utf8_lossy(name)),
+            format!(
+                "not a single file name: {:?}",
+                String::from_utf8_lossy(name)
+            ),
         ));
     }
     Ok(OsStr::from_bytes(name))
@@ -242,13 +245,8 @@ pub fn set_xattr_fd(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<
 
 /// Sets an xattr on the inode behind an `O_PATH` fd.
 pub fn set_xattr_opath(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> io::Result<()> {
-    rustix::fs::setxattr(
-        proc_path(fd),
-        name,
-        value,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .map_err(io_err)
+    rustix::fs::setxattr(proc_path(fd), name, value, rustix::fs::XattrFlags::empty())
+        .map_err(io_err)
 }
 
 /// chmod of the inode behind an `O_PATH` fd (never a symlink: callers

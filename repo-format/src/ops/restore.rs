@@ -150,7 +150,11 @@ impl Privileged {
             (self.devices, allowed.devices, "devices"),
             (self.setid, allowed.setid, "setid"),
             (self.capabilities, allowed.capabilities, "capabilities"),
-            (self.security_xattrs, allowed.security_xattrs, "security-xattrs"),
+            (
+                self.security_xattrs,
+                allowed.security_xattrs,
+                "security-xattrs",
+            ),
         ] {
             if want && !ok {
                 v.push(name);
@@ -384,7 +388,10 @@ impl Planner<'_> {
                 continue;
             }
             if top && self.opts.skip_top.iter().any(|p| node.name.starts_with(p)) {
-                self.skip(&snap_path, "a name reserved for the restore's own marker".into());
+                self.skip(
+                    &snap_path,
+                    "a name reserved for the restore's own marker".into(),
+                );
                 continue;
             }
             if self.excludes.matches(&snap_path) {
@@ -541,7 +548,10 @@ impl Planner<'_> {
                 && st.st_mtime as i64 == node.mtime.timestamp()
                 && st.st_mtime_nsec as i64 == i64::from(node.mtime.timestamp_subsec_nanos());
             let snapshot_newer = (node.mtime.timestamp(), node.mtime.timestamp_subsec_nanos())
-                > (st.st_mtime as i64, u32::try_from(st.st_mtime_nsec).unwrap_or(0));
+                > (
+                    st.st_mtime as i64,
+                    u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                );
             match self.opts.overwrite {
                 Overwrite::Never => {
                     self.result.files_skipped += 1;
@@ -1033,7 +1043,9 @@ fn is_damage(e: &Error) -> bool {
 /// Returns the fd and whether the directory was created.
 fn prepare_dir(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<(OwnedFd, bool)> {
     match beneath::stat_at(dir, name) {
-        Ok(st) if beneath::kind(&st) == libc::S_IFDIR => Ok((beneath::open_dir_at(dir, name)?, false)),
+        Ok(st) if beneath::kind(&st) == libc::S_IFDIR => {
+            Ok((beneath::open_dir_at(dir, name)?, false))
+        }
         Ok(_) => {
             beneath::unlink_at(dir, name)?;
             beneath::mkdir_at(dir, name)?;
@@ -1141,9 +1153,12 @@ pub fn restore_with_progress(
                 return Some((f.snap_path.clone(), Some(msg), Vec::new()));
             }
             if f.fill == Fill::Compare {
-                if let Err(e) = f.open(true).and_then(|h| h.set_len(f.node.size))
-                {
-                    return Some((f.snap_path.clone(), Some(format!("truncate: {e}")), Vec::new()));
+                if let Err(e) = f.open(true).and_then(|h| h.set_len(f.node.size)) {
+                    return Some((
+                        f.snap_path.clone(),
+                        Some(format!("truncate: {e}")),
+                        Vec::new(),
+                    ));
                 }
             }
             if opts.verify {

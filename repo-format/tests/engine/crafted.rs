@@ -126,7 +126,11 @@ fn print(d: &Path) -> Vec<(String, u32, Vec<u8>)> {
         .map(|e| {
             let e = e.unwrap();
             let md = fs::symlink_metadata(e.path()).unwrap();
-            let c = if md.is_file() { fs::read(e.path()).unwrap() } else { Vec::new() };
+            let c = if md.is_file() {
+                fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
             (e.file_name().to_string_lossy().into_owned(), md.mode(), c)
         })
         .collect();
@@ -151,7 +155,12 @@ fn run(repo: &Repository, target: &Path, privileged: Privileged) -> RestoreResul
 
 #[test]
 fn duplicate_names_in_every_order_are_refused_and_checked_as_damage() {
-    for (first, second) in [("file", "symlink"), ("symlink", "file"), ("dir", "symlink"), ("symlink", "dir")] {
+    for (first, second) in [
+        ("file", "symlink"),
+        ("symlink", "file"),
+        ("dir", "symlink"),
+        ("symlink", "dir"),
+    ] {
         let t = tempfile::tempdir().unwrap();
         let (outside, before) = decoy(t.path());
         let mut c = Crafter::new(t.path());
@@ -162,7 +171,11 @@ fn duplicate_names_in_every_order_are_refused_and_checked_as_damage() {
             "symlink" => symlink("n", &outside),
             _ => dir("n", &empty),
         };
-        let sub = c.tree(json!([node(first), node(second), file("inner", &blob, json!({}))]));
+        let sub = c.tree(json!([
+            node(first),
+            node(second),
+            file("inner", &blob, json!({}))
+        ]));
         let root = c.tree(json!([dir("d", &sub), file("ok", &blob, json!({}))]));
         let repo = c.finish(t.path(), &root);
         let target = t.path().join("target");
@@ -207,7 +220,11 @@ fn privileged_content_is_left_out_unless_allowed() {
     let repo = c.finish(t.path(), &root);
     let target = t.path().join("target");
     let res = run(&repo, &target, Privileged::default());
-    let skipped: Vec<String> = res.skipped.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+    let skipped: Vec<String> = res
+        .skipped
+        .iter()
+        .map(|e| format!("{}: {}", e.path, e.message))
+        .collect();
     let has = |p: &str, m: &str| skipped.iter().any(|s| s.starts_with(p) && s.contains(m));
     assert!(has("/suid", "setuid"), "{skipped:#?}");
     assert!(has("/capped", "security.capability"), "{skipped:#?}");
@@ -215,9 +232,14 @@ fn privileged_content_is_left_out_unless_allowed() {
     assert!(has("/disk", "device node"), "{skipped:#?}");
     assert!(has("/mem", "device node"), "{skipped:#?}");
     assert!(has("/.stash-restore-done.uid", "reserved"), "{skipped:#?}");
-    let mode = fs::metadata(target.join("suid")).unwrap().permissions().mode();
+    let mode = fs::metadata(target.join("suid"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o755, "setuid bit restored");
-    assert!(xattr::get(target.join("capped"), "security.capability").unwrap().is_none());
+    assert!(xattr::get(target.join("capped"), "security.capability")
+        .unwrap()
+        .is_none());
     assert!(!target.join("disk").exists() && !target.join("mem").exists());
     assert!(fs::symlink_metadata(target.join(".stash-restore-done.uid")).is_err());
     assert_eq!(print(&outside), before);
@@ -225,9 +247,23 @@ fn privileged_content_is_left_out_unless_allowed() {
     // Allowed: setuid is restored (devices and capabilities need root and
     // a file system that takes them, so only what this test can check).
     let target2 = t.path().join("target2");
-    let res = run(&repo, &target2, Privileged { setid: true, ..Default::default() });
-    assert!(!res.skipped.iter().any(|e| e.path == "/suid"), "{:#?}", res.skipped);
-    let mode = fs::metadata(target2.join("suid")).unwrap().permissions().mode();
+    let res = run(
+        &repo,
+        &target2,
+        Privileged {
+            setid: true,
+            ..Default::default()
+        },
+    );
+    assert!(
+        !res.skipped.iter().any(|e| e.path == "/suid"),
+        "{:#?}",
+        res.skipped
+    );
+    let mode = fs::metadata(target2.join("suid"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o7777, 0o4755);
 }
 

@@ -66,7 +66,11 @@ fn backup_never_follows_a_directory_swapped_for_a_symlink() {
     repo.load_index().unwrap();
     let outside = t.path().join("outside");
     fs::create_dir(&outside).unwrap();
-    fs::write(outside.join(std::str::from_utf8(MARKER).unwrap()), b"host secret").unwrap();
+    fs::write(
+        outside.join(std::str::from_utf8(MARKER).unwrap()),
+        b"host secret",
+    )
+    .unwrap();
     let vol = t.path().join("vol");
     fs::create_dir_all(vol.join("sub/deeper")).unwrap();
     for i in 0..4 {
@@ -101,7 +105,10 @@ fn backup_never_follows_a_directory_swapped_for_a_symlink() {
         assert!(
             !names.iter().any(|n| n == MARKER),
             "backup {i} read the outside directory: {:?}",
-            names.iter().map(|n| String::from_utf8_lossy(n)).collect::<Vec<_>>()
+            names
+                .iter()
+                .map(|n| String::from_utf8_lossy(n))
+                .collect::<Vec<_>>()
         );
         if names.iter().any(|n| n == b"f0") {
             saw_dir += 1;
@@ -114,7 +121,10 @@ fn backup_never_follows_a_directory_swapped_for_a_symlink() {
     // The race really ran: the pod swapped thousands of times, and backups
     // saw "sub" both as the directory and as the symlink.
     assert!(swaps.load(Ordering::Relaxed) > 200, "{swaps:?}");
-    assert!(saw_dir > 0 && saw_link > 0, "dir {saw_dir}, link {saw_link}");
+    assert!(
+        saw_dir > 0 && saw_link > 0,
+        "dir {saw_dir}, link {saw_link}"
+    );
 }
 
 /// Content, mode, owner and mtime of every entry below `root`.
@@ -129,7 +139,10 @@ fn fingerprint(root: &Path) -> BTreeMap<String, (u32, u32, i64, i64, Vec<u8>)> {
             let content = if md.is_file() {
                 fs::read(&p).unwrap()
             } else if md.file_type().is_symlink() {
-                fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes()
+                fs::read_link(&p)
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes()
             } else {
                 stack.push(p.clone());
                 Vec::new()
@@ -205,12 +218,20 @@ fn restore_never_writes_through_a_directory_swapped_for_a_symlink() {
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
     assert!(swaps.load(Ordering::Relaxed) > 200, "{swaps:?}");
-    assert_eq!(fingerprint(&decoy), before, "the decoy outside the target changed");
+    assert_eq!(
+        fingerprint(&decoy),
+        before,
+        "the decoy outside the target changed"
+    );
     // Restores still work when the pod leaves the directory alone.
     let _ = clean;
     let _ = fs::remove_file(target.join("swap"));
     let d_now = target.join("d");
-    if fs::symlink_metadata(&d_now).unwrap().file_type().is_symlink() {
+    if fs::symlink_metadata(&d_now)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+    {
         fs::remove_file(&d_now).unwrap();
     }
     let res = restore(

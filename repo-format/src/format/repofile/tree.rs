@@ -634,7 +634,12 @@ mod tests {
     #[test]
     fn parsing_refuses_duplicate_names_in_any_order() {
         let id = Id::hash(b"t");
-        for (a, b) in [("file", "symlink"), ("symlink", "file"), ("dir", "symlink"), ("symlink", "dir")] {
+        for (a, b) in [
+            ("file", "symlink"),
+            ("symlink", "file"),
+            ("dir", "symlink"),
+            ("symlink", "dir"),
+        ] {
             let json = format!(
                 r#"{{"nodes":[{{"name":"x","type":"{a}"}},{{"name":"y","type":"file"}},{{"name":"x","type":"{b}"}}]}}"#
             );
