@@ -129,6 +129,13 @@ pub struct AgentArgs {
     /// A host directory whose hostPath volumes may be backed up and restored (repeatable; none by default)
     #[arg(long = "allow-host-path", value_name = "DIR")]
     pub allow_host_paths: Vec<PathBuf>,
+    /// Privilege-giving content a RestoreSession may ask to restore (spec.privileged), comma-separated: devices, setid, capabilities, security-xattrs, all; none by default
+    #[arg(
+        long = "allow-privileged-restore",
+        env = "STASH_ALLOW_PRIVILEGED_RESTORE",
+        default_value = "none"
+    )]
+    pub allow_privileged_restore: repo_format::ops::restore::Privileged,
     /// At most N items at once on this node
     #[arg(long = "max-concurrent", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_concurrent: u32,
@@ -216,6 +223,12 @@ pub struct BackupArgs {
     /// Record access times (off by default, like restic: they change on every read)
     #[arg(long = "with-atime")]
     pub with_atime: bool,
+    /// Descend into other file systems mounted inside the backed-up
+    /// directories (by default a mount point is recorded as an empty
+    /// directory and reported; restic's default is the opposite, and its
+    /// --one-file-system turns it off)
+    #[arg(long = "cross-mounts")]
+    pub cross_mounts: bool,
     /// Compression: auto (skips data that does not compress), off, fastest, better, max
     #[arg(long, default_value = "auto")]
     pub compression: repo_format::Compression,
@@ -256,6 +269,12 @@ pub struct RestoreArgs {
     /// Pack reads in parallel (default: two per CPU, at least the backend's connections)
     #[arg(long = "read-threads", default_value_t = 0)]
     pub read_threads: usize,
+    /// Privilege-giving content to restore, comma-separated: devices,
+    /// setid, capabilities, security-xattrs; `all` (the default, as restic
+    /// does for your own data) or `none` (for a snapshot you do not trust:
+    /// such content is then left out and reported as a warning)
+    #[arg(long = "privileged", default_value = "all")]
+    pub privileged: repo_format::ops::restore::Privileged,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -65,8 +65,8 @@ pub use repository::{
     AllowedNamespaces, NamespacesFrom, Repository, RepositorySpec, RepositoryStatus, UsagePolicy,
 };
 pub use restore_session::{
-    OverwritePolicy, RestoreItem, RestoreSession, RestoreSessionSpec, RestoreSessionStatus,
-    RestoreTarget, SourceIdentity, VolumeMapping, ANNOTATION_RESTORE_SESSION,
+    OverwritePolicy, PrivilegedContent, RestoreItem, RestoreSession, RestoreSessionSpec,
+    RestoreSessionStatus, RestoreTarget, SourceIdentity, VolumeMapping, ANNOTATION_RESTORE_SESSION,
     LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
 };
 

@@ -82,6 +82,30 @@ pub struct RestoreSessionSpec {
     /// not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rollout: bool,
+    /// Privilege-giving content of the snapshot to restore as it is:
+    /// device nodes, the setuid/setgid bits, file capabilities, other
+    /// `security.*` and `trusted.*` xattrs. By default all of it is left out
+    /// (the files are restored without those bits and xattrs) and reported
+    /// in the item's message. Each kind asked for must also be allowed by
+    /// the cluster's node agents (`--allow-privileged-restore`); a session
+    /// asking for more fails its items instead of restoring less.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub privileged: Vec<PrivilegedContent>,
+}
+
+/// A kind of privilege-giving content a restore may create.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum PrivilegedContent {
+    /// Block and character device nodes.
+    Devices,
+    /// The setuid and setgid mode bits.
+    Setid,
+    /// File capabilities (`security.capability`).
+    Capabilities,
+    /// Other `security.*` xattrs and `trusted.*` xattrs.
+    SecurityXattrs,
 }
 
 /// Pod-template label (and so pod label) naming the RestoreSession whose

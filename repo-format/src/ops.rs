@@ -2,6 +2,7 @@
 //! [`Repository`](crate::Repository) and never the other way round.
 
 pub mod backup;
+pub mod beneath;
 pub mod check;
 pub mod copy;
 pub mod filter;

@@ -18,6 +18,9 @@ use crate::format::repofile::{BlobType, Config, IndexFile, KeyFile, Snapshot, Tr
 use crate::repository::index::{BlobLocation, Index};
 use crate::repository::writer::{seal_unpacked, BlobWriter, WriteOptions, WriteStats};
 
+/// A snapshot with its id.
+pub type LoadedSnapshot = (Id, Snapshot);
+
 /// An open repository.
 #[derive(Debug)]
 pub struct Repository {
@@ -376,7 +379,7 @@ impl Repository {
 
     /// Like [`Repository::find_snapshot`], and returns the damaged
     /// snapshot files `latest` skipped.
-    pub fn find_snapshot_readable(&self, spec: &str) -> Result<((Id, Snapshot), Vec<(Id, Error)>)> {
+    pub fn find_snapshot_readable(&self, spec: &str) -> Result<(LoadedSnapshot, Vec<(Id, Error)>)> {
         if spec == "latest" {
             let mut all = self.snapshots_readable()?;
             return match all.snapshots.pop() {

@@ -54,6 +54,8 @@ pub struct Ctx {
     pub host_root: PathBuf,
     /// Host directories hostPath volumes may be read from and written to.
     pub host_paths: HostPathAllowList,
+    /// Privilege-giving content RestoreSessions may ask for.
+    pub allow_privileged: repo_format::ops::restore::Privileged,
     /// Heartbeat age after which another claim on this node is abandoned.
     pub takeover_after: Duration,
     /// How often progress is written to an item.
@@ -128,6 +130,7 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         kubelet_root: args.kubelet_root.clone(),
         host_root: args.host_root.clone(),
         host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
+        allow_privileged: args.allow_privileged_restore,
         takeover_after: args.takeover_after,
         progress_every: args.progress_interval,
         metrics: metrics.clone(),

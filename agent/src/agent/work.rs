@@ -17,14 +17,15 @@ use kube::{Api, ResourceExt};
 use repo_format::ops::backup::{backup_with_progress, BackupOptions};
 use repo_format::ops::forget::{self, Count, GroupBy, KeepDuration, Policy};
 use repo_format::ops::progress::Progress;
-use repo_format::ops::restore::{restore_with_progress, Overwrite, RestoreOptions};
+use repo_format::ops::restore::{restore_with_progress, Overwrite, Privileged, RestoreOptions};
 use repo_format::repository::lock::{LockTiming, RepoLock};
 use repo_format::{FileType, Id, NodeType, Repository};
 use serde_json::{json, Map, Value};
 use stash_api::identity::{self, TAG_CONFIG, TAG_NAMESPACE};
 use stash_api::time::{from_time, to_time};
 use stash_api::{
-    BackupConfiguration, BackupSession, OverwritePolicy, RestoreSession, RetentionPolicy,
+    BackupConfiguration, BackupSession, OverwritePolicy, PrivilegedContent, RestoreSession,
+    RetentionPolicy,
 };
 
 use super::claim::{self, Previous, Slot};
@@ -312,6 +313,8 @@ struct RestorePlan {
     pod: String,
     volume: String,
     session: String,
+    session_uid: String,
+    privileged: Privileged,
     source_volume: String,
     source_hosts: Vec<String>,
     source_tags: Vec<String>,
@@ -503,6 +506,25 @@ async fn prepare_restore(
     let user = format!("RestoreSession {session_ns}/{}", s.name_any());
     let repo = fetch(&ctx.client, &session_ns, &user, &s.spec.repository).await?;
     let spec = &s.spec;
+    let mut privileged = Privileged::default();
+    for k in &spec.privileged {
+        match k {
+            PrivilegedContent::Devices => privileged.devices = true,
+            PrivilegedContent::Setid => privileged.setid = true,
+            PrivilegedContent::Capabilities => privileged.capabilities = true,
+            PrivilegedContent::SecurityXattrs => privileged.security_xattrs = true,
+        }
+    }
+    let beyond = privileged.beyond(ctx.allow_privileged);
+    if !beyond.is_empty() {
+        return Err(NotReady::Refuse(format!(
+            "spec.privileged asks to restore {}, which this cluster's node agents do not allow (--allow-privileged-restore)",
+            beyond.join(", ")
+        )));
+    }
+    let session_uid = s
+        .uid()
+        .ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
     Ok(RestorePlan {
         repo,
         dir,
@@ -510,6 +532,8 @@ async fn prepare_restore(
         pod: pod_name.to_owned(),
         volume: volume.to_owned(),
         session: s.name_any(),
+        session_uid,
+        privileged,
         source_volume: item.source_volume.clone(),
         source_hosts: item.source_hosts.clone(),
         source_tags: spec
@@ -684,6 +708,8 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
             // A volume the agent can (almost) not read fails the item with
             // the reason instead of passing an empty snapshot for a backup.
             max_unreadable: Some(MAX_UNREADABLE),
+            // The restore-done markers are ours, not the volume's data.
+            skip_top: vec![RESTORE_MARKER.as_bytes().to_vec()],
             ..BackupOptions::default()
         },
         progress,
@@ -809,6 +835,9 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
             includes: p.includes.clone(),
             excludes: p.excludes.clone(),
             overwrite: p.overwrite,
+            privileged: p.privileged,
+            // A snapshot cannot plant (or replace) a restore-done marker.
+            skip_top: vec![RESTORE_MARKER.as_bytes().to_vec()],
             ..RestoreOptions::default()
         },
         progress,
@@ -829,17 +858,26 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     if progress.is_cancelled() {
         bail!("the restore was stopped (its item is no longer this agent's)");
     }
-    write_marker(&p.dir, &p.session, &id)?;
+    write_marker(&p.dir, &p.session, &p.session_uid, &id)?;
     let mut f = Map::new();
     f.insert("snapshotId".into(), json!(id.to_hex()));
     f.insert("bytesDone".into(), json!(res.bytes));
     f.insert("bytesTotal".into(), json!(res.bytes));
     f.insert("filesDone".into(), json!(res.files));
     f.insert("filesTotal".into(), json!(res.files));
+    let withheld = match res.skipped.first() {
+        None => String::new(),
+        Some(first) => format!(
+            "; {} entries withheld by policy, e.g. {}: {}",
+            res.skipped.len(),
+            first.path,
+            first.message
+        ),
+    };
     f.insert(
         "message".into(),
         json!(format!(
-            "restored snapshot {} ({} files, {} bytes written, {} unchanged) into {}/{} volume {}",
+            "restored snapshot {} ({} files, {} bytes written, {} unchanged) into {}/{} volume {}{withheld}",
             id.short(),
             res.files,
             res.bytes_written,
@@ -857,14 +895,39 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     })
 }
 
-/// Leaves the marker `stash restore-wait` waits for, written atomically.
-fn write_marker(dir: &Path, session: &str, id: &Id) -> Result<()> {
+/// Leaves the marker `stash restore-wait` waits for, one per
+/// RestoreSession (named by its UID), written atomically.
+///
+/// The volume belongs to a running pod, which may have put anything at
+/// the marker's name (a symlink to a host file, say): everything is
+/// relative to the volume's directory fd, the temporary file is created
+/// with `O_CREAT|O_EXCL|O_NOFOLLOW` (a symlink or file there is removed
+/// first, never followed), and `renameat` replaces whatever is at the final
+/// name itself. Backups skip these names, and restores never create them.
+pub fn write_marker(dir: &Path, session: &str, uid: &str, id: &Id) -> Result<()> {
+    use repo_format::ops::beneath;
+    use std::io::Write as _;
+    use std::os::fd::AsFd as _;
     let body = serde_json::to_vec(
-        &json!({"session": session, "snapshot": id.to_hex(), "time": Utc::now()}),
+        &json!({"session": session, "uid": uid, "snapshot": id.to_hex(), "time": Utc::now()}),
     )?;
-    let tmp = dir.join(format!("{RESTORE_MARKER}.tmp"));
-    std::fs::write(&tmp, body).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(RESTORE_MARKER))
+    let name = format!("{RESTORE_MARKER}.{uid}");
+    let tmp = format!("{name}.tmp");
+    let d = beneath::open_dir_path(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match beneath::unlink_at(d.as_fd(), tmp.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {tmp} in {}", dir.display()))
+        }
+        _ => {}
+    }
+    let fd = beneath::create_file_at(d.as_fd(), tmp.as_bytes())
+        .with_context(|| format!("creating {tmp} in {}", dir.display()))?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(&body)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {tmp} in {}", dir.display()))?;
+    rustix::fs::renameat(d.as_fd(), tmp.as_str(), d.as_fd(), name.as_str())
+        .map_err(std::io::Error::from)
         .with_context(|| format!("writing the restore marker in {}", dir.display()))?;
     Ok(())
 }

@@ -68,6 +68,8 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         time: a.time.as_deref().map(parse_time).transpose()?,
         with_atime: a.with_atime,
         max_unreadable: None,
+        cross_mounts: a.cross_mounts,
+        skip_top: Vec::new(),
     };
     let reporter = Reporter::start(
         progress.clone(),

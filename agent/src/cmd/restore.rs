@@ -49,6 +49,8 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
                     .unwrap_or(2);
                 (2 * cpus).max(r.backend().connections())
             },
+            privileged: a.privileged,
+            skip_top: Vec::new(),
         },
         &progress,
     );
@@ -62,11 +64,20 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
             eprintln!("error: {:?}: {}", e.path, e.message);
         }
     }
+    for e in &res.skipped {
+        if a.json {
+            let line = json!({"message_type": "warning", "warning": {"message": e.message}, "during": "restore", "item": e.path});
+            eprintln!("{line}");
+        } else {
+            eprintln!("warning: {:?}: {}", e.path, e.message);
+        }
+    }
     if a.json {
         println!(
             "{}",
             json!({
                 "message_type": "summary",
+                "entries_withheld": res.skipped.len(),
                 "snapshot_id": id.to_hex(),
                 "files_restored": res.files,
                 "files_skipped": res.files_skipped,

@@ -66,29 +66,50 @@ pub fn run(a: &RestoreWaitArgs) -> Result<u8> {
         std::thread::sleep(Duration::from_millis(500));
     }
     for d in &a.dirs {
-        let marker = d.join(RESTORE_MARKER);
-        let what = std::fs::read_to_string(&marker).unwrap_or_default();
-        println!("{}: restored ({})", d.display(), what.trim());
-        if !a.keep_marker && a.session.is_none() {
-            std::fs::remove_file(&marker)
-                .with_context(|| format!("removing {}", marker.display()))?;
+        for (marker, body) in markers(d, a.session.as_deref()) {
+            println!("{}: restored ({})", d.display(), body.trim());
+            if !a.keep_marker && a.session.is_none() {
+                std::fs::remove_file(&marker)
+                    .with_context(|| format!("removing {}", marker.display()))?;
+            }
         }
     }
     Ok(0)
 }
 
+/// The finished restores' markers in `dir` (of `session`, if given), with
+/// their content. The agent names each after its RestoreSession's UID
+/// (`.stash-restore-done.<uid>`); a marker whose content does not parse is
+/// not finished (or not the agent's).
+fn markers(dir: &Path, session: Option<&str>) -> Vec<(std::path::PathBuf, String)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = name == RESTORE_MARKER
+            || (name.starts_with(&format!("{RESTORE_MARKER}.")) && !name.ends_with(".tmp"));
+        if !ours || !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let Ok(body) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+            continue;
+        };
+        if session.is_none_or(|want| v["session"].as_str() == Some(want)) {
+            out.push((e.path(), body));
+        }
+    }
+    out
+}
+
 /// Whether `dir` holds a finished restore's marker (of `session`, if given).
 fn marker_done(dir: &Path, session: Option<&str>) -> bool {
-    let Ok(body) = std::fs::read(dir.join(RESTORE_MARKER)) else {
-        return false;
-    };
-    match session {
-        None => true,
-        Some(want) => serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["session"].as_str().map(|s| s == want))
-            .unwrap_or(false),
-    }
+    !markers(dir, session).is_empty()
 }
 
 #[cfg(test)]
@@ -109,5 +130,14 @@ mod tests {
         assert!(!marker_done(d.path(), Some("other")));
         std::fs::write(d.path().join(RESTORE_MARKER), b"garbage").unwrap();
         assert!(!marker_done(d.path(), Some("copy")));
+        assert!(!marker_done(d.path(), None));
+        // The agent's per-UID marker.
+        std::fs::write(
+            d.path().join(format!("{RESTORE_MARKER}.0a1b")),
+            br#"{"session":"copy","uid":"0a1b","snapshot":"ab"}"#,
+        )
+        .unwrap();
+        assert!(marker_done(d.path(), Some("copy")));
+        assert!(!marker_done(d.path(), Some("other")));
     }
 }

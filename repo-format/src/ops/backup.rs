@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,6 +28,7 @@ use crate::format::repofile::tree::gomode;
 use crate::format::repofile::{
     BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree,
 };
+use crate::ops::beneath;
 use crate::ops::filter::Patterns;
 use crate::ops::progress::Progress;
 use crate::repository::{whoami, Repository};
@@ -66,6 +67,15 @@ pub struct BackupOptions {
     /// sets it: a volume it cannot read must not yield an empty snapshot
     /// that passes for a backup.
     pub max_unreadable: Option<f64>,
+    /// Descend into directories on other file systems (mount points inside
+    /// the backed-up tree). Off by default: a volume's backup stays on that
+    /// volume, and a pod that mounts something inside it (or a host path
+    /// bind-mounted below it) does not get it read into the snapshot. The
+    /// mount point itself is recorded as an empty directory, and reported.
+    pub cross_mounts: bool,
+    /// Names skipped directly below each target (prefixes), such as the
+    /// restore-done marker the node agent leaves in a volume's root.
+    pub skip_top: Vec<Vec<u8>>,
 }
 
 /// A file that could not be backed up.
@@ -144,6 +154,8 @@ struct Archiver<'a> {
     repo: &'a Repository,
     progress: &'a Progress,
     with_atime: bool,
+    cross_mounts: bool,
+    skip_top: Vec<Vec<u8>>,
     excludes: Patterns,
     names: NameCache,
     counters: Counters,
@@ -257,9 +269,10 @@ impl Archiver<'_> {
         });
     }
 
-    /// Metadata of `path` as a tree node (without content or subtree).
-    fn node_from_path(&self, path: &Path, name: &[u8], md: &fs::Metadata) -> Node {
-        let st_mode = md.mode();
+    /// Metadata from a `stat` as a tree node (without content, subtree,
+    /// link target or xattrs).
+    fn node_from_stat(&self, name: &[u8], st: &rustix::fs::Stat) -> Node {
+        let st_mode = st.st_mode;
         let node_type = match st_mode & libc::S_IFMT {
             libc::S_IFREG => NodeType::File,
             libc::S_IFDIR => NodeType::Dir,
@@ -272,61 +285,36 @@ impl Archiver<'_> {
         };
         let mut n = Node::new(name.to_vec(), node_type);
         n.mode = gomode::from_unix(st_mode);
-        n.mtime = time_of(md.mtime(), md.mtime_nsec());
+        n.mtime = time_of(st.st_mtime, st.st_mtime_nsec as i64);
         n.atime = if self.with_atime {
-            time_of(md.atime(), md.atime_nsec())
+            time_of(st.st_atime, st.st_atime_nsec as i64)
         } else {
             n.mtime
         };
-        n.ctime = time_of(md.ctime(), md.ctime_nsec());
-        n.uid = md.uid();
-        n.gid = md.gid();
-        n.user = self.names.user(md.uid());
-        n.group = self.names.group(md.gid());
-        n.inode = md.ino();
-        n.device_id = md.dev();
+        n.ctime = time_of(st.st_ctime, st.st_ctime_nsec as i64);
+        n.uid = st.st_uid;
+        n.gid = st.st_gid;
+        n.user = self.names.user(st.st_uid);
+        n.group = self.names.group(st.st_gid);
+        n.inode = st.st_ino;
+        n.device_id = st.st_dev;
         match node_type {
             NodeType::File => {
-                n.size = md.size();
-                n.links = md.nlink();
+                n.size = st.st_size as u64;
+                n.links = st.st_nlink;
             }
-            NodeType::Symlink => {
-                n.links = md.nlink();
-                match fs::read_link(path) {
-                    Ok(t) => n.link_target = t.into_os_string().into_vec_bytes(),
-                    Err(e) => n.error = format!("readlink: {e}"),
-                }
-            }
+            NodeType::Symlink => n.links = st.st_nlink,
             NodeType::Dev | NodeType::Chardev => {
-                n.device = md.rdev();
-                n.links = md.nlink();
+                n.device = st.st_rdev;
+                n.links = st.st_nlink;
             }
             _ => {}
         }
-        n.extended_attributes = read_xattrs(path);
         n
     }
 
-    /// Stores the content of a regular file; returns its blob list.
-    fn save_file_content(&self, path: &Path) -> Result<(Vec<Id>, u64), ContentError> {
-        // O_NOFOLLOW: the entry was a regular file when we looked; if it was
-        // swapped for a symlink since, do not follow it.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-            .open(path)
-            .or_else(|e| {
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    // O_NOATIME is refused for files we do not own.
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(path)
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(ContentError::File)?;
+    /// Stores the content of an open regular file; returns its blob list.
+    fn save_file_content(&self, f: fs::File) -> Result<(Vec<Id>, u64), ContentError> {
         let size_hint = f.metadata().map(|m| m.len()).unwrap_or(0);
         let mut content = Vec::new();
         let mut size = 0u64;
@@ -355,28 +343,70 @@ impl Archiver<'_> {
         Ok((content, size))
     }
 
-    /// Backs up one directory entry; `None` when it is skipped.
-    fn save_entry(&self, path: &Path, name: &[u8], parent: Option<&Node>) -> Result<Option<Node>> {
+    /// Backs up the entry `fs_name` of the open directory `dir` (recorded
+    /// as `name`; `path` is for patterns and messages only, never opened);
+    /// `None` when it is skipped. `dev` is the file system of `dir`.
+    ///
+    /// Everything is read through fds: the entry is looked at with
+    /// `fstatat(AT_SYMLINK_NOFOLLOW)`, then opened with `O_NOFOLLOW` (and
+    /// `O_DIRECTORY` for a directory) relative to `dir`, and what is stored
+    /// is what `fstat` says of the opened fd. A pod that swaps the entry for
+    /// a symlink between the two makes the open fail, so the entry is
+    /// reported and skipped; it never leads us out of the tree.
+    #[allow(clippy::too_many_arguments)]
+    fn save_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        dev: Option<u64>,
+        path: &Path,
+        fs_name: &[u8],
+        name: &[u8],
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>> {
         if self.progress.is_cancelled() {
             return Err(Error::Cancelled);
         }
         if self.excludes.matches(path.as_os_str().as_bytes()) {
             return Ok(None);
         }
-        let md = match fs::symlink_metadata(path) {
-            Ok(md) => md,
+        let st = match beneath::stat_at(dir, fs_name) {
+            Ok(st) => st,
             Err(e) => {
                 self.record_error(path, format!("stat: {e}"));
                 return Ok(None);
             }
         };
-        let mut node = self.node_from_path(path, name, &md);
-        match node.node_type {
-            NodeType::Dir => {
-                let parent_tree = parent
-                    .filter(|p| p.node_type == NodeType::Dir)
-                    .and_then(|p| p.subtree);
-                let tree = self.save_dir(path, parent_tree)?;
+        match beneath::kind(&st) {
+            libc::S_IFDIR => {
+                let fd = match beneath::open_dir_at(dir, fs_name) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        self.record_error(path, format!("open directory: {e}"));
+                        return Ok(None);
+                    }
+                };
+                let st = match beneath::stat_fd(fd.as_fd()) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        self.record_error(path, format!("stat: {e}"));
+                        return Ok(None);
+                    }
+                };
+                let mut node = self.node_from_stat(name, &st);
+                node.extended_attributes = xattrs(beneath::xattrs_fd(fd.as_fd()));
+                let tree = if !self.cross_mounts && dev.is_some_and(|d| d != st.st_dev) {
+                    self.record_error(
+                        path,
+                        "not crossing into another file system (a mount point); recorded as an empty directory (allow with cross-mounts)".into(),
+                    );
+                    drop(fd);
+                    self.save_tree(Vec::new())?
+                } else {
+                    let parent_tree = parent
+                        .filter(|p| p.node_type == NodeType::Dir)
+                        .and_then(|p| p.subtree);
+                    self.save_dir(fd, st.st_dev, path, parent_tree, dev.is_none())?
+                };
                 match parent.and_then(|p| p.subtree) {
                     None => self.counters.dirs_new.fetch_add(1, Ordering::Relaxed),
                     Some(t) if t == tree => self
@@ -386,42 +416,106 @@ impl Archiver<'_> {
                     Some(_) => self.counters.dirs_changed.fetch_add(1, Ordering::Relaxed),
                 };
                 node.subtree = Some(tree);
+                Ok(Some(node))
             }
-            NodeType::File => {
-                self.counters.files.fetch_add(1, Ordering::Relaxed);
-                if let Some(content) = parent.and_then(|p| self.unchanged_content(p, &node)) {
-                    self.counters
-                        .files_unmodified
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
-                    self.progress.add_bytes(node.size);
-                    self.progress.add_file();
-                    node.content = Some(content);
-                    return Ok(Some(node));
-                }
-                match self.save_file_content(path) {
-                    Ok((content, size)) => {
-                        // The size we read is what the content holds, even if
-                        // the file grew or shrank while we read it.
-                        node.size = size;
-                        self.counters.bytes.fetch_add(size, Ordering::Relaxed);
-                        self.progress.add_file();
-                        node.content = Some(content);
-                    }
-                    // The repository failed, not the file: stop.
-                    Err(ContentError::Repository(e)) => return Err(e),
-                    Err(ContentError::File(e)) => {
-                        self.record_error(path, format!("read: {e}"));
+            libc::S_IFREG => {
+                let fd = match beneath::open_read_at(dir, fs_name) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        self.record_error(path, format!("open: {e}"));
                         return Ok(None);
                     }
-                }
-                if parent.is_some_and(|p| p.node_type == NodeType::File) {
-                    self.counters.files_changed.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    self.counters.files_new.fetch_add(1, Ordering::Relaxed);
-                }
+                };
+                let st = match beneath::stat_fd(fd.as_fd()) {
+                    Ok(st) if beneath::kind(&st) == libc::S_IFREG => st,
+                    Ok(_) => {
+                        self.record_error(path, "changed type while being read".into());
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        self.record_error(path, format!("stat: {e}"));
+                        return Ok(None);
+                    }
+                };
+                let mut node = self.node_from_stat(name, &st);
+                node.extended_attributes = xattrs(beneath::xattrs_fd(fd.as_fd()));
+                self.save_file(fd, node, path, parent)
             }
-            _ => {}
+            _ => {
+                // Symlinks, FIFOs, devices, sockets: an O_PATH handle on the
+                // entry itself, never opened for I/O.
+                let fd = match beneath::open_path_at(dir, fs_name) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        self.record_error(path, format!("open: {e}"));
+                        return Ok(None);
+                    }
+                };
+                let st = match beneath::stat_fd(fd.as_fd()) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        self.record_error(path, format!("stat: {e}"));
+                        return Ok(None);
+                    }
+                };
+                if matches!(beneath::kind(&st), libc::S_IFDIR | libc::S_IFREG) {
+                    self.record_error(path, "changed type while being read".into());
+                    return Ok(None);
+                }
+                let mut node = self.node_from_stat(name, &st);
+                if node.node_type == NodeType::Symlink {
+                    // readlinkat on the O_PATH fd with an empty name reads
+                    // the link we hold, not whatever the name is now.
+                    match rustix::fs::readlinkat(fd.as_fd(), "", Vec::new()) {
+                        Ok(t) => node.link_target = t.into_bytes(),
+                        Err(e) => node.error = format!("readlink: {e}"),
+                    }
+                }
+                node.extended_attributes = xattrs(beneath::xattrs_opath(fd.as_fd()));
+                Ok(Some(node))
+            }
+        }
+    }
+
+    /// The content of a regular file (or its parent's, when unchanged).
+    fn save_file(
+        &self,
+        fd: OwnedFd,
+        mut node: Node,
+        path: &Path,
+        parent: Option<&Node>,
+    ) -> Result<Option<Node>> {
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        if let Some(content) = parent.and_then(|p| self.unchanged_content(p, &node)) {
+            self.counters
+                .files_unmodified
+                .fetch_add(1, Ordering::Relaxed);
+            self.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
+            self.progress.add_bytes(node.size);
+            self.progress.add_file();
+            node.content = Some(content);
+            return Ok(Some(node));
+        }
+        match self.save_file_content(fs::File::from(fd)) {
+            Ok((content, size)) => {
+                // The size we read is what the content holds, even if
+                // the file grew or shrank while we read it.
+                node.size = size;
+                self.counters.bytes.fetch_add(size, Ordering::Relaxed);
+                self.progress.add_file();
+                node.content = Some(content);
+            }
+            // The repository failed, not the file: stop.
+            Err(ContentError::Repository(e)) => return Err(e),
+            Err(ContentError::File(e)) => {
+                self.record_error(path, format!("read: {e}"));
+                return Ok(None);
+            }
+        }
+        if parent.is_some_and(|p| p.node_type == NodeType::File) {
+            self.counters.files_changed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counters.files_new.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Some(node))
     }
@@ -459,29 +553,33 @@ impl Archiver<'_> {
         }
     }
 
-    fn save_dir(&self, dir: &Path, parent_tree: Option<Id>) -> Result<Id> {
-        let mut names: Vec<Vec<u8>> = match fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| match e {
-                    Ok(e) => Some(e.file_name().as_bytes().to_vec()),
-                    Err(err) => {
-                        self.record_error(dir, format!("read directory: {err}"));
-                        None
-                    }
-                })
-                .collect(),
+    /// Backs up the open directory `dir` (on file system `dev`); `top`
+    /// when it is a target itself.
+    fn save_dir(
+        &self,
+        dir: OwnedFd,
+        dev: u64,
+        path: &Path,
+        parent_tree: Option<Id>,
+        top: bool,
+    ) -> Result<Id> {
+        let mut names = match beneath::list_names(dir.as_fd()) {
+            Ok(n) => n,
             Err(e) => {
-                self.record_error(dir, format!("read directory: {e}"));
+                self.record_error(path, format!("read directory: {e}"));
                 Vec::new()
             }
         };
+        if top {
+            names.retain(|n| !self.skip_top.iter().any(|p| n.starts_with(p)));
+        }
         names.sort();
         let parents = self.parent_nodes(parent_tree);
         let nodes: Vec<Option<Node>> = names
             .par_iter()
             .map(|name| {
-                let path = dir.join(OsStr::from_bytes(name));
-                self.save_entry(&path, name, parents.get(name))
+                let p = path.join(OsStr::from_bytes(name));
+                self.save_entry(dir.as_fd(), Some(dev), &p, name, name, parents.get(name))
             })
             .collect::<Result<_>>()?;
         self.save_tree(nodes.into_iter().flatten().collect())
@@ -501,19 +599,36 @@ impl Archiver<'_> {
             let parent = parents.get(name);
             match child {
                 TrieNode::Target(path) => {
-                    if let Some(n) = self.save_entry(path, name, parent)? {
+                    // The target's parent is the one directory opened by
+                    // path (chosen by the user or the agent); from there on
+                    // everything goes through fds.
+                    let parent_dir = path.parent().unwrap_or(Path::new("/"));
+                    let fs_name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+                    let dfd = match beneath::open_dir_path(parent_dir) {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            self.record_error(path, format!("open parent directory: {e}"));
+                            continue;
+                        }
+                    };
+                    if let Some(n) =
+                        self.save_entry(dfd.as_fd(), None, path, fs_name, name, parent)?
+                    {
                         nodes.push(n);
                     }
                 }
                 TrieNode::Inner(path, sub) => {
-                    let md = match fs::symlink_metadata(path) {
-                        Ok(md) => md,
+                    let st = match rustix::fs::lstat(path) {
+                        Ok(st) => st,
                         Err(e) => {
                             self.record_error(path, format!("stat: {e}"));
                             continue;
                         }
                     };
-                    let mut node = self.node_from_path(path, name, &md);
+                    let mut node = self.node_from_stat(name, &st);
+                    if let Ok(fd) = beneath::open_dir_path(path) {
+                        node.extended_attributes = xattrs(beneath::xattrs_fd(fd.as_fd()));
+                    }
                     if node.node_type != NodeType::Dir {
                         node = Node::new(name.clone(), NodeType::Dir);
                         node.mode = gomode::DIR | 0o755;
@@ -535,33 +650,10 @@ enum ContentError {
     Repository(Error),
 }
 
-trait IntoVecBytes {
-    fn into_vec_bytes(self) -> Vec<u8>;
-}
-
-impl IntoVecBytes for std::ffi::OsString {
-    fn into_vec_bytes(self) -> Vec<u8> {
-        std::os::unix::ffi::OsStringExt::into_vec(self)
-    }
-}
-
-/// Extended attributes of a path (not following symlinks). File systems
-/// without xattr support simply give none.
-fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<ExtendedAttribute> = names
-        .filter_map(|n| {
-            let value = xattr::get(path, &n).ok().flatten()?;
-            Some(ExtendedAttribute {
-                name: n.to_string_lossy().into_owned(),
-                value,
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+fn xattrs(list: Vec<(String, Vec<u8>)>) -> Vec<ExtendedAttribute> {
+    list.into_iter()
+        .map(|(name, value)| ExtendedAttribute { name, value })
+        .collect()
 }
 
 /// Finds the latest snapshot with the same host and paths.
@@ -646,6 +738,8 @@ pub fn backup_with_progress(
         repo,
         progress,
         with_atime: opts.with_atime,
+        cross_mounts: opts.cross_mounts,
+        skip_top: opts.skip_top.clone(),
         excludes,
         names: NameCache::default(),
         counters: Counters::default(),

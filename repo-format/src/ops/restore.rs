@@ -9,22 +9,33 @@
 //! Last, metadata is applied: files first, then directories deepest first,
 //! so a directory's times are set after its children are complete.
 //!
-//! Safety comes first: every name from the repository is checked (no empty
-//! names, `.`, `..`, `/` or NUL), nothing is ever followed out of the target
-//! (an existing symlink where a directory or file goes is replaced, files are
-//! opened with `O_NOFOLLOW`), and a damaged blob costs only the files that
-//! hold it: they are removed rather than left with wrong content, the rest is
-//! restored, the damage is reported, and the caller exits non-zero.
+//! Safety comes first. Every name from the repository is checked (no empty
+//! names, `.`, `..`, `/` or NUL; trees with duplicate names are refused when
+//! parsed). The target is opened once, by path; below it every create,
+//! write, chown, chmod, utimes, xattr and unlink is one name relative to a
+//! directory fd that was itself opened with `O_DIRECTORY|O_NOFOLLOW` (see
+//! [`crate::ops::beneath`]), files are written only through fds whose inode
+//! is the one this restore created, and metadata is applied to fds, not
+//! names. A running pod that swaps a directory for a symlink mid-restore
+//! makes our next open fail (reported) instead of leading it out of the
+//! target. Content that gives privileges (device nodes, setuid/setgid bits,
+//! file capabilities, `security.*`/`trusted.*` xattrs) is restored only
+//! when [`RestoreOptions::privileged`] allows it, otherwise skipped and
+//! reported in [`RestoreResult::skipped`]. A damaged blob costs only the
+//! files that hold it: they are removed rather than left with wrong content,
+//! the rest is restored (metadata included), the damage is reported, and the
+//! caller exits non-zero.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -33,6 +44,7 @@ use crate::error::{Error, Result};
 use crate::format::id::Id;
 use crate::format::repofile::tree::gomode;
 use crate::format::repofile::{BlobType, Node, NodeType};
+use crate::ops::beneath;
 use crate::ops::filter::Patterns;
 use crate::ops::progress::Progress;
 use crate::repository::index::BlobLocation;
@@ -87,6 +99,105 @@ pub struct RestoreOptions {
     pub verify: bool,
     /// Packs read at once (0: two per CPU).
     pub threads: usize,
+    /// Which privilege-giving content is restored (none by default).
+    pub privileged: Privileged,
+    /// Names not restored directly below the target (prefixes), such as
+    /// the node agent's restore-done marker: a snapshot cannot plant one.
+    pub skip_top: Vec<Vec<u8>>,
+}
+
+/// Content that gives privileges on the node, restored only when allowed:
+/// the snapshot is the tenant's to write, and a root restore would
+/// otherwise create whatever it says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Privileged {
+    /// Block and character device nodes.
+    pub devices: bool,
+    /// The setuid and setgid bits (the file is restored without them).
+    pub setid: bool,
+    /// File capabilities (the `security.capability` xattr).
+    pub capabilities: bool,
+    /// Other `security.*` and all `trusted.*` xattrs (SELinux labels,
+    /// IMA/EVM, overlayfs metadata...).
+    pub security_xattrs: bool,
+}
+
+impl Privileged {
+    /// Everything, as restic restores it.
+    pub fn all() -> Privileged {
+        Privileged {
+            devices: true,
+            setid: true,
+            capabilities: true,
+            security_xattrs: true,
+        }
+    }
+
+    /// What both allow.
+    pub fn and(self, other: Privileged) -> Privileged {
+        Privileged {
+            devices: self.devices && other.devices,
+            setid: self.setid && other.setid,
+            capabilities: self.capabilities && other.capabilities,
+            security_xattrs: self.security_xattrs && other.security_xattrs,
+        }
+    }
+
+    /// What `self` asks for beyond `allowed`, by name.
+    pub fn beyond(self, allowed: Privileged) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (want, ok, name) in [
+            (self.devices, allowed.devices, "devices"),
+            (self.setid, allowed.setid, "setid"),
+            (self.capabilities, allowed.capabilities, "capabilities"),
+            (
+                self.security_xattrs,
+                allowed.security_xattrs,
+                "security-xattrs",
+            ),
+        ] {
+            if want && !ok {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    /// Whether the xattr `name` may be restored.
+    fn xattr_allowed(&self, name: &str) -> bool {
+        if name == "security.capability" {
+            self.capabilities
+        } else if name.starts_with("security.") || name.starts_with("trusted.") {
+            self.security_xattrs
+        } else {
+            true
+        }
+    }
+}
+
+impl FromStr for Privileged {
+    type Err = String;
+    /// A comma-separated list of `devices`, `setid`, `capabilities`,
+    /// `security-xattrs`, or `all` / `none`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let mut p = Privileged::default();
+        for w in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match w {
+                "all" => p = Privileged::all(),
+                "none" => p = Privileged::default(),
+                "devices" => p.devices = true,
+                "setid" => p.setid = true,
+                "capabilities" => p.capabilities = true,
+                "security-xattrs" => p.security_xattrs = true,
+                _ => {
+                    return Err(format!(
+                        "{w:?}: use devices, setid, capabilities, security-xattrs, all or none"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// A problem met during restore.
@@ -117,6 +228,9 @@ pub struct RestoreResult {
     pub deleted: u64,
     /// What could not be restored.
     pub errors: Vec<RestoreError>,
+    /// What was left out on purpose (privileged content not allowed,
+    /// reserved names): restored without it, reported, not an error.
+    pub skipped: Vec<RestoreError>,
 }
 
 /// How a planned file is filled.
@@ -128,18 +242,47 @@ enum Fill {
     Compare,
 }
 
+/// An open directory of the target, shared by what is restored into it.
+type DirFd = Arc<OwnedFd>;
+
 /// A regular file whose content is being written.
 #[derive(Debug)]
 struct PlannedFile {
+    /// Its directory and name there: every open is relative to that fd.
+    dir: DirFd,
+    name: Vec<u8>,
+    /// For messages only.
     path: PathBuf,
     snap_path: Vec<u8>,
     node: Node,
     fill: Fill,
-    /// Other names of the same inode (hard links made to `path`).
-    links: Mutex<Vec<PathBuf>>,
+    /// (device, inode) of the file this restore created or chose: an fd
+    /// that leads elsewhere (the name was replaced meanwhile) is not used.
+    inode: (u64, u64),
+    /// Other names of the same inode (hard links made to it).
+    links: Mutex<Vec<(DirFd, Vec<u8>)>>,
     /// Blob writes still to do; the file is complete at zero.
     remaining: AtomicU64,
     damaged: Mutex<Option<String>>,
+}
+
+impl PlannedFile {
+    /// Opens the file again through its directory fd, and insists it is
+    /// still the inode we created.
+    fn open(&self, write: bool) -> std::io::Result<fs::File> {
+        let fd = if write {
+            beneath::open_write_at(self.dir.as_fd(), &self.name, self.fill == Fill::Compare)?
+        } else {
+            beneath::open_read_at(self.dir.as_fd(), &self.name)?
+        };
+        let st = beneath::stat_fd(fd.as_fd())?;
+        if !beneath::same_inode(&st, self.inode.0, self.inode.1) {
+            return Err(std::io::Error::other(
+                "the file was replaced while being restored",
+            ));
+        }
+        Ok(fs::File::from(fd))
+    }
 }
 
 /// One blob and everywhere it goes.
@@ -151,26 +294,34 @@ struct BlobTargets {
     writes: Vec<(u32, u64)>,
 }
 
+/// A restored directory, for its metadata last.
+struct PlannedDir {
+    fd: DirFd,
+    path: PathBuf,
+    snap_path: Vec<u8>,
+    node: Node,
+}
+
 struct Planner<'a> {
     repo: &'a Repository,
     opts: &'a RestoreOptions,
     includes: Patterns,
     excludes: Patterns,
-    /// (device, inode) of hard-linked files → index in `files` (or a path,
+    /// (device, inode) of hard-linked files → index in `files` (or a name,
     /// for files restored without content plan).
     hardlinks: HashMap<(u64, u64), Link>,
     files: Vec<PlannedFile>,
     /// pack → blob → targets.
     packs: HashMap<Id, HashMap<Id, BlobTargets>>,
-    /// Directories in creation order, with their nodes, for metadata last.
-    dirs: Vec<(PathBuf, Vec<u8>, Node)>,
+    /// Directories in creation order, for metadata last.
+    dirs: Vec<PlannedDir>,
     result: RestoreResult,
 }
 
 #[derive(Debug, Clone)]
 enum Link {
     Planned(u32),
-    Done(PathBuf),
+    Done(DirFd, Vec<u8>),
 }
 
 fn lossy(p: &[u8]) -> String {
@@ -195,13 +346,22 @@ impl Planner<'_> {
         });
     }
 
+    fn skip(&mut self, snap_path: &[u8], message: String) {
+        tracing::warn!(path = %lossy(snap_path), %message, "not restored");
+        self.result.skipped.push(RestoreError {
+            path: lossy(snap_path),
+            message,
+        });
+    }
+
     fn selected(&self, snap_path: &[u8]) -> bool {
         !self.excludes.matches(snap_path)
             && (self.includes.is_empty() || self.includes.matches(snap_path))
     }
 
-    /// Walks a tree into `dir` (which exists); returns whether anything was restored.
-    fn walk(&mut self, tree_id: &Id, dir: &Path, snap_dir: &[u8]) -> Result<bool> {
+    /// Walks a tree into the open directory `dir` (at `path`, for
+    /// messages); returns whether anything was restored.
+    fn walk(&mut self, tree_id: &Id, dir: &DirFd, path: &Path, snap_dir: &[u8]) -> Result<bool> {
         let tree = match self.repo.load_tree(tree_id) {
             Ok(t) => t,
             Err(e) if is_damage(&e) => {
@@ -211,8 +371,9 @@ impl Planner<'_> {
             Err(e) => return Err(e),
         };
         if self.opts.delete {
-            self.delete_extra(&tree.nodes, dir, snap_dir);
+            self.delete_extra(&tree.nodes, dir.as_fd(), snap_dir);
         }
+        let top = snap_dir == b"/";
         let mut any = false;
         for node in tree.nodes {
             let snap_path = join_snap(snap_dir, &node.name);
@@ -226,14 +387,21 @@ impl Planner<'_> {
                 );
                 continue;
             }
+            if top && self.opts.skip_top.iter().any(|p| node.name.starts_with(p)) {
+                self.skip(
+                    &snap_path,
+                    "a name reserved for the restore's own marker".into(),
+                );
+                continue;
+            }
             if self.excludes.matches(&snap_path) {
                 continue;
             }
-            let path = dir.join(OsStr::from_bytes(&node.name));
+            let child = path.join(OsStr::from_bytes(&node.name));
             if node.node_type == NodeType::Dir {
-                any |= self.walk_dir(node, &path, snap_path)?;
+                any |= self.walk_dir(node, dir, &child, snap_path)?;
             } else if self.selected(&snap_path) {
-                any |= self.leaf(node, &path, snap_path);
+                any |= self.leaf(node, dir, &child, snap_path);
             }
         }
         Ok(any)
@@ -241,32 +409,34 @@ impl Planner<'_> {
 
     /// `--delete`: removes what is in `dir` but not in the snapshot's tree
     /// (only entries the filters select).
-    fn delete_extra(&mut self, nodes: &[Node], dir: &Path, snap_dir: &[u8]) {
-        let Ok(rd) = fs::read_dir(dir) else { return };
+    fn delete_extra(&mut self, nodes: &[Node], dir: BorrowedFd<'_>, snap_dir: &[u8]) {
+        let Ok(names) = beneath::list_names(dir) else {
+            return;
+        };
         let wanted: std::collections::HashSet<&[u8]> =
             nodes.iter().map(|n| n.name.as_slice()).collect();
-        for e in rd.flatten() {
-            let name = e.file_name();
-            if wanted.contains(name.as_bytes()) {
+        for name in names {
+            if wanted.contains(name.as_slice()) {
                 continue;
             }
-            let snap_path = join_snap(snap_dir, name.as_bytes());
+            let snap_path = join_snap(snap_dir, &name);
             if !self.selected(&snap_path) {
                 continue;
             }
-            let p = e.path();
-            let r = match e.file_type() {
-                Ok(t) if t.is_dir() => fs::remove_dir_all(&p),
-                _ => fs::remove_file(&p),
-            };
-            match r {
+            match beneath::remove_all_at(dir, &name) {
                 Ok(()) => self.result.deleted += 1,
-                Err(err) => self.fail(&snap_path, format!("delete {}: {err}", p.display())),
+                Err(err) => self.fail(&snap_path, format!("delete: {err}")),
             }
         }
     }
 
-    fn walk_dir(&mut self, node: Node, path: &Path, snap_path: Vec<u8>) -> Result<bool> {
+    fn walk_dir(
+        &mut self,
+        node: Node,
+        parent: &DirFd,
+        path: &Path,
+        snap_path: Vec<u8>,
+    ) -> Result<bool> {
         let selected = self.selected(&snap_path);
         if !selected && !self.includes.may_match_below(&snap_path) {
             return Ok(false);
@@ -278,7 +448,7 @@ impl Planner<'_> {
             );
             return Ok(false);
         };
-        let created = match prepare_dir(path) {
+        let (fd, created) = match prepare_dir(parent.as_fd(), &node.name) {
             Ok(c) => c,
             Err(e) => {
                 self.fail(
@@ -288,14 +458,20 @@ impl Planner<'_> {
                 return Ok(false);
             }
         };
+        let fd = Arc::new(fd);
+        let name = node.name.clone();
         let slot = self.dirs.len();
-        self.dirs
-            .push((path.to_path_buf(), snap_path.clone(), node));
-        let any = self.walk(&subtree, path, &snap_path)?;
+        self.dirs.push(PlannedDir {
+            fd: fd.clone(),
+            path: path.to_path_buf(),
+            snap_path: snap_path.clone(),
+            node,
+        });
+        let any = self.walk(&subtree, &fd, path, &snap_path)?;
         if !selected && !any {
             self.dirs.remove(slot);
             if created {
-                let _ = fs::remove_dir(path);
+                let _ = beneath::rmdir_at(parent.as_fd(), &name);
             }
             return Ok(false);
         }
@@ -303,39 +479,26 @@ impl Planner<'_> {
         Ok(true)
     }
 
-    fn leaf(&mut self, node: Node, path: &Path, snap_path: Vec<u8>) -> bool {
+    fn leaf(&mut self, node: Node, dir: &DirFd, path: &Path, snap_path: Vec<u8>) -> bool {
         if node.node_type == NodeType::File {
-            return self.file(node, path, snap_path);
+            return self.file(node, dir, path, snap_path);
         }
-        if let Err(e) = remove_non_dir(path) {
-            self.fail(
-                &snap_path,
-                format!("remove existing {}: {e}", path.display()),
-            );
-            return false;
-        }
-        let res = match node.node_type {
-            NodeType::Symlink => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(&node.link_target), path)
+        let d = dir.as_fd();
+        let ifmt = match node.node_type {
+            NodeType::Symlink => libc::S_IFLNK,
+            NodeType::Fifo => libc::S_IFIFO,
+            NodeType::Dev | NodeType::Chardev if !self.opts.privileged.devices => {
+                self.skip(
+                    &snap_path,
+                    format!(
+                        "device node ({}) not restored: devices are not allowed for this restore",
+                        node.node_type.as_str()
+                    ),
+                );
+                return false;
             }
-            NodeType::Fifo => {
-                nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                    .map_err(std::io::Error::from)
-            }
-            NodeType::Dev | NodeType::Chardev => {
-                let kind = if node.node_type == NodeType::Dev {
-                    nix::sys::stat::SFlag::S_IFBLK
-                } else {
-                    nix::sys::stat::SFlag::S_IFCHR
-                };
-                nix::sys::stat::mknod(
-                    path,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(0o600),
-                    node.device as _,
-                )
-                .map_err(std::io::Error::from)
-            }
+            NodeType::Dev => libc::S_IFBLK,
+            NodeType::Chardev => libc::S_IFCHR,
             // Sockets belong to a running process; restic skips them too.
             NodeType::Socket => return false,
             _ => {
@@ -346,28 +509,49 @@ impl Planner<'_> {
                 return false;
             }
         };
+        if let Err(e) = remove_non_dir(d, &node.name) {
+            self.fail(
+                &snap_path,
+                format!("remove existing {}: {e}", path.display()),
+            );
+            return false;
+        }
+        let res = match ifmt {
+            libc::S_IFLNK => beneath::symlink_at(&node.link_target, d, &node.name),
+            _ => beneath::mknod_at(d, &node.name, ifmt, node.device),
+        };
         if let Err(e) = res {
             self.fail(&snap_path, format!("create {}: {e}", path.display()));
             return false;
         }
         self.result.others += 1;
-        if let Err(m) = set_metadata(&node, path) {
+        let mut skipped = Vec::new();
+        if let Err(m) = apply_at(d, &node, ifmt, &self.opts.privileged, &mut skipped) {
             self.fail(&snap_path, m);
+        }
+        for m in skipped {
+            self.skip(&snap_path, m);
         }
         true
     }
 
-    fn file(&mut self, node: Node, path: &Path, snap_path: Vec<u8>) -> bool {
+    fn file(&mut self, node: Node, dir: &DirFd, path: &Path, snap_path: Vec<u8>) -> bool {
+        let d = dir.as_fd();
         let link_key = (node.links > 1).then_some((node.device_id, node.inode));
-        let existing = fs::symlink_metadata(path).ok();
-        let is_regular = existing.as_ref().is_some_and(|m| m.file_type().is_file());
+        let existing = beneath::stat_at(d, &node.name).ok();
+        let is_regular = existing
+            .as_ref()
+            .is_some_and(|st| beneath::kind(st) == libc::S_IFREG);
         if is_regular {
-            let md = existing.as_ref().expect("exists");
-            let unchanged = md.len() == node.size
-                && md.mtime() == node.mtime.timestamp()
-                && md.mtime_nsec() == i64::from(node.mtime.timestamp_subsec_nanos());
+            let st = existing.as_ref().expect("exists");
+            let unchanged = st.st_size as u64 == node.size
+                && st.st_mtime as i64 == node.mtime.timestamp()
+                && st.st_mtime_nsec as i64 == i64::from(node.mtime.timestamp_subsec_nanos());
             let snapshot_newer = (node.mtime.timestamp(), node.mtime.timestamp_subsec_nanos())
-                > (md.mtime(), u32::try_from(md.mtime_nsec()).unwrap_or(0));
+                > (
+                    st.st_mtime as i64,
+                    u32::try_from(st.st_mtime_nsec).unwrap_or(0),
+                );
             match self.opts.overwrite {
                 Overwrite::Never => {
                     self.result.files_skipped += 1;
@@ -381,7 +565,7 @@ impl Planner<'_> {
                     if let Some(k) = link_key {
                         self.hardlinks
                             .entry(k)
-                            .or_insert_with(|| Link::Done(path.to_path_buf()));
+                            .or_insert_with(|| Link::Done(dir.clone(), node.name.clone()));
                     }
                     self.result.files_skipped += 1;
                     self.result.files += 1;
@@ -391,28 +575,32 @@ impl Planner<'_> {
                 _ => {}
             }
         }
-        // Hard links: later names link to the first.
+        // Hard links: later names link to the first one restored (never to
+        // anything this restore did not make itself).
         if let Some(k) = link_key {
             if let Some(first) = self.hardlinks.get(&k).cloned() {
-                if let Err(e) = remove_non_dir(path) {
+                if let Err(e) = remove_non_dir(d, &node.name) {
                     self.fail(
                         &snap_path,
                         format!("remove existing {}: {e}", path.display()),
                     );
                     return false;
                 }
-                let target = match &first {
-                    Link::Planned(i) => self.files[*i as usize].path.clone(),
-                    Link::Done(p) => p.clone(),
+                let (from_dir, from_name, from_path) = match &first {
+                    Link::Planned(i) => {
+                        let f = &self.files[*i as usize];
+                        (f.dir.clone(), f.name.clone(), f.path.clone())
+                    }
+                    Link::Done(d, n) => (d.clone(), n.clone(), PathBuf::from(lossy(n))),
                 };
-                return match fs::hard_link(&target, path) {
+                return match beneath::link_at(from_dir.as_fd(), &from_name, d, &node.name) {
                     Ok(()) => {
                         if let Link::Planned(i) = first {
                             self.files[i as usize]
                                 .links
                                 .lock()
                                 .expect("links")
-                                .push(path.to_path_buf());
+                                .push((dir.clone(), node.name.clone()));
                         }
                         self.result.files += 1;
                         true
@@ -420,7 +608,7 @@ impl Planner<'_> {
                     Err(e) => {
                         self.fail(
                             &snap_path,
-                            format!("hard link to {}: {e}", target.display()),
+                            format!("hard link to {}: {e}", from_path.display()),
                         );
                         false
                     }
@@ -430,7 +618,7 @@ impl Planner<'_> {
         let fill = if is_regular && self.opts.overwrite == Overwrite::IfChanged {
             Fill::Compare
         } else {
-            if let Err(e) = remove_non_dir(path) {
+            if let Err(e) = remove_non_dir(d, &node.name) {
                 self.fail(
                     &snap_path,
                     format!("remove existing {}: {e}", path.display()),
@@ -461,22 +649,25 @@ impl Planner<'_> {
             }
         }
         let open = match fill {
-            Fill::Fresh => fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(path),
-            Fill::Compare => fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path),
+            Fill::Fresh => beneath::create_file_at(d, &node.name),
+            Fill::Compare => beneath::open_write_at(d, &node.name, true),
         };
         // The final size up front: what is never written reads as zeros.
-        if let Err(e) = open.and_then(|f| f.set_len(offset)) {
-            self.fail(&snap_path, format!("create {}: {e}", path.display()));
-            return false;
-        }
+        let inode = open.and_then(|fd| {
+            let st = beneath::stat_fd(fd.as_fd())?;
+            if beneath::kind(&st) != libc::S_IFREG {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            fs::File::from(fd).set_len(offset)?;
+            Ok((st.st_dev, st.st_ino))
+        });
+        let inode = match inode {
+            Ok(i) => i,
+            Err(e) => {
+                self.fail(&snap_path, format!("create {}: {e}", path.display()));
+                return false;
+            }
+        };
         let idx = self.files.len() as u32;
         for (id, loc, off) in placed.iter() {
             self.packs
@@ -497,10 +688,13 @@ impl Planner<'_> {
         self.result.files += 1;
         self.result.bytes += offset;
         self.files.push(PlannedFile {
+            dir: dir.clone(),
+            name: node.name.clone(),
             path: path.to_path_buf(),
             snap_path,
             node,
             fill,
+            inode,
             links: Mutex::new(Vec::new()),
             remaining: AtomicU64::new(placed.len() as u64),
             damaged: Mutex::new(None),
@@ -637,12 +831,7 @@ fn write_blob(f: &PlannedFile, off: u64, data: &[u8], zero: bool) -> std::io::Re
     if f.fill == Fill::Fresh && zero {
         return Ok(0); // a hole already reads as zeros
     }
-    let mut opts = fs::OpenOptions::new();
-    opts.custom_flags(libc::O_NOFOLLOW);
-    if f.fill == Fill::Compare {
-        opts.read(true);
-    }
-    let file = opts.write(true).open(&f.path)?;
+    let file = f.open(true)?;
     if f.fill == Fill::Compare {
         let mut existing = vec![0u8; data.len()];
         if file.read_exact_at(&mut existing, off).is_ok() && existing == data {
@@ -684,7 +873,7 @@ fn non_zero_runs(off: u64, data: &[u8]) -> Vec<(usize, usize)> {
 
 /// Reads a restored file back and compares it blob by blob with the snapshot.
 fn verify_file(repo: &Repository, f: &PlannedFile) -> std::result::Result<(), String> {
-    let file = fs::File::open(&f.path).map_err(|e| format!("verify: open: {e}"))?;
+    let file = f.open(false).map_err(|e| format!("verify: open: {e}"))?;
     let mut off = 0u64;
     let empty = Vec::new();
     for id in f.node.content.as_ref().unwrap_or(&empty) {
@@ -709,38 +898,131 @@ fn verify_file(repo: &Repository, f: &PlannedFile) -> std::result::Result<(), St
     Ok(())
 }
 
-/// Owner, xattrs, mode and times, in the order that keeps them: chown
-/// clears setuid/setgid, so chmod comes after it; times last.
-fn set_metadata(node: &Node, path: &Path) -> std::result::Result<(), String> {
-    let mut problems = Vec::new();
-    if let Err(e) = std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid)) {
-        // Like cp -a and restic: only root is expected to be able to chown.
-        if nix::unistd::geteuid().is_root() || e.kind() != std::io::ErrorKind::PermissionDenied {
-            problems.push(format!("chown: {e}"));
-        }
+/// The permission bits to apply, without setuid/setgid unless allowed.
+fn allowed_perm(node: &Node, privileged: &Privileged, skipped: &mut Vec<String>) -> u32 {
+    let mut perm = gomode::to_unix_perm(node.mode);
+    if !privileged.setid && perm & (libc::S_ISUID | libc::S_ISGID) != 0 {
+        perm &= !(libc::S_ISUID | libc::S_ISGID);
+        skipped.push("setuid/setgid bits not restored: not allowed for this restore".into());
     }
-    for xa in &node.extended_attributes {
-        if let Err(e) = xattr::set(path, &xa.name, &xa.value) {
-            problems.push(format!("xattr {}: {e}", xa.name));
-        }
+    perm
+}
+
+/// The xattrs to apply; the others are reported.
+fn allowed_xattrs<'n>(
+    node: &'n Node,
+    privileged: &Privileged,
+    skipped: &mut Vec<String>,
+) -> Vec<&'n crate::format::repofile::ExtendedAttribute> {
+    node.extended_attributes
+        .iter()
+        .filter(|xa| {
+            let ok = privileged.xattr_allowed(&xa.name);
+            if !ok {
+                skipped.push(format!(
+                    "xattr {} not restored: not allowed for this restore",
+                    xa.name
+                ));
+            }
+            ok
+        })
+        .collect()
+}
+
+fn ts(t: &chrono::DateTime<chrono::FixedOffset>) -> (i64, u32) {
+    (t.timestamp(), t.timestamp_subsec_nanos())
+}
+
+fn chown_problem(e: std::io::Error, problems: &mut Vec<String>) {
+    // Like cp -a and restic: only root is expected to be able to chown.
+    if nix::unistd::geteuid().is_root() || e.kind() != std::io::ErrorKind::PermissionDenied {
+        problems.push(format!("chown: {e}"));
     }
-    if node.node_type != NodeType::Symlink {
-        let perm = fs::Permissions::from_mode(gomode::to_unix_perm(node.mode));
-        if let Err(e) = fs::set_permissions(path, perm) {
-            problems.push(format!("chmod: {e}"));
-        }
-    }
-    let ts = |t: &chrono::DateTime<chrono::FixedOffset>| {
-        filetime::FileTime::from_unix_time(t.timestamp(), t.timestamp_subsec_nanos())
-    };
-    if let Err(e) = filetime::set_symlink_file_times(path, ts(&node.atime), ts(&node.mtime)) {
-        problems.push(format!("set times: {e}"));
-    }
+}
+
+fn problems_result(problems: Vec<String>) -> std::result::Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
         Err(format!("metadata: {}", problems.join("; ")))
     }
+}
+
+/// Owner, xattrs, mode and times of an open regular file or directory, in
+/// the order that keeps them: chown clears setuid/setgid, so chmod comes
+/// after it; times last. Everything on the fd: no name is resolved.
+fn apply_fd(
+    fd: BorrowedFd<'_>,
+    node: &Node,
+    privileged: &Privileged,
+    skipped: &mut Vec<String>,
+) -> std::result::Result<(), String> {
+    let mut problems = Vec::new();
+    if let Err(e) = beneath::chown_fd(fd, node.uid, node.gid) {
+        chown_problem(e, &mut problems);
+    }
+    for xa in allowed_xattrs(node, privileged, skipped) {
+        if let Err(e) = beneath::set_xattr_fd(fd, &xa.name, &xa.value) {
+            problems.push(format!("xattr {}: {e}", xa.name));
+        }
+    }
+    if let Err(e) = beneath::chmod_fd(fd, allowed_perm(node, privileged, skipped)) {
+        problems.push(format!("chmod: {e}"));
+    }
+    if let Err(e) = beneath::set_times_fd(fd, ts(&node.atime), ts(&node.mtime)) {
+        problems.push(format!("set times: {e}"));
+    }
+    problems_result(problems)
+}
+
+/// The same for a symlink, FIFO or device `node.name` in `dir` that this
+/// restore just created (of type `ifmt`). chown and utimes act on the entry
+/// itself (`AT_SYMLINK_NOFOLLOW`) and so never leave `dir`; chmod and
+/// xattrs, which have no such form, go through an `O_PATH` fd checked to be
+/// of the right type (see [`beneath`]). Linux keeps no symlink modes, and
+/// xattrs on symlinks are reported, not set.
+fn apply_at(
+    dir: BorrowedFd<'_>,
+    node: &Node,
+    ifmt: u32,
+    privileged: &Privileged,
+    skipped: &mut Vec<String>,
+) -> std::result::Result<(), String> {
+    let mut problems = Vec::new();
+    let name = &node.name;
+    if let Err(e) = beneath::chown_at(dir, name, node.uid, node.gid) {
+        chown_problem(e, &mut problems);
+    }
+    if ifmt == libc::S_IFLNK {
+        if !node.extended_attributes.is_empty() {
+            skipped.push("xattrs of a symlink are not restored".into());
+        }
+    } else {
+        match beneath::open_path_at(dir, name).and_then(|fd| {
+            let st = beneath::stat_fd(fd.as_fd())?;
+            if beneath::kind(&st) != ifmt {
+                return Err(std::io::Error::other("replaced while being restored"));
+            }
+            Ok(fd)
+        }) {
+            Ok(fd) => {
+                for xa in allowed_xattrs(node, privileged, skipped) {
+                    if let Err(e) = beneath::set_xattr_opath(fd.as_fd(), &xa.name, &xa.value) {
+                        problems.push(format!("xattr {}: {e}", xa.name));
+                    }
+                }
+                let perm = allowed_perm(node, privileged, skipped);
+                if let Err(e) = beneath::chmod_opath(fd.as_fd(), perm) {
+                    problems.push(format!("chmod: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("open: {e}")),
+        }
+    }
+    if let Err(e) = beneath::set_times_at(dir, name, ts(&node.atime), ts(&node.mtime)) {
+        problems.push(format!("set times: {e}"));
+    }
+    problems_result(problems)
 }
 
 /// Errors that mean "this part of the repository is damaged or missing",
@@ -760,31 +1042,37 @@ fn is_damage(e: &Error) -> bool {
     )
 }
 
-/// Makes `path` a real directory: an existing symlink or file there is
-/// removed first, so a restore never follows a link out of the target.
-/// Returns whether the directory was created.
-fn prepare_dir(path: &Path) -> std::io::Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => Ok(false),
+/// Makes `name` in `dir` a real directory and opens it: an existing
+/// symlink or file there is removed first. The open refuses a symlink, so
+/// one a pod swaps in after our check makes it fail rather than lead out.
+/// Returns the fd and whether the directory was created.
+fn prepare_dir(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<(OwnedFd, bool)> {
+    match beneath::stat_at(dir, name) {
+        Ok(st) if beneath::kind(&st) == libc::S_IFDIR => {
+            Ok((beneath::open_dir_at(dir, name)?, false))
+        }
         Ok(_) => {
-            fs::remove_file(path)?;
-            fs::create_dir(path)?;
-            Ok(true)
+            beneath::unlink_at(dir, name)?;
+            beneath::mkdir_at(dir, name)?;
+            Ok((beneath::open_dir_at(dir, name)?, true))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir(path)?;
-            Ok(true)
+            beneath::mkdir_at(dir, name)?;
+            Ok((beneath::open_dir_at(dir, name)?, true))
         }
         Err(e) => Err(e),
     }
 }
 
-/// Removes whatever is at `path` unless it is absent; a directory in the
-/// way of a file is an error (we do not delete user directories).
-fn remove_non_dir(path: &Path) -> std::io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => Err(std::io::Error::other("a directory is in the way")),
-        Ok(_) => fs::remove_file(path),
+/// Removes whatever is at `name` in `dir` unless it is absent; a
+/// directory in the way of a file is an error (we do not delete user
+/// directories).
+fn remove_non_dir(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
+    match beneath::stat_at(dir, name) {
+        Ok(st) if beneath::kind(&st) == libc::S_IFDIR => {
+            Err(std::io::Error::other("a directory is in the way"))
+        }
+        Ok(_) => beneath::unlink_at(dir, name),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -809,6 +1097,12 @@ pub fn restore_with_progress(
         .map_err(|e| Error::local("create target directory", &opts.target, e))?;
     let target = fs::canonicalize(&opts.target)
         .map_err(|e| Error::local("resolve target", &opts.target, e))?;
+    // The one path resolved: the target the caller chose. Everything
+    // below goes through this fd.
+    let root: DirFd = Arc::new(
+        beneath::open_dir_path(&target).map_err(|e| Error::local("open target", &target, e))?,
+    );
+    beneath::raise_fd_limit();
     let mut p = Planner {
         repo,
         opts,
@@ -820,7 +1114,7 @@ pub fn restore_with_progress(
         dirs: Vec::new(),
         result: RestoreResult::default(),
     };
-    p.walk(tree, &target, b"/")?;
+    p.walk(tree, &root, &target, b"/")?;
     progress
         .files_total
         .store(p.files.len() as u64, Ordering::Relaxed);
@@ -855,49 +1149,61 @@ pub fn restore_with_progress(
     }
 
     // Metadata of files, then verification, in parallel.
-    let failed: Vec<(Vec<u8>, String)> = p
+    type Outcome = (Vec<u8>, Option<String>, Vec<String>);
+    let failed: Vec<Outcome> = p
         .files
         .par_iter()
         .filter_map(|f| {
             if let Some(msg) = f.damaged.lock().expect("damaged").take() {
                 // Wrong content is worse than none: remove the file and its links.
-                let _ = fs::remove_file(&f.path);
-                for l in f.links.lock().expect("links").iter() {
-                    let _ = fs::remove_file(l);
+                let _ = beneath::unlink_at(f.dir.as_fd(), &f.name);
+                for (d, n) in f.links.lock().expect("links").iter() {
+                    let _ = beneath::unlink_at(d.as_fd(), n);
                 }
                 progress.add_error();
-                return Some((f.snap_path.clone(), msg));
+                return Some((f.snap_path.clone(), Some(msg), Vec::new()));
             }
             if f.fill == Fill::Compare {
-                if let Err(e) = fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&f.path)
-                    .and_then(|h| h.set_len(f.node.size))
-                {
-                    return Some((f.snap_path.clone(), format!("truncate: {e}")));
+                if let Err(e) = f.open(true).and_then(|h| h.set_len(f.node.size)) {
+                    return Some((
+                        f.snap_path.clone(),
+                        Some(format!("truncate: {e}")),
+                        Vec::new(),
+                    ));
                 }
             }
             if opts.verify {
                 if let Err(m) = verify_file(repo, f) {
                     progress.add_error();
-                    return Some((f.snap_path.clone(), m));
+                    return Some((f.snap_path.clone(), Some(m), Vec::new()));
                 }
             }
-            set_metadata(&f.node, &f.path)
-                .err()
-                .map(|m| (f.snap_path.clone(), m))
+            let mut skipped = Vec::new();
+            let r = f
+                .open(false)
+                .map_err(|e| format!("metadata: open: {e}"))
+                .and_then(|h| apply_fd(h.as_fd(), &f.node, &opts.privileged, &mut skipped));
+            Some((f.snap_path.clone(), r.err(), skipped))
         })
         .collect();
-    for (path, msg) in failed {
-        p.fail(&path, msg);
+    for (path, msg, skipped) in failed {
+        if let Some(m) = msg {
+            p.fail(&path, m);
+        }
+        for m in skipped {
+            p.skip(&path, m);
+        }
     }
     // Directories deepest first: children are complete before a
     // directory's own times are set.
     let dirs = std::mem::take(&mut p.dirs);
-    for (path, snap_path, node) in dirs.iter().rev() {
-        if let Err(m) = set_metadata(node, path) {
-            p.fail(snap_path, m);
+    for d in dirs.iter().rev() {
+        let mut skipped = Vec::new();
+        if let Err(m) = apply_fd(d.fd.as_fd(), &d.node, &opts.privileged, &mut skipped) {
+            p.fail(&d.snap_path, format!("{}: {m}", d.path.display()));
+        }
+        for m in skipped {
+            p.skip(&d.snap_path, m);
         }
     }
     let damaged_files = p

@@ -398,11 +398,28 @@ impl Tree {
     }
 
     /// Parses a tree blob; `id` names it in errors.
+    ///
+    /// A tree with two entries of the same name is refused: restic never
+    /// writes one, and a restore of it would put one entry where the other
+    /// was just made (a symlink where a directory was checked, a file
+    /// over a symlink), so it can only come from a crafted snapshot.
     pub fn from_json(data: &[u8], id: &Id) -> Result<Tree> {
-        serde_json::from_slice(data).map_err(|source| Error::Json {
+        let tree: Tree = serde_json::from_slice(data).map_err(|source| Error::Json {
             what: format!("tree {id}"),
             source,
-        })
+        })?;
+        let mut names: Vec<&[u8]> = tree.nodes.iter().map(|n| n.name.as_slice()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::format(
+                "tree",
+                format!(
+                    "tree {id} holds the name {:?} twice",
+                    String::from_utf8_lossy(w[0])
+                ),
+            ));
+        }
+        Ok(tree)
     }
 }
 
@@ -612,6 +629,25 @@ mod tests {
             gomode::to_unix_perm(gomode::SETGID | gomode::DIR | 0o750),
             0o2750
         );
+    }
+
+    #[test]
+    fn parsing_refuses_duplicate_names_in_any_order() {
+        let id = Id::hash(b"t");
+        for (a, b) in [
+            ("file", "symlink"),
+            ("symlink", "file"),
+            ("dir", "symlink"),
+            ("symlink", "dir"),
+        ] {
+            let json = format!(
+                r#"{{"nodes":[{{"name":"x","type":"{a}"}},{{"name":"y","type":"file"}},{{"name":"x","type":"{b}"}}]}}"#
+            );
+            let e = Tree::from_json(json.as_bytes(), &id).unwrap_err();
+            assert!(e.to_string().contains("twice"), "{a}/{b}: {e}");
+        }
+        let ok = br#"{"nodes":[{"name":"b","type":"file"},{"name":"a","type":"file"}]}"#;
+        assert_eq!(Tree::from_json(ok, &id).unwrap().nodes.len(), 2);
     }
 
     #[test]
