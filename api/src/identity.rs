@@ -88,6 +88,51 @@ pub fn source_hosts(namespace: &str, name: &str, volume: &str) -> Vec<String> {
     ]
 }
 
+/// Where a restore into `target_volume` of `pod` takes its snapshots from:
+/// the snapshot volume and the snapshot hostnames `latest` may pick among,
+/// from the RestoreSession's spec and the pod alone (never from status,
+/// which a tenant may be able to patch). `repo_in_session_ns`: the
+/// Repository is the session's own; a source in another namespace is
+/// refused otherwise (a tenant of a shared Repository restores only its
+/// own snapshots). Never empty: there is no "any host".
+pub fn restore_source(
+    spec: &crate::RestoreSessionSpec,
+    pod: &Pod,
+    target_volume: &str,
+    repo_in_session_ns: bool,
+) -> Result<(String, Vec<String>), String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let source_volume = if spec.volumes.is_empty() {
+        target_volume.to_owned()
+    } else {
+        spec.volumes
+            .iter()
+            .find(|m| m.target == target_volume)
+            .map(|m| m.source.clone())
+            .ok_or_else(|| {
+                format!("volume {target_volume:?} is not a target of the session's spec.volumes")
+            })?
+    };
+    let source = spec.source.as_ref();
+    let hosts = match source.and_then(|s| s.name.as_deref()) {
+        Some(name) => {
+            let src_ns = source.and_then(|s| s.namespace.as_deref()).unwrap_or(ns);
+            if src_ns != ns && !repo_in_session_ns {
+                return Err(format!(
+                    "spec.source names namespace {src_ns}: restoring another namespace's \
+                     snapshots needs a Repository of the session's own namespace {ns}"
+                ));
+            }
+            source_hosts(src_ns, name, &source_volume)
+        }
+        None => vec![match volume_claim(pod, target_volume) {
+            Some(c) => format!("{ns}/{c}"),
+            None => format!("{ns}/{}/{source_volume}", workload_name(pod)),
+        }],
+    };
+    Ok((source_volume, hosts))
+}
+
 /// The path a pod volume is recorded under in its snapshots.
 pub fn snapshot_path(volume: &str) -> String {
     format!("/{volume}")
