@@ -167,7 +167,10 @@ async fn users_of(ctx: &Context, repo: &Repository) -> Result<Vec<String>> {
     {
         let rns = r.namespace().unwrap_or_default();
         let finished = r.status.as_ref().is_some_and(|s| s.phase.is_finished());
-        if !finished && refers(&r.spec.repository, &rns) && admits(ctx, repo, &mut admitted, &rns).await? {
+        if !finished
+            && refers(&r.spec.repository, &rns)
+            && admits(ctx, repo, &mut admitted, &rns).await?
+        {
             users.push(format!("RestoreSession {rns}/{}", r.name_any()));
         }
     }

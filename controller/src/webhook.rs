@@ -440,7 +440,10 @@ pub fn target_volumes(pod: &Pod, rs: &RestoreSession, allow: &HostPathAllowList)
                 .find(|pv| &pv.name == v)
                 .is_some_and(|pv| {
                     pv.host_path.as_ref().is_none_or(|h| {
-                        allow.allows(pod.metadata.namespace.as_deref().unwrap_or_default(), &h.path)
+                        allow.allows(
+                            pod.metadata.namespace.as_deref().unwrap_or_default(),
+                            &h.path,
+                        )
                     })
                 })
         })

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Api, Client, ResourceExt};
-use repo_format::backend::object_store::Credentials;
 use repo_format::backend::location::redact;
+use repo_format::backend::object_store::Credentials;
 use repo_format::backend::{Confinement, Location, OpenOptions};
 use repo_format::Repository as Repo;
 use stash_api::policy::repository_admits;
@@ -173,8 +173,7 @@ fn credentials(env: BTreeMap<String, Vec<u8>>) -> Result<Credentials> {
         .collect::<Result<_>>()?;
     let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
     let mut c = Credentials::from_env(get);
-    if c
-        .google_application_credentials
+    if c.google_application_credentials
         .as_deref()
         .is_some_and(|v| v.starts_with('{'))
     {
@@ -254,43 +253,96 @@ mod tests {
             r#"{"type":"service_account","client_email":"a@b","private_key":"x"}"#,
         )
         .unwrap();
-        let gcs = |json: serde_json::Value| {
-            vec![("GOOGLE_APPLICATION_CREDENTIALS", json.to_string())]
-        };
+        let gcs =
+            |json: serde_json::Value| vec![("GOOGLE_APPLICATION_CREDENTIALS", json.to_string())];
         let cases: Vec<(&str, String, Vec<(&str, String)>, &str)> = vec![
-            ("external_account", "gs:b:/x".into(), gcs(serde_json::json!({
+            (
+                "external_account",
+                "gs:b:/x".into(),
+                gcs(serde_json::json!({
                 "type": "external_account", "audience": "a",
                 "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
                 "token_url": url,
                 "credential_source": {"file": "/etc/hostname", "format": {"type": "text"}}})),
-             "type \"external_account\""),
-            ("authorized_user", "gs:b:/x".into(), gcs(serde_json::json!({
+                "type \"external_account\"",
+            ),
+            (
+                "authorized_user",
+                "gs:b:/x".into(),
+                gcs(serde_json::json!({
                 "type": "authorized_user", "client_id": "c", "client_secret": "s",
                 "refresh_token": "r", "token_uri": url})),
-             "type \"authorized_user\""),
-            ("impersonation", "gs:b:/x".into(), gcs(serde_json::json!({
+                "type \"authorized_user\"",
+            ),
+            (
+                "impersonation",
+                "gs:b:/x".into(),
+                gcs(serde_json::json!({
                 "type": "impersonated_service_account",
                 "service_account_impersonation_url": url,
                 "source_credentials": {"type": "authorized_user", "client_id": "c",
                                        "client_secret": "s", "refresh_token": "r"}})),
-             "type \"impersonated_service_account\""),
-            ("a path", "gs:b:/x".into(),
-             vec![("GOOGLE_APPLICATION_CREDENTIALS", key.path().display().to_string())],
-             "not a path"),
-            ("no GCS keys", "gs:b:/x".into(), vec![], "no GOOGLE_APPLICATION_CREDENTIALS"),
-            ("GCS endpoint override", "gs:b:/x".into(),
-             vec![("STASH_GCS_ENDPOINT", url.clone())], "STASH_GCS_ENDPOINT"),
-            ("emulator host", "gs:b:/x".into(),
-             vec![("STORAGE_EMULATOR_HOST", addr.clone())], "STASH_GCS_ENDPOINT"),
-            ("no S3 keys", format!("s3:http://{addr}/b"), vec![], "no AWS_ACCESS_KEY_ID"),
-            ("Azure endpoint override", "azure:c:/x".into(), vec![
-                ("AZURE_ACCOUNT_NAME", "a".into()), ("AZURE_ACCOUNT_KEY", "a2V5".into()),
-                ("STASH_AZURE_ENDPOINT", url.clone())], "STASH_AZURE_ENDPOINT"),
-            ("Azure suffix override", "azure:c:/x".into(), vec![
-                ("AZURE_ACCOUNT_NAME", "a".into()), ("AZURE_ACCOUNT_KEY", "a2V5".into()),
-                ("AZURE_ENDPOINT_SUFFIX", addr.clone())], "AZURE_ENDPOINT_SUFFIX"),
-            ("a local path", "local:/var/lib/kubelet".into(), vec![],
-             "local repositories are not allowed"),
+                "type \"impersonated_service_account\"",
+            ),
+            (
+                "a path",
+                "gs:b:/x".into(),
+                vec![(
+                    "GOOGLE_APPLICATION_CREDENTIALS",
+                    key.path().display().to_string(),
+                )],
+                "not a path",
+            ),
+            (
+                "no GCS keys",
+                "gs:b:/x".into(),
+                vec![],
+                "no GOOGLE_APPLICATION_CREDENTIALS",
+            ),
+            (
+                "GCS endpoint override",
+                "gs:b:/x".into(),
+                vec![("STASH_GCS_ENDPOINT", url.clone())],
+                "STASH_GCS_ENDPOINT",
+            ),
+            (
+                "emulator host",
+                "gs:b:/x".into(),
+                vec![("STORAGE_EMULATOR_HOST", addr.clone())],
+                "STASH_GCS_ENDPOINT",
+            ),
+            (
+                "no S3 keys",
+                format!("s3:http://{addr}/b"),
+                vec![],
+                "no AWS_ACCESS_KEY_ID",
+            ),
+            (
+                "Azure endpoint override",
+                "azure:c:/x".into(),
+                vec![
+                    ("AZURE_ACCOUNT_NAME", "a".into()),
+                    ("AZURE_ACCOUNT_KEY", "a2V5".into()),
+                    ("STASH_AZURE_ENDPOINT", url.clone()),
+                ],
+                "STASH_AZURE_ENDPOINT",
+            ),
+            (
+                "Azure suffix override",
+                "azure:c:/x".into(),
+                vec![
+                    ("AZURE_ACCOUNT_NAME", "a".into()),
+                    ("AZURE_ACCOUNT_KEY", "a2V5".into()),
+                    ("AZURE_ENDPOINT_SUFFIX", addr.clone()),
+                ],
+                "AZURE_ENDPOINT_SUFFIX",
+            ),
+            (
+                "a local path",
+                "local:/var/lib/kubelet".into(),
+                vec![],
+                "local repositories are not allowed",
+            ),
         ];
         let policy = TenantPolicy::default();
         for (what, repo, env, why) in cases {

@@ -438,7 +438,14 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
             ))
         })?;
     let user = format!("BackupSession {session_ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &ctx.tenants, &session_ns, &user, &cfg.spec.repository).await?;
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &session_ns,
+        &user,
+        &cfg.spec.repository,
+    )
+    .await?;
     // The snapshot identity comes from the pod, never from the item's
     // `host` in status: a tenant able to patch status would otherwise
     // write snapshots under another workload's identity (in a shared
@@ -464,7 +471,14 @@ async fn prepare_restore(
     let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
     let dir = volume_dir(ctx, &pod, volume).await?;
     let user = format!("RestoreSession {session_ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &ctx.tenants, &session_ns, &user, &s.spec.repository).await?;
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &session_ns,
+        &user,
+        &s.spec.repository,
+    )
+    .await?;
     let spec = &s.spec;
     // Which snapshots: from the spec and the pod, never from the item's
     // `sourceVolume`/`sourceHosts` in status (a tampered or emptied list

@@ -192,7 +192,10 @@ async fn references_from_namespaces_a_repository_does_not_admit_do_not_block_its
         }
     })
     .await;
-    assert!(message.contains("BackupConfiguration friend/db"), "{message}");
+    assert!(
+        message.contains("BackupConfiguration friend/db"),
+        "{message}"
+    );
     assert!(!message.contains("attacker"), "{message}");
 
     // ...and once it goes, the attacker's references do not.
@@ -202,7 +205,14 @@ async fn references_from_namespaces_a_repository_does_not_admit_do_not_block_its
         .unwrap();
     eventually(Duration::from_secs(30), "Repository gone", || {
         let repos = repos.clone();
-        async move { repos.get_opt("shared").await.unwrap().is_none().then_some(()) }
+        async move {
+            repos
+                .get_opt("shared")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
     })
     .await;
     shutdown.cancel();

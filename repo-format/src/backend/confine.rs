@@ -68,7 +68,8 @@ impl Confinement {
             Location::Rest { url, .. } => self.check_egress(url).map_err(refuse),
             Location::S3 { endpoint, .. } => {
                 self.check_egress(endpoint).map_err(refuse)?;
-                let keys = creds.aws_access_key_id.is_some() && creds.aws_secret_access_key.is_some();
+                let keys =
+                    creds.aws_access_key_id.is_some() && creds.aws_secret_access_key.is_some();
                 if !keys && !self.ambient_identity {
                     return Err(refuse(
                         "no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the credentials Secret; \
@@ -144,7 +145,8 @@ impl Confinement {
                 self.check_egress(&endpoint).map_err(refuse)?;
                 if creds.azure_account_key.is_none() && creds.azure_account_sas.is_none() {
                     return Err(refuse(
-                        "set AZURE_ACCOUNT_KEY or AZURE_ACCOUNT_SAS in the credentials Secret".into(),
+                        "set AZURE_ACCOUNT_KEY or AZURE_ACCOUNT_SAS in the credentials Secret"
+                            .into(),
                     ));
                 }
                 Ok(())
@@ -271,7 +273,10 @@ mod tests {
         assert_eq!(url_host("https://u:p@Minio.x:9000/b"), "minio.x");
         assert_eq!(url_host("http://[::1]:80/"), "::1");
         assert_eq!(url_host("127.0.0.1:4443"), "127.0.0.1");
-        assert!(host_matches("*.amazonaws.com", "s3.eu-west-1.amazonaws.com"));
+        assert!(host_matches(
+            "*.amazonaws.com",
+            "s3.eu-west-1.amazonaws.com"
+        ));
         assert!(!host_matches("*.amazonaws.com", "amazonaws.com"));
         assert!(!host_matches("*.amazonaws.com", "evilamazonaws.com"));
         assert!(host_matches("minio.backup.svc", "minio.backup.svc"));
@@ -292,7 +297,8 @@ mod tests {
         let creds = Credentials::default();
         let local = |p: PathBuf| Location::Local { path: p };
         c.check(&local(root.join("team-a")), &creds).unwrap();
-        c.check(&local(root.join("team-a/new/deeper")), &creds).unwrap();
+        c.check(&local(root.join("team-a/new/deeper")), &creds)
+            .unwrap();
         for bad in [
             root.clone(),
             root.join("../elsewhere"),
@@ -300,7 +306,10 @@ mod tests {
             d.path().join("elsewhere"),
             PathBuf::from("relative"),
         ] {
-            let e = c.check(&local(bad.clone()), &creds).unwrap_err().to_string();
+            let e = c
+                .check(&local(bad.clone()), &creds)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("refused"), "{bad:?}: {e}");
         }
         let e = Confinement::default()
@@ -318,15 +327,24 @@ mod tests {
             ..Confinement::default()
         };
         let creds = Credentials::default();
-        c.check(&Location::parse("s3:http://a.minio.svc:9000/b").unwrap(), &creds)
-            .unwrap();
+        c.check(
+            &Location::parse("s3:http://a.minio.svc:9000/b").unwrap(),
+            &creds,
+        )
+        .unwrap();
         let e = c
-            .check(&Location::parse("s3:http://169.254.169.254/b").unwrap(), &creds)
+            .check(
+                &Location::parse("s3:http://169.254.169.254/b").unwrap(),
+                &creds,
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("not in the allowed egress hosts"), "{e}");
         let e = c
-            .check(&Location::parse("rest:http://u:pw@10.0.0.1:8000/").unwrap(), &creds)
+            .check(
+                &Location::parse("rest:http://u:pw@10.0.0.1:8000/").unwrap(),
+                &creds,
+            )
             .unwrap_err()
             .to_string();
         assert!(!e.contains("pw"), "{e}");

@@ -64,9 +64,8 @@ const UNSUPPORTED: [&str; 4] = ["b2", "sftp", "swift", "rclone"];
 impl Location {
     /// Parses a repository string.
     pub fn parse(s: &str) -> Result<Location> {
-        let invalid = |why: &str| {
-            Error::InvalidArgument(format!("repository {:?}: {why}", redact(s)))
-        };
+        let invalid =
+            |why: &str| Error::InvalidArgument(format!("repository {:?}: {why}", redact(s)));
         if s.is_empty() {
             return Err(invalid("empty"));
         }

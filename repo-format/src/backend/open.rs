@@ -55,7 +55,8 @@ pub fn open(location: &Location, opts: &OpenOptions) -> Result<Arc<dyn Backend>>
             password,
         } => Arc::new(RestBackend::new(
             url,
-            user.clone().or_else(|| opts.credentials.rest_username.clone()),
+            user.clone()
+                .or_else(|| opts.credentials.rest_username.clone()),
             password
                 .clone()
                 .or_else(|| opts.credentials.rest_password.clone()),
