@@ -266,8 +266,8 @@ fn normalise(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AllowedNamespaces, RepositorySpec, SecretKeyReference, UsagePolicy};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-    use stash_api::{AllowedNamespaces, RepositorySpec, SecretKeyReference, UsagePolicy};
 
     fn repo(ns: &str, from: NamespacesFrom, selector: Option<LabelSelector>) -> Repository {
         let mut r = Repository::new(

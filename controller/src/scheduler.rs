@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -675,8 +675,8 @@ mod tests {
         async fn tick(cfg: BackupConfiguration, ctx: Arc<Context>) {
             let now = Utc::now();
             let (schedule, jitter) = crate::clock::clock_of(&cfg).unwrap();
-            let last = crate::last_handled(&cfg, &ctx.ticks, now);
-            let (due, _) = crate::plan(&schedule, jitter, last, now);
+            let last = crate::clock::last_handled(&cfg, &ctx.ticks, now);
+            let (due, _) = crate::clock::plan(&schedule, jitter, last, now);
             let fired = fire_tick(&ctx, &cfg, due.unwrap()).await.unwrap();
             fired.unwrap().record(&ctx, &cfg).await;
         }

@@ -19,21 +19,18 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
-use kube::ResourceExt;
-use stash_api::schedule::Schedule;
 use stash_api::BackupConfiguration;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler;
 use crate::Context;
-use stash_api::time::from_time;
 
 /// Sessions being created at once.
 pub const FIRE_CONCURRENCY: usize = 32;
@@ -42,7 +39,7 @@ pub const RECORD_CONCURRENCY: usize = 8;
 /// How long a tick whose session could not be created waits to try again.
 const RETRY: Duration = Duration::from_secs(5);
 
-use crate::clock::{clock_of, last_handled, plan, Firing, Key, Ticks};
+use crate::clock::{clock_of, last_handled, plan, Key};
 
 /// A heap entry: the moment a configuration's next tick falls due.
 struct Due {
@@ -198,44 +195,5 @@ impl Clock {
                 self.planned.remove(&key);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    fn at(s: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
-    }
-
-    #[test]
-    fn plan_fires_the_latest_missed_tick_once_and_waits_for_the_next() {
-        // Every 10 s; 1_700_000_000 is a multiple of 10.
-        let s = Schedule::parse("*/10 * * * * *", None).unwrap();
-        let none = chrono::Duration::zero();
-        // Down from 0 to 35: the ticks at 10, 20 and 30 collapse into 30.
-        assert_eq!(plan(&s, none, at(0), at(35)), (Some(at(30)), Some(at(40))));
-        // Handled: nothing due until 40.
-        assert_eq!(plan(&s, none, at(30), at(35)), (None, Some(at(40))));
-        assert_eq!(plan(&s, none, at(30), at(40)), (Some(at(40)), Some(at(50))));
-        // Jitter of 3 s: the tick at 40 falls due at 43.
-        let j = chrono::Duration::seconds(3);
-        assert_eq!(plan(&s, j, at(30), at(42)), (None, Some(at(43))));
-        assert_eq!(plan(&s, j, at(30), at(43)), (Some(at(40)), Some(at(53))));
-    }
-
-    #[test]
-    fn ticks_remember_the_latest_and_forget_only_a_failed_one() {
-        let ticks = Ticks::default();
-        let key = ObjectRef::new("db").within("team");
-        ticks.record(key.clone(), at(20));
-        ticks.record(key.clone(), at(10));
-        assert_eq!(ticks.last(&key), Some(at(20)));
-        ticks.forget(&key, at(10));
-        assert_eq!(ticks.last(&key), Some(at(20)));
-        ticks.forget(&key, at(20));
-        assert_eq!(ticks.last(&key), None);
     }
 }

@@ -726,7 +726,7 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
         .into_iter()
         .filter(|(_, s)| s.paths == [want_path.clone()])
         .filter(|(_, s)| p.source_hosts.is_empty() || p.source_hosts.contains(&s.hostname))
-        .filter(|(_, s)| retention::has_tags(s, &p.source_tags))
+        .filter(|(_, s)| forget::has_tags(s, &p.source_tags))
         .filter(|(_, s)| p.before.is_none_or(|b| s.time.with_timezone(&Utc) < b))
         .collect();
     candidates.sort_by_key(|(_, s)| s.time);
@@ -880,7 +880,7 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
                 paths: true,
                 tags: false,
             };
-            let groups = retention::apply(&mine, by, &policy, Utc::now());
+            let groups = forget::apply(&mine, by, &policy, Utc::now());
             let kept: usize = groups.iter().map(|g| g.keep.len()).sum();
             for id in groups.iter().flat_map(|g| &g.remove) {
                 if lost.load(Ordering::Relaxed) {

@@ -11,7 +11,7 @@ use repo_format::FileType;
 use serde_json::json;
 
 use crate::cli::{BackupArgs, GlobalArgs};
-use crate::ops::progress::{Mode, Reporter};
+use crate::progress::{Mode, Reporter};
 use crate::{format, repo, EXIT_INCOMPLETE};
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {

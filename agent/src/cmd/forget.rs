@@ -39,7 +39,7 @@ fn policy(a: &ForgetArgs) -> Policy {
 /// of the paths.
 fn selected(s: &Snapshot, a: &ForgetArgs, tag_lists: &[Vec<String>]) -> bool {
     (a.hosts.is_empty() || a.hosts.contains(&s.hostname))
-        && (tag_lists.is_empty() || tag_lists.iter().any(|l| retention::has_tags(s, l)))
+        && (tag_lists.is_empty() || tag_lists.iter().any(|l| forget::has_tags(s, l)))
         && a.paths.iter().all(|p| s.paths.contains(p))
 }
 
@@ -63,7 +63,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         .into_iter()
         .filter(|(_, s)| selected(s, a, &tag_lists))
         .collect();
-    let groups = retention::apply(&snaps, a.group_by, &policy, chrono::Utc::now());
+    let groups = forget::apply(&snaps, a.group_by, &policy, chrono::Utc::now());
     let by_id: HashMap<Id, &Snapshot> = snaps.iter().map(|(id, s)| (*id, s)).collect();
 
     if a.json {

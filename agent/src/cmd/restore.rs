@@ -9,7 +9,7 @@ use repo_format::repository::lock::RepoLock;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, RestoreArgs};
-use crate::ops::progress::{Mode, Reporter};
+use crate::progress::{Mode, Reporter};
 use crate::{format, repo};
 
 pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
