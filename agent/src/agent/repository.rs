@@ -255,7 +255,9 @@ mod tests {
         .unwrap();
         let gcs =
             |json: serde_json::Value| vec![("GOOGLE_APPLICATION_CREDENTIALS", json.to_string())];
-        let cases: Vec<(&str, String, Vec<(&str, String)>, &str)> = vec![
+        /// What, the repository, the Secret's keys, the refusal's words.
+        type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 "external_account",
                 "gs:b:/x".into(),

@@ -16,7 +16,7 @@
 //! secret, projected and downward-API volumes are refused: they are
 //! generated from API objects, which are backed up as objects, not files.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
 
