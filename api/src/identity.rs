@@ -195,6 +195,43 @@ mod tests {
         p
     }
 
+    /// Issue 12, hole 6: the restore source follows from the spec and the
+    /// pod (the agent no longer reads `sourceHosts` from status), is never
+    /// empty, and another namespace's snapshots need the session's own
+    /// Repository.
+    #[test]
+    fn restore_sources_come_from_the_spec_and_pod_and_are_never_empty() {
+        let p = pod(Some(("ReplicaSet", "web-7d9f8")), Some("7d9f8"));
+        let spec = |v: serde_json::Value| -> crate::RestoreSessionSpec {
+            serde_json::from_value(v).unwrap()
+        };
+        let base = serde_json::json!({"repository": {"name": "r"}, "target": {"persistentVolumeClaim": "db-data"}});
+        let own = spec(base.clone());
+        assert_eq!(
+            restore_source(&own, &p, "data", false).unwrap(),
+            ("data".into(), vec!["shop/db-data".into()])
+        );
+        assert_eq!(
+            restore_source(&own, &p, "cache", false).unwrap(),
+            ("cache".into(), vec!["shop/web/cache".into()])
+        );
+        let mut mapped = base.clone();
+        mapped["volumes"] = serde_json::json!([{"source": "old", "target": "cache"}]);
+        let mapped = spec(mapped);
+        assert_eq!(
+            restore_source(&mapped, &p, "cache", false).unwrap(),
+            ("old".into(), vec!["shop/web/old".into()])
+        );
+        assert!(restore_source(&mapped, &p, "data", false).is_err());
+        let mut other = base;
+        other["source"] = serde_json::json!({"namespace": "bank", "name": "vault"});
+        let other = spec(other);
+        let e = restore_source(&other, &p, "data", false).unwrap_err();
+        assert!(e.contains("namespace bank"), "{e}");
+        let (_, hosts) = restore_source(&other, &p, "data", true).unwrap();
+        assert_eq!(hosts, ["bank/vault", "bank/vault/data"]);
+    }
+
     #[test]
     fn identity_is_the_workload_or_claim_not_the_pod() {
         let p = pod(Some(("ReplicaSet", "web-7d9f8")), Some("7d9f8"));
