@@ -389,7 +389,20 @@ mod tests {
         assert!(access("gs:b:/x", &env, &policy).is_err());
         policy.endpoint_overrides.push("team".into());
         let a = access("gs:b:/x", &env, &policy).unwrap();
-        assert!(a.open().is_err(), "the listener answers nothing");
+        let opts = OpenOptions {
+            credentials: a.credentials.clone(),
+            confinement: Some(a.confinement.clone()),
+            retry: repo_format::backend::retry::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            ..OpenOptions::default()
+        };
+        let backend = repo_format::backend::open(&a.location, &opts).unwrap();
+        assert!(
+            backend.list(repo_format::backend::FileType::Key).is_err(),
+            "the listener answers nothing"
+        );
         assert!(seen.load(Ordering::SeqCst) > 0);
     }
 
