@@ -189,6 +189,25 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// The repository lock could not be refreshed in time
+    /// ([`crate::repository::lock::RepoLock::is_lost`]); the operation
+    /// stopped before committing anything.
+    #[error("the repository lock could not be refreshed in time and was given up; stopped before others could treat it as stale")]
+    LockLost,
+
+    /// Too much of a backup's source could not be read
+    /// ([`crate::ops::backup::BackupOptions::max_unreadable`]): no snapshot
+    /// was written, since an (almost) empty one would pass for a backup.
+    #[error("{unreadable} of {} entries could not be read (e.g. {first}); no snapshot written", unreadable + read)]
+    Unreadable {
+        /// Entries that failed.
+        unreadable: u64,
+        /// Entries read.
+        read: u64,
+        /// The first failure.
+        first: String,
+    },
+
     /// scrypt refused the parameters.
     #[error("key derivation: invalid scrypt parameters N={n} r={r} p={p}")]
     Kdf {

@@ -9,8 +9,9 @@ use repo_format::format::repofile::tree::gomode;
 use repo_format::ops::backup::{backup, BackupOptions};
 use repo_format::ops::check::{check, CheckOptions};
 use repo_format::ops::restore::{restore, RestoreOptions};
+use repo_format::repository::lock::{LockTiming, RepoLock};
 use repo_format::{
-    Backend, BlobType, Id, KdfParams, LocalBackend, Node, NodeType, Repository, Tree,
+    Backend, BlobType, FileType, Id, KdfParams, LocalBackend, Node, NodeType, Repository, Tree,
 };
 
 fn new_repo(dir: &Path) -> Repository {
@@ -459,4 +460,242 @@ fn a_cancelled_backup_writes_no_snapshot() {
     .unwrap_err();
     assert!(matches!(err, repo_format::Error::Cancelled), "{err}");
     assert!(repo.snapshots().unwrap().is_empty());
+}
+
+/// A local backend that can refuse lock writes (as an object store whose
+/// policy changed, or a server answering 403 to `locks/`), and that takes
+/// `pack_delay` for every pack upload, so a backup is still writing when
+/// its lock refresh fails.
+#[derive(Debug)]
+struct LockRefusing {
+    inner: LocalBackend,
+    refuse_locks: std::sync::atomic::AtomicBool,
+    pack_delay: std::time::Duration,
+}
+
+impl Backend for LockRefusing {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(&self) -> repo_format::Result<()> {
+        self.inner.create()
+    }
+    fn list(&self, tpe: FileType) -> repo_format::Result<Vec<repo_format::backend::FileInfo>> {
+        self.inner.list(tpe)
+    }
+    fn read(&self, tpe: FileType, name: &str) -> repo_format::Result<Vec<u8>> {
+        self.inner.read(tpe, name)
+    }
+    fn read_range(
+        &self,
+        tpe: FileType,
+        name: &str,
+        offset: u64,
+        length: u32,
+    ) -> repo_format::Result<Vec<u8>> {
+        self.inner.read_range(tpe, name, offset, length)
+    }
+    fn write(&self, tpe: FileType, name: &str, data: &[u8]) -> repo_format::Result<()> {
+        use std::sync::atomic::Ordering;
+        if tpe == FileType::Lock && self.refuse_locks.load(Ordering::SeqCst) {
+            return Err(repo_format::Error::Backend {
+                op: "write",
+                location: format!("locks/{name}"),
+                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "403 Forbidden"),
+            });
+        }
+        if tpe == FileType::Pack {
+            std::thread::sleep(self.pack_delay);
+        }
+        self.inner.write(tpe, name, data)
+    }
+    fn remove(&self, tpe: FileType, name: &str) -> repo_format::Result<()> {
+        self.inner.remove(tpe, name)
+    }
+    fn exists(&self, tpe: FileType, name: &str) -> repo_format::Result<bool> {
+        self.inner.exists(tpe, name)
+    }
+}
+
+fn lock_refusing_repo(dir: &Path) -> (Arc<LockRefusing>, Arc<Repository>) {
+    let b = Arc::new(LockRefusing {
+        inner: LocalBackend::new(dir.join("repo")),
+        refuse_locks: Default::default(),
+        pack_delay: std::time::Duration::from_millis(700),
+    });
+    let dynb: Arc<dyn Backend> = b.clone();
+    let repo = Repository::init(dynb, b"pw", 2, KdfParams::INSECURE_FOR_TESTS).unwrap();
+    (b, Arc::new(repo))
+}
+
+const FAST_LOCKS: LockTiming = LockTiming {
+    refresh_every: std::time::Duration::from_millis(50),
+    give_up_after: std::time::Duration::from_millis(250),
+};
+
+/// Backs up `src` under a lock on FAST_LOCKS timing whose loss cancels the
+/// backup; `refuse` makes the backend refuse lock writes once the lock is
+/// taken.
+fn backup_under_lock(
+    b: &LockRefusing,
+    repo: &Arc<Repository>,
+    src: &Path,
+    refuse: bool,
+) -> (repo_format::Result<Id>, bool) {
+    let progress = Arc::new(repo_format::ops::progress::Progress::default());
+    let p = progress.clone();
+    let lock = RepoLock::acquire_with(
+        repo.clone(),
+        false,
+        FAST_LOCKS,
+        Some(Box::new(move || p.cancel())),
+    )
+    .unwrap();
+    b.refuse_locks
+        .store(refuse, std::sync::atomic::Ordering::SeqCst);
+    let r = repo_format::ops::backup::backup_with_progress(
+        repo,
+        &BackupOptions {
+            paths: vec![src.to_path_buf()],
+            ..Default::default()
+        },
+        &progress,
+    )
+    .map(|r| r.snapshot_id);
+    let lost = lock.is_lost();
+    b.refuse_locks
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(lock);
+    (r, lost)
+}
+
+#[test]
+fn a_lock_that_cannot_be_refreshed_stops_the_backup_before_its_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let (b, repo) = lock_refusing_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..20u32 {
+        let body: Vec<u8> = (0..64 * 1024u32)
+            .map(|j| (j.wrapping_mul(i + 7) >> 3) as u8)
+            .collect();
+        fs::write(src.join(format!("f{i}")), body).unwrap();
+    }
+    // The lock is refused while the (slow) pack upload runs: the backup
+    // must end before its snapshot, well before the lock's stale age.
+    let (r, lost) = backup_under_lock(&b, &repo, &src, true);
+    assert!(lost, "the refresher never gave the lock up");
+    let err = r.unwrap_err();
+    assert!(matches!(err, repo_format::Error::Cancelled), "{err}");
+    assert!(
+        repo.snapshots().unwrap().is_empty(),
+        "a snapshot was written under a lost lock"
+    );
+    // The same backup with a working backend succeeds (the slow uploads
+    // alone do not stop it), and the lock file is gone afterwards.
+    let (r, lost) = backup_under_lock(&b, &repo, &src, false);
+    assert!(!lost);
+    r.unwrap();
+    assert_eq!(repo.snapshots().unwrap().len(), 1);
+    assert!(repo.list_ids(FileType::Lock).unwrap().is_empty());
+}
+
+#[test]
+fn a_lock_refresh_that_fails_briefly_is_retried_not_given_up() {
+    use std::sync::atomic::Ordering;
+    let t = tempfile::tempdir().unwrap();
+    let (b, repo) = lock_refusing_repo(t.path());
+    let lock = RepoLock::acquire_with(repo.clone(), false, FAST_LOCKS, None).unwrap();
+    let first = lock.name();
+    // Refused for less than the give-up age: retried with backoff.
+    b.refuse_locks.store(true, Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    b.refuse_locks.store(false, Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!lock.is_lost());
+    lock.check().unwrap();
+    assert_ne!(
+        lock.name(),
+        first,
+        "the lock was not refreshed after the outage"
+    );
+    assert_eq!(repo.list_ids(FileType::Lock).unwrap().len(), 1);
+    // Refused for longer: given up, and `check` says so.
+    b.refuse_locks.store(true, Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(lock.is_lost());
+    assert!(matches!(lock.check(), Err(repo_format::Error::LockLost)));
+    b.refuse_locks.store(false, Ordering::SeqCst);
+}
+
+/// The body of [`a_mostly_unreadable_source_yields_no_snapshot`], run where
+/// mode-000 files really are unreadable (without CAP_DAC_OVERRIDE).
+fn unreadable_source_body() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("readable"), b"ok").unwrap();
+    for i in 0..9 {
+        let f = src.join(format!("secret{i}"));
+        fs::write(&f, b"unreadable").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    assert!(
+        fs::read(src.join("secret0")).is_err(),
+        "test needs unreadable files"
+    );
+    let opts = |max: Option<f64>| BackupOptions {
+        paths: vec![src.clone()],
+        max_unreadable: max,
+        ..Default::default()
+    };
+    // 9 of 11 entries (root, 10 files) unreadable: refused, no snapshot.
+    let err = backup(&repo, &opts(Some(0.5))).unwrap_err();
+    assert!(
+        matches!(err, repo_format::Error::Unreadable { unreadable: 9, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("secret"), "{err}");
+    assert!(repo.snapshots().unwrap().is_empty());
+    // restic's way (no limit): the snapshot is written, the failures listed.
+    let r = backup(&repo, &opts(None)).unwrap();
+    assert_eq!(r.errors.len(), 9);
+    // Mostly readable: written, with the failure listed.
+    for i in 1..9 {
+        fs::remove_file(src.join(format!("secret{i}"))).unwrap();
+        fs::write(src.join(format!("ok{i}")), b"fine").unwrap();
+    }
+    let r = backup(&repo, &opts(Some(0.5))).unwrap();
+    assert_eq!(r.errors.len(), 1);
+}
+
+#[test]
+fn a_mostly_unreadable_source_yields_no_snapshot() {
+    const CHILD: &str = "STASH_TEST_UNREADABLE_CHILD";
+    if std::env::var_os(CHILD).is_some() || !nix::unistd::geteuid().is_root() {
+        return unreadable_source_body();
+    }
+    // Root reads everything: run the body again in a child without the
+    // capabilities that bypass file permissions, as a restricted agent or
+    // a root-squashed NFS volume would be.
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-dac_override,-dac_read_search", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_mostly_unreadable_source_yields_no_snapshot",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
 }

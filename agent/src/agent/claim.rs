@@ -114,6 +114,18 @@ pub fn waiting(slot: &Slot, message: &str) -> Value {
     Value::Array(ops)
 }
 
+/// Whether a failed status write proves that the claim is gone: the
+/// apiserver refused the patch (a `test` failed: 422, or 400 for a path
+/// that no longer exists) or the session is gone (404, 410). Anything else
+/// — 429, 5xx, 409, timeouts, broken connections — proves nothing, and the
+/// work goes on.
+pub fn proves_loss(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 400 | 404 | 410 | 422),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +183,27 @@ mod tests {
         assert_eq!(doc["status"]["items"][2]["attempt"], 2);
         assert!(apply(&mut doc, update(&item(), "n/a/1", &now, Map::new())).is_err());
         assert!(apply(&mut doc, claim(&item(), &old, "n/a/3", 3, &now)).is_err());
+    }
+
+    #[test]
+    fn only_a_refused_patch_or_a_gone_session_proves_a_lost_claim() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        for code in [400, 404, 410, 422] {
+            assert!(proves_loss(&api(code)), "{code}");
+        }
+        for code in [401, 403, 408, 409, 429, 500, 502, 503, 504] {
+            assert!(!proves_loss(&api(code)), "{code}");
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out");
+        assert!(!proves_loss(&kube::Error::ReadEvents(io)));
+        assert!(!proves_loss(&kube::Error::Service(
+            "connection reset".into()
+        )));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use repo_format::ops::backup::{backup_with_progress, BackupOptions};
 use repo_format::ops::forget::{self, Count, GroupBy, KeepDuration, Policy};
 use repo_format::ops::progress::Progress;
 use repo_format::ops::restore::{restore_with_progress, Overwrite, RestoreOptions};
-use repo_format::repository::lock::RepoLock;
+use repo_format::repository::lock::{LockTiming, RepoLock};
 use repo_format::{FileType, Id, NodeType, Repository};
 use serde_json::{json, Map, Value};
 use stash_api::identity::{self, TAG_CONFIG, TAG_NAMESPACE};
@@ -38,6 +38,10 @@ pub const RESTORE_MARKER: &str = ".stash-restore-done";
 
 /// How long a command waits for a repository lock held by others.
 const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+/// The fraction of unreadable entries at which a backup item fails
+/// instead of writing its snapshot ("most or all of the volume").
+const MAX_UNREADABLE: f64 = 0.5;
 
 /// Why work cannot start.
 enum NotReady {
@@ -109,25 +113,50 @@ impl Claimed<'_> {
         }
     }
 
-    /// Writes `fields` if we still hold the claim; false when we lost it.
-    async fn update(&self, fields: Map<String, Value>) -> bool {
-        match self
-            .patch(claim::update(
-                &self.slot,
-                &self.ctx.instance,
-                &now(),
-                fields,
-            ))
-            .await
-        {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(session = %format!("{}/{}", self.namespace, self.name), slot = ?self.slot, error = %e, "could not update the item (claim lost or session gone)");
-                false
+    /// Writes `fields` if we still hold the claim. A failure that proves
+    /// the claim is gone (its `test` failed, or the session is gone) ends
+    /// at once with [`Write::Lost`]; any other (429, 5xx, timeouts, a
+    /// broken connection) is retried with backoff for up to `budget`, and
+    /// then reported as [`Write::NotNow`]: the work goes on, and the next
+    /// write tries again.
+    async fn update(&self, fields: Map<String, Value>, budget: Duration) -> Write {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let patch = claim::update(&self.slot, &self.ctx.instance, &now(), fields.clone());
+            let e = match self.patch(patch).await {
+                Ok(()) => return Write::Done,
+                Err(e) => e,
+            };
+            let session = format!("{}/{}", self.namespace, self.name);
+            if claim::proves_loss(&e) {
+                tracing::warn!(%session, slot = ?self.slot, error = %e, "the item is no longer ours (claim revoked or taken over, or the session is gone)");
+                return Write::Lost;
             }
+            if started.elapsed() + pause > budget {
+                tracing::warn!(%session, slot = ?self.slot, error = %e, "could not update the item (transient); the work goes on and the next update tries again");
+                return Write::NotNow;
+            }
+            tracing::info!(%session, slot = ?self.slot, error = %e, retry_in_ms = pause.as_millis() as u64, "could not update the item (transient); retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(10));
         }
     }
 }
+
+/// How a status write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Done,
+    /// The claim is proven gone.
+    Lost,
+    /// Transient failures only, for the whole budget.
+    NotNow,
+}
+
+/// How long the final write of a result is retried through transient
+/// failures: hours of work are not thrown away for a hiccup.
+const FINAL_WRITE_BUDGET: Duration = Duration::from_secs(5 * 60);
 
 /// Runs one piece of work to its end, or until it must wait (then true).
 pub async fn run(ctx: &Ctx, work: Work) -> bool {
@@ -244,7 +273,7 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
             fields.insert("message".into(), json!("failed"));
         }
     }
-    c.update(fields).await;
+    c.update(fields, FINAL_WRITE_BUDGET).await;
     false
 }
 
@@ -551,7 +580,7 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
         tokio::task::spawn_blocking(move || match p {
             Prepared::Backup(b) => run_backup(&b, &progress),
             Prepared::Restore(r) => run_restore(&r, &progress),
-            Prepared::Retention(r) => run_retention(&r, &lost),
+            Prepared::Retention(r) => run_retention(&r, &lost, &progress),
         })
     };
     tokio::pin!(work);
@@ -570,16 +599,15 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
                     f.insert("filesDone".into(), json!(s.files_done));
                     f.insert("filesTotal".into(), json!(s.files_total.max(s.files_done)));
                 }
-                if !c.update(f).await {
-                    // The item is no longer ours (timed out, revoked, or
-                    // taken over): nothing more is reported for it.
+                if c.update(f, c.ctx.progress_every).await == Write::Lost {
+                    // The item is no longer ours (timed out, revoked,
+                    // taken over, or its session deleted): a backup stops
+                    // without writing its snapshot, a restore stops
+                    // writing and leaves no marker (so no pod waiting for
+                    // it is released onto a half-restored volume), and a
+                    // retention run stops before its next removal.
                     lost.store(true, Ordering::Relaxed);
-                    // A backup stops without writing its snapshot; a
-                    // restore finishes what it writes (stopping halfway
-                    // would leave a volume half old, half new).
-                    if c.kind == "backup" {
-                        progress.cancel();
-                    }
+                    progress.cancel();
                 }
             }
         }
@@ -625,12 +653,21 @@ fn remove_own_stale_locks(repo: &Repository) -> Result<usize> {
     Ok(removed)
 }
 
-/// Takes a lock, waiting while others hold a conflicting one.
-fn lock(repo: &Arc<Repository>, exclusive: bool) -> Result<RepoLock> {
+/// Takes a lock, waiting while others hold a conflicting one. A lock that
+/// cannot be refreshed in time cancels `progress` (see
+/// [`RepoLock::is_lost`]).
+fn lock(repo: &Arc<Repository>, exclusive: bool, progress: &Arc<Progress>) -> Result<RepoLock> {
     let deadline = Instant::now() + LOCK_WAIT;
     let mut cleaned = false;
     loop {
-        match RepoLock::acquire(repo.clone(), exclusive) {
+        let p = progress.clone();
+        let on_lost: repo_format::repository::lock::OnLost = Box::new(move || p.cancel());
+        match RepoLock::acquire_with(
+            repo.clone(),
+            exclusive,
+            LockTiming::default(),
+            Some(on_lost),
+        ) {
             Ok(l) => return Ok(l),
             Err(repo_format::Error::Locked { .. }) if !cleaned => {
                 cleaned = true;
@@ -646,9 +683,9 @@ fn lock(repo: &Arc<Repository>, exclusive: bool) -> Result<RepoLock> {
     }
 }
 
-fn run_backup(p: &BackupPlan, progress: &Progress) -> Result<Done> {
+fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
     let repo = p.repo.open()?;
-    let _lock = lock(&repo, false)?;
+    let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
     let res = backup_with_progress(
         &repo,
@@ -657,10 +694,15 @@ fn run_backup(p: &BackupPlan, progress: &Progress) -> Result<Done> {
             as_path: Some(p.as_path.clone()),
             host: Some(p.host.clone()),
             tags: p.tags.clone(),
+            // A volume the agent can (almost) not read fails the item with
+            // the reason instead of passing an empty snapshot for a backup.
+            max_unreadable: Some(MAX_UNREADABLE),
             ..BackupOptions::default()
         },
         progress,
-    )?;
+    );
+    lock.check()?;
+    let res = res?;
     let summary = res.snapshot.summary.clone().unwrap_or_default();
     let mut f = Map::new();
     f.insert("snapshotId".into(), json!(res.snapshot_id.to_hex()));
@@ -744,9 +786,9 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
     })
 }
 
-fn run_restore(p: &RestorePlan, progress: &Progress) -> Result<Done> {
+fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     let repo = p.repo.open()?;
-    let _lock = lock(&repo, false)?;
+    let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
     let (id, snap) = pick_snapshot(&repo, p)?;
     let root = repo.load_tree(&snap.tree)?;
@@ -783,7 +825,9 @@ fn run_restore(p: &RestorePlan, progress: &Progress) -> Result<Done> {
             ..RestoreOptions::default()
         },
         progress,
-    )?;
+    );
+    lock.check()?;
+    let res = res?;
     if let Some(first) = res.errors.first() {
         bail!(
             "{} file(s) could not be restored from snapshot {}, e.g. {}: {}",
@@ -792,6 +836,11 @@ fn run_restore(p: &RestorePlan, progress: &Progress) -> Result<Done> {
             first.path,
             first.message
         );
+    }
+    // The marker releases the pods waiting for this restore: never for a
+    // restore that was stopped.
+    if progress.is_cancelled() {
+        bail!("the restore was stopped (its item is no longer this agent's)");
     }
     write_marker(&p.dir, &p.session, &id)?;
     let mut f = Map::new();
@@ -860,14 +909,14 @@ fn policy(p: &RetentionPolicy) -> Result<Policy> {
     })
 }
 
-fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
+fn run_retention(p: &RetentionPlan, lost: &AtomicBool, progress: &Arc<Progress>) -> Result<Done> {
     let repo = p.repo.open()?;
     let mut f = Map::new();
     let mut removed = 0u64;
     if let Some(rp) = p.policy.as_ref() {
         let policy = policy(rp)?;
         if !policy.is_empty() {
-            let _lock = lock(&repo, true)?;
+            let _lock = lock(&repo, true, progress)?;
             let ns_tag = format!("{TAG_NAMESPACE}{}", p.namespace);
             let cfg_tag = format!("{TAG_CONFIG}{}", p.config);
             let mine: Vec<_> = repo
@@ -882,14 +931,20 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
             };
             let groups = forget::apply(&mine, by, &policy, Utc::now());
             let kept: usize = groups.iter().map(|g| g.keep.len()).sum();
-            for id in groups.iter().flat_map(|g| &g.remove) {
-                if lost.load(Ordering::Relaxed) {
-                    bail!("the retention run was taken from this agent; stopped");
-                }
-                repo.backend()
-                    .remove(FileType::Snapshot, &id.to_hex())
-                    .with_context(|| format!("removing snapshot {}", id.short()))?;
-                removed += 1;
+            let done =
+                match forget::remove_forgotten(&repo, &groups, || lost.load(Ordering::Relaxed)) {
+                    Err(repo_format::Error::Cancelled) => {
+                        bail!("the retention run was taken from this agent; stopped")
+                    }
+                    r => r.context("forgetting snapshots")?,
+                };
+            removed = done.removed as u64;
+            if let Some((id, e)) = done.failed.first() {
+                bail!(
+                    "{} snapshot(s) could not be removed, the first {}: {e}",
+                    done.failed.len(),
+                    id.short()
+                );
             }
             f.insert("kept".into(), json!(kept));
             f.insert("removed".into(), json!(removed));

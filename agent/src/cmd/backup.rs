@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use repo_format::ops::backup::{backup_with_progress, BackupOptions};
 use repo_format::ops::progress::Progress;
-use repo_format::repository::lock::RepoLock;
+use repo_format::repository::lock::{LockTiming, RepoLock};
 use repo_format::FileType;
 use serde_json::json;
 
@@ -42,7 +42,14 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
                 .unwrap_or(backend_connections),
             ..Default::default()
         });
-    let _lock = RepoLock::acquire(r.clone(), false)?;
+    // A lock that cannot be refreshed in time stops the backup before its
+    // snapshot, so no prune elsewhere can delete what it still writes.
+    let progress = Arc::new(Progress::default());
+    let on_lost = {
+        let p = progress.clone();
+        Box::new(move || p.cancel())
+    };
+    let lock = RepoLock::acquire_with(r.clone(), false, LockTiming::default(), Some(on_lost))?;
     r.load_index().context("loading the index")?;
     let parent = a
         .parent
@@ -60,8 +67,8 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         force: a.force,
         time: a.time.as_deref().map(parse_time).transpose()?,
         with_atime: a.with_atime,
+        max_unreadable: None,
     };
-    let progress = Arc::new(Progress::default());
     let reporter = Reporter::start(
         progress.clone(),
         if a.json { Mode::Json } else { Mode::Auto },
@@ -69,6 +76,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     );
     let res = backup_with_progress(&r, &opts, &progress);
     reporter.finish();
+    lock.check()?;
     let res = res?;
     let s = res.snapshot.summary.clone().unwrap_or_default();
     for e in &res.errors {

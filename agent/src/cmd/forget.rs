@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use repo_format::ops::forget::{self, Group, Policy};
 use repo_format::repository::lock::RepoLock;
-use repo_format::{FileType, Id, Snapshot};
+use repo_format::{Id, Snapshot};
 
 use crate::cli::{ForgetArgs, GlobalArgs};
 use crate::repo;
@@ -85,17 +85,11 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    let mut failed = 0usize;
-    let mut removed = 0usize;
-    for id in groups.iter().flat_map(|gr| &gr.remove) {
-        match r.backend().remove(FileType::Snapshot, &id.to_hex()) {
-            Ok(()) => removed += 1,
-            Err(e) => {
-                failed += 1;
-                eprintln!("could not remove snapshot {}: {e}", id.short());
-            }
-        }
+    let done = forget::remove_forgotten(&r, &groups, || false)?;
+    for (id, e) in &done.failed {
+        eprintln!("could not remove snapshot {}: {e}", id.short());
     }
+    let (removed, failed) = (done.removed, done.failed.len());
     if !a.json {
         println!("removed {removed} snapshots");
     }

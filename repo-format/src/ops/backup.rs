@@ -59,6 +59,13 @@ pub struct BackupOptions {
     /// directory changes its atime, so recording it would make every
     /// directory look changed and store new trees on every run.
     pub with_atime: bool,
+    /// Write no snapshot, and fail with [`Error::Unreadable`], when at
+    /// least this fraction of the entries met (files and directories read
+    /// plus those that failed) could not be read. `None` (restic's way)
+    /// always writes the snapshot and lists the failures. The node agent
+    /// sets it: a volume it cannot read must not yield an empty snapshot
+    /// that passes for a backup.
+    pub max_unreadable: Option<f64>,
 }
 
 /// A file that could not be backed up.
@@ -696,8 +703,28 @@ pub fn backup_with_progress(
         program_version: format!("stash {}", env!("CARGO_PKG_VERSION")),
         summary: Some(summary),
     };
-    let snapshot_id = repo.save_unpacked(crate::FileType::Snapshot, &snapshot.to_json())?;
+    // A cancel that came while the packs and index were written (a lost
+    // claim, a lost lock) still stops the snapshot: without it the uploaded
+    // data is only unreferenced packs the next backup reuses.
+    if progress.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
     let errors = a.errors.into_inner().expect("errors");
+    if let Some(max) = opts.max_unreadable {
+        // Files that failed to read are counted as processed too.
+        let bad = errors.len() as u64;
+        let read = (ld(&c.files) + ld(&c.dirs_new) + ld(&c.dirs_changed) + ld(&c.dirs_unmodified))
+            .saturating_sub(bad);
+        if bad > 0 && bad as f64 >= max * (read + bad) as f64 {
+            let first = &errors[0];
+            return Err(Error::Unreadable {
+                unreadable: bad,
+                read,
+                first: format!("{}: {}", first.path.display(), first.message),
+            });
+        }
+    }
+    let snapshot_id = repo.save_unpacked(crate::FileType::Snapshot, &snapshot.to_json())?;
     tracing::info!(snapshot = %snapshot_id, errors = errors.len(), "backup done");
     Ok(BackupResult {
         snapshot_id,

@@ -573,6 +573,41 @@ fn apply_policy(list: &[&(Id, Snapshot)], p: &Policy, now: DateTime<Utc>) -> (Ve
     (keep, remove)
 }
 
+/// What [`remove_forgotten`] did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Snapshot files removed.
+    pub removed: usize,
+    /// Snapshots whose file could not be removed, with the reason.
+    pub failed: Vec<(Id, crate::Error)>,
+}
+
+/// Removes the file of every snapshot `groups` does not keep. A failed
+/// removal is recorded and the others go on (running forget again finishes
+/// the job); `stop` is asked before each removal, and when it answers true
+/// the run ends with [`crate::Error::Cancelled`]. The caller holds the
+/// exclusive lock.
+pub fn remove_forgotten(
+    repo: &crate::Repository,
+    groups: &[Group],
+    stop: impl Fn() -> bool,
+) -> crate::Result<Removed> {
+    let mut done = Removed::default();
+    for id in groups.iter().flat_map(|g| &g.remove) {
+        if stop() {
+            return Err(crate::Error::Cancelled);
+        }
+        match repo
+            .backend()
+            .remove(crate::FileType::Snapshot, &id.to_hex())
+        {
+            Ok(()) => done.removed += 1,
+            Err(e) => done.failed.push((*id, e)),
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

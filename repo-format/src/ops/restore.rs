@@ -545,6 +545,11 @@ fn fill_files(
             // few requests, and a bounded buffer per thread.
             let mut i = 0;
             while i < blobs.len() {
+                // A cancelled restore (timed out, deleted, taken over)
+                // stops writing at once.
+                if progress.is_cancelled() {
+                    return;
+                }
                 let start = blobs[i].loc.offset;
                 let mut j = i + 1;
                 let mut end = start + blobs[i].loc.length;
@@ -841,7 +846,13 @@ pub fn restore_with_progress(
         opts.threads
     };
     let packs = std::mem::take(&mut p.packs);
+    if progress.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
     p.result.bytes_written = fill_files(repo, &p.files, packs, threads, progress);
+    if progress.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
 
     // Metadata of files, then verification, in parallel.
     let failed: Vec<(Vec<u8>, String)> = p

@@ -1,10 +1,20 @@
 //! Repository locks as restic takes them: a lock file under `locks/`,
 //! refreshed every five minutes while held, removed when released.
+//!
+//! A lock that cannot be refreshed is a lock others will soon consider
+//! stale (30 minutes after its last refresh) — and a prune elsewhere then
+//! deletes the packs this operation is still writing. So, as restic ≥ 0.16
+//! does, a failed refresh is retried with backoff, and once the last good
+//! refresh is older than [`LockTiming::give_up_after`] (well before the
+//! stale age) the lock is declared lost: [`RepoLock::is_lost`] turns true
+//! and the `on_lost` hook runs, which callers use to cancel the operation
+//! before it commits anything.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::FileType;
 use crate::error::{Error, Result};
@@ -14,13 +24,49 @@ use crate::repository::{whoami, Repository};
 /// How often a held lock is refreshed.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
 
+/// How long after its last good refresh a lock is given up: the stale age
+/// less one and a half refresh periods (restic's margin), so the operation
+/// has stopped before any other process may treat the lock as stale.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30 * 60 - 3 * 5 * 60 / 2);
+
+/// When a held lock is refreshed, and when a lock that cannot be refreshed
+/// is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTiming {
+    /// Period of refreshes while they succeed.
+    pub refresh_every: Duration,
+    /// Age of the last good refresh at which the lock is declared lost.
+    pub give_up_after: Duration,
+}
+
+impl Default for LockTiming {
+    fn default() -> Self {
+        LockTiming {
+            refresh_every: REFRESH_EVERY,
+            give_up_after: GIVE_UP_AFTER,
+        }
+    }
+}
+
+/// Called once, from the refresher thread, when the lock is lost.
+pub type OnLost = Box<dyn Fn() + Send + 'static>;
+
 /// A held lock; released (its file removed) on drop.
-#[derive(Debug)]
 pub struct RepoLock {
     repo: Arc<Repository>,
     name: Arc<Mutex<String>>,
+    lost: Arc<AtomicBool>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RepoLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoLock")
+            .field("name", &self.name())
+            .field("lost", &self.is_lost())
+            .finish()
+    }
 }
 
 /// Whether a process with this id exists on this host (restic's test for
@@ -79,8 +125,21 @@ fn conflicting(repo: &Repository, exclusive: bool, ours: Option<&str>) -> Result
 }
 
 impl RepoLock {
-    /// Takes a lock: exclusive (prune, forget) or shared (backup, restore, check).
+    /// Takes a lock: exclusive (prune, forget) or shared (backup, restore,
+    /// check), refreshed on the default timing; a lost lock only shows in
+    /// [`RepoLock::is_lost`].
     pub fn acquire(repo: Arc<Repository>, exclusive: bool) -> Result<RepoLock> {
+        Self::acquire_with(repo, exclusive, LockTiming::default(), None)
+    }
+
+    /// Takes a lock refreshed on `timing`; `on_lost` runs once if the lock
+    /// cannot be refreshed for [`LockTiming::give_up_after`].
+    pub fn acquire_with(
+        repo: Arc<Repository>,
+        exclusive: bool,
+        timing: LockTiming,
+        on_lost: Option<OnLost>,
+    ) -> Result<RepoLock> {
         let locked = |l: LockFile| Error::Locked {
             kind: if l.exclusive { "exclusively" } else { "" },
             holder: l.describe(),
@@ -96,29 +155,17 @@ impl RepoLock {
             return Err(locked(l));
         }
         let name = Arc::new(Mutex::new(name));
+        let lost = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<()>();
-        let (r2, n2) = (repo.clone(), name.clone());
+        let (r2, n2, l2) = (repo.clone(), name.clone(), lost.clone());
         let refresher = std::thread::Builder::new()
             .name("lock-refresh".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
-                    match r2.save_unpacked(FileType::Lock, &new_lock_file(exclusive).to_json()) {
-                        Ok(new) => {
-                            let old = std::mem::replace(
-                                &mut *n2.lock().expect("lock name"),
-                                new.to_hex(),
-                            );
-                            let _ = r2.backend().remove(FileType::Lock, &old);
-                            tracing::debug!(lock = %new, "refreshed lock");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "could not refresh lock"),
-                    }
-                }
-            })
+            .spawn(move || refresh_loop(&r2, exclusive, &n2, timing, &rx, &l2, on_lost))
             .map_err(|e| Error::local("start lock refresher", "", e))?;
         Ok(RepoLock {
             repo,
             name,
+            lost,
             stop: Some(tx),
             refresher: Some(refresher),
         })
@@ -127,6 +174,69 @@ impl RepoLock {
     /// The current lock file's name.
     pub fn name(&self) -> String {
         self.name.lock().expect("lock name").clone()
+    }
+
+    /// Whether the lock could not be refreshed in time: others may soon
+    /// consider it stale, so nothing may be committed under it any more.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// [`Error::LockLost`] once the lock is lost.
+    pub fn check(&self) -> Result<()> {
+        if self.is_lost() {
+            return Err(Error::LockLost);
+        }
+        Ok(())
+    }
+}
+
+/// Refreshes the lock every `timing.refresh_every` until told to stop (the
+/// sender dropped); a failed refresh is retried sooner, with backoff, and
+/// the lock is given up once its last good refresh is too old.
+fn refresh_loop(
+    repo: &Repository,
+    exclusive: bool,
+    name: &Mutex<String>,
+    timing: LockTiming,
+    stop: &mpsc::Receiver<()>,
+    lost: &AtomicBool,
+    on_lost: Option<OnLost>,
+) {
+    let mut last_good = Instant::now();
+    let mut wait = timing.refresh_every;
+    let first_retry = (timing.refresh_every / 10).max(Duration::from_millis(10));
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+        match repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive).to_json()) {
+            Ok(new) => {
+                let old = std::mem::replace(&mut *name.lock().expect("lock name"), new.to_hex());
+                let _ = repo.backend().remove(FileType::Lock, &old);
+                tracing::debug!(lock = %new, "refreshed lock");
+                last_good = Instant::now();
+                wait = timing.refresh_every;
+            }
+            Err(e) => {
+                let age = last_good.elapsed();
+                if age >= timing.give_up_after {
+                    tracing::error!(error = %e, last_refresh_secs = age.as_secs(), "could not refresh the repository lock in time: giving it up and stopping the operation before others may treat it as stale");
+                    lost.store(true, Ordering::Relaxed);
+                    if let Some(f) = &on_lost {
+                        f();
+                    }
+                    return;
+                }
+                // Retry soon, backing off, but never past the give-up age.
+                wait = if wait == timing.refresh_every {
+                    first_retry
+                } else {
+                    (wait * 2).min(timing.refresh_every)
+                };
+                wait = wait
+                    .min(timing.give_up_after - age)
+                    .max(Duration::from_millis(1));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "could not refresh the repository lock; retrying");
+            }
+        }
     }
 }
 
