@@ -126,9 +126,21 @@ pub struct AgentArgs {
     /// The host's / as mounted in the agent (read-only), for hostPath volumes
     #[arg(long = "host-root", default_value = "/host")]
     pub host_root: PathBuf,
-    /// A host directory whose hostPath volumes may be backed up and restored (repeatable; none by default)
-    #[arg(long = "allow-host-path", value_name = "DIR")]
-    pub allow_host_paths: Vec<PathBuf>,
+    /// A host directory whose hostPath volumes (and hostPath PersistentVolumes) may be backed up and restored: DIR for every namespace, NAMESPACE=DIR for one (repeatable; none by default)
+    #[arg(long = "allow-host-path", value_name = "[NAMESPACE=]DIR")]
+    pub allow_host_paths: Vec<String>,
+    /// A directory local: repositories may be in (repeatable; none by default: local repositories are refused)
+    #[arg(long = "allow-local-repository", value_name = "DIR")]
+    pub allow_local_repositories: Vec<PathBuf>,
+    /// A host pattern repository endpoints may name: host or *.domain (repeatable; none: any host)
+    #[arg(long = "allow-egress", value_name = "HOST")]
+    pub allow_egress: Vec<String>,
+    /// A namespace whose Repositories may use the agent's own cloud identity when their Secret has no keys (metadata server, instance profile, IRSA, the agent's environment); * for all (repeatable; none by default)
+    #[arg(long = "allow-ambient-identity", value_name = "NAMESPACE")]
+    pub allow_ambient_identity: Vec<String>,
+    /// A namespace whose credentials Secrets may override endpoints (STASH_GCS_ENDPOINT, STORAGE_EMULATOR_HOST, STASH_AZURE_ENDPOINT, AZURE_ENDPOINT_SUFFIX); * for all (repeatable; none by default)
+    #[arg(long = "allow-endpoint-override", value_name = "NAMESPACE")]
+    pub allow_endpoint_override: Vec<String>,
     /// Privilege-giving content a RestoreSession may ask to restore (spec.privileged), comma-separated: devices, setid, capabilities, security-xattrs, all; none by default
     #[arg(
         long = "allow-privileged-restore",

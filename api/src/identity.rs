@@ -88,6 +88,51 @@ pub fn source_hosts(namespace: &str, name: &str, volume: &str) -> Vec<String> {
     ]
 }
 
+/// Where a restore into `target_volume` of `pod` takes its snapshots from:
+/// the snapshot volume and the snapshot hostnames `latest` may pick among,
+/// from the RestoreSession's spec and the pod alone (never from status,
+/// which a tenant may be able to patch). `repo_in_session_ns`: the
+/// Repository is the session's own; a source in another namespace is
+/// refused otherwise (a tenant of a shared Repository restores only its
+/// own snapshots). Never empty: there is no "any host".
+pub fn restore_source(
+    spec: &crate::RestoreSessionSpec,
+    pod: &Pod,
+    target_volume: &str,
+    repo_in_session_ns: bool,
+) -> Result<(String, Vec<String>), String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let source_volume = if spec.volumes.is_empty() {
+        target_volume.to_owned()
+    } else {
+        spec.volumes
+            .iter()
+            .find(|m| m.target == target_volume)
+            .map(|m| m.source.clone())
+            .ok_or_else(|| {
+                format!("volume {target_volume:?} is not a target of the session's spec.volumes")
+            })?
+    };
+    let source = spec.source.as_ref();
+    let hosts = match source.and_then(|s| s.name.as_deref()) {
+        Some(name) => {
+            let src_ns = source.and_then(|s| s.namespace.as_deref()).unwrap_or(ns);
+            if src_ns != ns && !repo_in_session_ns {
+                return Err(format!(
+                    "spec.source names namespace {src_ns}: restoring another namespace's \
+                     snapshots needs a Repository of the session's own namespace {ns}"
+                ));
+            }
+            source_hosts(src_ns, name, &source_volume)
+        }
+        None => vec![match volume_claim(pod, target_volume) {
+            Some(c) => format!("{ns}/{c}"),
+            None => format!("{ns}/{}/{source_volume}", workload_name(pod)),
+        }],
+    };
+    Ok((source_volume, hosts))
+}
+
 /// The path a pod volume is recorded under in its snapshots.
 pub fn snapshot_path(volume: &str) -> String {
     format!("/{volume}")
@@ -148,6 +193,43 @@ mod tests {
             ..PodSpec::default()
         });
         p
+    }
+
+    /// Issue 12, hole 6: the restore source follows from the spec and the
+    /// pod (the agent no longer reads `sourceHosts` from status), is never
+    /// empty, and another namespace's snapshots need the session's own
+    /// Repository.
+    #[test]
+    fn restore_sources_come_from_the_spec_and_pod_and_are_never_empty() {
+        let p = pod(Some(("ReplicaSet", "web-7d9f8")), Some("7d9f8"));
+        let spec = |v: serde_json::Value| -> crate::RestoreSessionSpec {
+            serde_json::from_value(v).unwrap()
+        };
+        let base = serde_json::json!({"repository": {"name": "r"}, "target": {"persistentVolumeClaim": "db-data"}});
+        let own = spec(base.clone());
+        assert_eq!(
+            restore_source(&own, &p, "data", false).unwrap(),
+            ("data".into(), vec!["shop/db-data".into()])
+        );
+        assert_eq!(
+            restore_source(&own, &p, "cache", false).unwrap(),
+            ("cache".into(), vec!["shop/web/cache".into()])
+        );
+        let mut mapped = base.clone();
+        mapped["volumes"] = serde_json::json!([{"source": "old", "target": "cache"}]);
+        let mapped = spec(mapped);
+        assert_eq!(
+            restore_source(&mapped, &p, "cache", false).unwrap(),
+            ("old".into(), vec!["shop/web/old".into()])
+        );
+        assert!(restore_source(&mapped, &p, "data", false).is_err());
+        let mut other = base;
+        other["source"] = serde_json::json!({"namespace": "bank", "name": "vault"});
+        let other = spec(other);
+        let e = restore_source(&other, &p, "data", false).unwrap_err();
+        assert!(e.contains("namespace bank"), "{e}");
+        let (_, hosts) = restore_source(&other, &p, "data", true).unwrap();
+        assert_eq!(hosts, ["bank/vault", "bank/vault/data"]);
     }
 
     #[test]

@@ -19,17 +19,20 @@
 //! Finalizer lists are written with the object's `resourceVersion` as a
 //! precondition, so a concurrent change is never lost.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use stash_api::policy::repository_admits;
 use stash_api::{BackupConfiguration, Repository, RestoreSession};
 
 use crate::error::{kube_err, Error, Result};
@@ -98,7 +101,7 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
     if !repo.finalizers().iter().any(|f| f == IN_USE) {
         return Ok(Action::await_change());
     }
-    let users = users_of(&ctx, &ns, &name).await?;
+    let users = users_of(&ctx, &repo).await?;
     if users.is_empty() {
         set(&api, &repo, IN_USE, false).await?;
         return Ok(Action::await_change());
@@ -132,12 +135,18 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
 }
 
 /// The BackupConfigurations (also those being deleted: their last sessions
-/// may still write to it) and unfinished RestoreSessions naming Repository
-/// `ns/name`, as `Kind ns/name`.
-async fn users_of(ctx: &Context, ns: &str, name: &str) -> Result<Vec<String>> {
+/// may still write to it) and unfinished RestoreSessions naming `repo`, as
+/// `Kind ns/name`, among those in namespaces the Repository admits. Anyone
+/// may name any Repository in a spec; one that does not admit the namespace
+/// was never usable from there, so such a reference must not let a tenant
+/// hold another namespace's Repository undeletable.
+async fn users_of(ctx: &Context, repo: &Repository) -> Result<Vec<String>> {
+    let ns = repo.namespace().unwrap_or_default();
+    let name = repo.name_any();
     let refers = |r: &stash_api::RepositoryReference, user_ns: &str| {
         r.name == name && r.namespace.as_deref().unwrap_or(user_ns) == ns
     };
+    let mut admitted: BTreeMap<String, bool> = BTreeMap::new();
     let mut users = Vec::new();
     let configs: Api<BackupConfiguration> = Api::all(ctx.client.clone());
     for c in configs
@@ -146,7 +155,7 @@ async fn users_of(ctx: &Context, ns: &str, name: &str) -> Result<Vec<String>> {
         .map_err(kube_err("list BackupConfigurations", "", "*"))?
     {
         let cns = c.namespace().unwrap_or_default();
-        if refers(&c.spec.repository, &cns) {
+        if refers(&c.spec.repository, &cns) && admits(ctx, repo, &mut admitted, &cns).await? {
             users.push(format!("BackupConfiguration {cns}/{}", c.name_any()));
         }
     }
@@ -158,12 +167,39 @@ async fn users_of(ctx: &Context, ns: &str, name: &str) -> Result<Vec<String>> {
     {
         let rns = r.namespace().unwrap_or_default();
         let finished = r.status.as_ref().is_some_and(|s| s.phase.is_finished());
-        if !finished && refers(&r.spec.repository, &rns) {
+        if !finished
+            && refers(&r.spec.repository, &rns)
+            && admits(ctx, repo, &mut admitted, &rns).await?
+        {
             users.push(format!("RestoreSession {rns}/{}", r.name_any()));
         }
     }
     users.sort();
     Ok(users)
+}
+
+/// Whether `repo` admits users in `user_ns` (answers cached in `cache`).
+async fn admits(
+    ctx: &Context,
+    repo: &Repository,
+    cache: &mut BTreeMap<String, bool>,
+    user_ns: &str,
+) -> Result<bool> {
+    if repo.namespace().as_deref() == Some(user_ns) {
+        return Ok(true);
+    }
+    if let Some(a) = cache.get(user_ns) {
+        return Ok(*a);
+    }
+    let labels = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(user_ns)
+        .await
+        .map_err(kube_err("read Namespace", "", user_ns))?
+        .map(|n| n.labels().clone())
+        .unwrap_or_default();
+    let a = repository_admits(repo, user_ns, &labels, "").is_ok();
+    cache.insert(user_ns.to_owned(), a);
+    Ok(a)
 }
 
 /// Logs and counts a failed reconciliation and retries it soon.

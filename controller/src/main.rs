@@ -2,7 +2,6 @@
 //! work is in the library ([`stash_controller::run`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -35,9 +34,10 @@ struct Args {
     /// Address of the /metrics and /healthz server.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
-    /// Host directory hostPath volumes may be backed up from (repeatable).
-    #[arg(long = "allow-host-path")]
-    allow_host_paths: Vec<PathBuf>,
+    /// Host directory hostPath volumes may be backed up from and restored
+    /// into: DIR for every namespace, NAMESPACE=DIR for one (repeatable).
+    #[arg(long = "allow-host-path", value_name = "[NAMESPACE=]DIR")]
+    allow_host_paths: Vec<String>,
     /// Objects of each kind reconciled at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -89,13 +89,8 @@ async fn main() -> anyhow::Result<()> {
         args.renew_period,
         args.lease_duration
     );
-    for p in &args.allow_host_paths {
-        anyhow::ensure!(
-            p.is_absolute(),
-            "--allow-host-path {} is not an absolute path",
-            p.display()
-        );
-    }
+    let host_paths = HostPathAllowList::parse(args.allow_host_paths.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--allow-host-path: {e}"))?;
     let identity = match args.identity {
         Some(i) => i,
         None => format!("stash-controller-{}", std::process::id()),
@@ -144,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let settings = WebhookSettings {
             restore_wait_image: image,
-            host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
+            host_paths: host_paths.clone(),
         };
         Some(tokio::spawn(webhook::run(
             client.clone(),
@@ -157,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings = Settings {
         identity: identity.clone(),
-        host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
+        host_paths: host_paths.clone(),
         concurrency: args.concurrency.max(1),
     };
     let lease = LeaseConfig {

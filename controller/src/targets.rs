@@ -197,7 +197,7 @@ pub fn resolve_items(
                 }
                 Some(v) => {
                     if let Some(hp) = &v.host_path {
-                        if !allow.allows(&hp.path) {
+                        if !allow.allows(&ns, &hp.path) {
                             out.refused.push(format!(
                                 "volume {volume:?} of pod {ns}/{name} is hostPath {:?}, outside the \
                                  controller's allowed host paths (--allow-host-path)",

@@ -438,7 +438,14 @@ pub fn target_volumes(pod: &Pod, rs: &RestoreSession, allow: &HostPathAllowList)
                 .iter()
                 .flat_map(|s| s.volumes.iter().flatten())
                 .find(|pv| &pv.name == v)
-                .is_some_and(|pv| pv.host_path.as_ref().is_none_or(|h| allow.allows(&h.path)))
+                .is_some_and(|pv| {
+                    pv.host_path.as_ref().is_none_or(|h| {
+                        allow.allows(
+                            pod.metadata.namespace.as_deref().unwrap_or_default(),
+                            &h.path,
+                        )
+                    })
+                })
         })
         .collect()
 }

@@ -8,6 +8,7 @@
 //! transient failures and a bound on concurrent requests; [`open`] puts
 //! them together.
 
+pub mod confine;
 mod http;
 pub mod limit;
 pub mod local;
@@ -17,6 +18,7 @@ mod open;
 pub mod rest;
 pub mod retry;
 
+pub use confine::Confinement;
 pub use http::{RequestError, RequestErrorKind, TlsOptions};
 pub use location::Location;
 pub use open::{open, OpenOptions};

@@ -56,6 +56,8 @@ pub struct Ctx {
     pub host_paths: HostPathAllowList,
     /// Privilege-giving content RestoreSessions may ask for.
     pub allow_privileged: repo_format::ops::restore::Privileged,
+    /// What Repositories may use (credentials, endpoints, local paths).
+    pub tenants: repository::TenantPolicy,
     /// Heartbeat age after which another claim on this node is abandoned.
     pub takeover_after: Duration,
     /// How often progress is written to an item.
@@ -104,13 +106,21 @@ pub fn run(args: AgentArgs) -> Result<u8> {
 
 async fn run_async(args: AgentArgs) -> Result<()> {
     note_start();
-    for p in &args.allow_host_paths {
+    let host_paths = HostPathAllowList::parse(args.allow_host_paths.iter().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("--allow-host-path: {e}"))?;
+    for p in &args.allow_local_repositories {
         anyhow::ensure!(
             p.is_absolute(),
-            "--allow-host-path {} is not an absolute path",
+            "--allow-local-repository {} is not an absolute path",
             p.display()
         );
     }
+    let tenants = repository::TenantPolicy {
+        ambient_identity: args.allow_ambient_identity.clone(),
+        endpoint_overrides: args.allow_endpoint_override.clone(),
+        local_roots: args.allow_local_repositories.clone(),
+        egress: args.allow_egress.clone(),
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default()
         .await
@@ -129,8 +139,9 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         instance: format!("{}/{pod}/{nonce}", args.node_name),
         kubelet_root: args.kubelet_root.clone(),
         host_root: args.host_root.clone(),
-        host_paths: HostPathAllowList::new(args.allow_host_paths.clone()),
+        host_paths,
         allow_privileged: args.allow_privileged_restore,
+        tenants,
         takeover_after: args.takeover_after,
         progress_every: args.progress_interval,
         metrics: metrics.clone(),

@@ -2,14 +2,15 @@
 //! and backend credentials from the Secrets it names (in its own namespace).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Api, Client, ResourceExt};
+use repo_format::backend::location::redact;
 use repo_format::backend::object_store::Credentials;
-use repo_format::backend::{Location, OpenOptions};
+use repo_format::backend::{Confinement, Location, OpenOptions};
 use repo_format::Repository as Repo;
 use stash_api::policy::repository_admits;
 use stash_api::{Repository, RepositoryReference};
@@ -24,8 +25,35 @@ pub struct RepoAccess {
     password: Vec<u8>,
     /// Backend credentials.
     credentials: Credentials,
-    /// A service account key written to a private file, kept while needed.
-    _key_file: Option<tempfile::NamedTempFile>,
+    /// What the Repository may use (see [`TenantPolicy`]).
+    confinement: Confinement,
+}
+
+/// What the cluster admin lets Repositories use, by the Repository's
+/// namespace (`*` in a list: every namespace).
+#[derive(Debug, Clone, Default)]
+pub struct TenantPolicy {
+    /// Namespaces whose Repositories may use the agent's own cloud identity.
+    pub ambient_identity: Vec<String>,
+    /// Namespaces whose credentials Secrets may override endpoints.
+    pub endpoint_overrides: Vec<String>,
+    /// Directories local repositories may be in.
+    pub local_roots: Vec<PathBuf>,
+    /// Host patterns endpoints may name (empty: any).
+    pub egress: Vec<String>,
+}
+
+impl TenantPolicy {
+    /// The confinement of a Repository in namespace `ns`.
+    pub fn for_namespace(&self, ns: &str) -> Confinement {
+        let has = |l: &[String]| l.iter().any(|n| n == "*" || n == ns);
+        Confinement {
+            ambient_identity: has(&self.ambient_identity),
+            endpoint_overrides: has(&self.endpoint_overrides),
+            local_roots: self.local_roots.clone(),
+            egress: self.egress.clone(),
+        }
+    }
 }
 
 impl std::fmt::Debug for RepoAccess {
@@ -40,6 +68,7 @@ impl std::fmt::Debug for RepoAccess {
 /// checks its usage policy admits that namespace, and reads its Secrets.
 pub async fn fetch(
     client: &Client,
+    policy: &TenantPolicy,
     user_ns: &str,
     user: &str,
     reference: &RepositoryReference,
@@ -97,15 +126,22 @@ pub async fn fetch(
             })?;
         env = secret_data(&s);
     }
-    let (credentials, key_file) = credentials(env)?;
-    let location =
-        Location::parse(&repo.spec.url).with_context(|| format!("the url of Repository {name}"))?;
+    let credentials = credentials(env)?;
+    // The parse error names the URL without its user information.
+    let location = Location::parse(&repo.spec.url)
+        .with_context(|| format!("the url of Repository {name} ({})", redact(&repo.spec.url)))?;
+    let confinement = policy.for_namespace(repo_ns);
+    // Refused here, before the password is even used: no request is made
+    // for a Repository the admin's policy does not allow.
+    confinement
+        .check(&location, &credentials)
+        .with_context(|| format!("Repository {name}"))?;
     Ok(RepoAccess {
         name,
         location,
         password,
         credentials,
-        _key_file: key_file,
+        confinement,
     })
 }
 
@@ -123,12 +159,11 @@ fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Backend credentials from a Secret's keys, named like restic's
-/// environment variables. A `GOOGLE_APPLICATION_CREDENTIALS` holding the
-/// key itself (JSON) rather than a path is written to a private file.
-fn credentials(
-    env: BTreeMap<String, Vec<u8>>,
-) -> Result<(Credentials, Option<tempfile::NamedTempFile>)> {
-    let mut env: BTreeMap<String, String> = env
+/// environment variables. `GOOGLE_APPLICATION_CREDENTIALS` must hold the
+/// key itself (JSON); a path stays a path, which the confinement refuses:
+/// the agent never reads a file a tenant names.
+fn credentials(env: BTreeMap<String, Vec<u8>>) -> Result<Credentials> {
+    let env: BTreeMap<String, String> = env
         .into_iter()
         .map(|(k, v)| {
             String::from_utf8(v)
@@ -136,21 +171,15 @@ fn credentials(
                 .map_err(|_| anyhow!("credentials key {k} is not UTF-8"))
         })
         .collect::<Result<_>>()?;
-    let mut key_file = None;
-    if let Some(v) = env.get("GOOGLE_APPLICATION_CREDENTIALS") {
-        if v.starts_with('{') {
-            let mut f = tempfile::Builder::new()
-                .prefix("stash-gcs-key")
-                .tempfile()
-                .context("writing the GCS service account key")?;
-            f.write_all(v.as_bytes())?;
-            let path = f.path().to_string_lossy().into_owned();
-            env.insert("GOOGLE_APPLICATION_CREDENTIALS".into(), path);
-            key_file = Some(f);
-        }
-    }
     let get = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-    Ok((Credentials::from_env(get), key_file))
+    let mut c = Credentials::from_env(get);
+    if c.google_application_credentials
+        .as_deref()
+        .is_some_and(|v| v.starts_with('{'))
+    {
+        c.google_credentials_json = c.google_application_credentials.take();
+    }
+    Ok(c)
 }
 
 impl RepoAccess {
@@ -158,6 +187,7 @@ impl RepoAccess {
     pub fn open(&self) -> Result<Arc<Repo>> {
         let opts = OpenOptions {
             credentials: self.credentials.clone(),
+            confinement: Some(self.confinement.clone()),
             ..OpenOptions::default()
         };
         let backend = repo_format::backend::open(&self.location, &opts)
@@ -165,5 +195,225 @@ impl RepoAccess {
         let repo = Repo::open(backend, &self.password)
             .with_context(|| format!("opening Repository {}", self.name))?;
         Ok(Arc::new(repo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A loopback listener that counts (and drops) every connection.
+    fn listener() -> (String, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                s.fetch_add(1, Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        (addr, seen)
+    }
+
+    fn access(url: &str, env: &[(&str, String)], policy: &TenantPolicy) -> Result<RepoAccess> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
+            .collect();
+        let credentials = credentials(env)?;
+        let location = Location::parse(url)?;
+        let confinement = policy.for_namespace("team");
+        confinement.check(&location, &credentials)?;
+        Ok(RepoAccess {
+            name: "team/main".into(),
+            location,
+            password: b"pw".to_vec(),
+            credentials,
+            confinement,
+        })
+    }
+
+    /// Issue 12, hole 1: credentials a tenant must not give the agent (GCS
+    /// keys that make the client read files or call URLs, a key path, no
+    /// keys at all, endpoint overrides) are refused before any request: the
+    /// listener they point at sees nothing, whether the check at fetch
+    /// time or the one in `open` is what stops them.
+    #[test]
+    fn tenant_credentials_that_would_make_the_agent_a_deputy_are_refused_before_any_request() {
+        let (addr, seen) = listener();
+        let url = format!("http://{addr}/");
+        let key = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            key.path(),
+            r#"{"type":"service_account","client_email":"a@b","private_key":"x"}"#,
+        )
+        .unwrap();
+        let gcs =
+            |json: serde_json::Value| vec![("GOOGLE_APPLICATION_CREDENTIALS", json.to_string())];
+        /// What, the repository, the Secret's keys, the refusal's words.
+        type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                "external_account",
+                "gs:b:/x".into(),
+                gcs(serde_json::json!({
+                "type": "external_account", "audience": "a",
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "token_url": url,
+                "credential_source": {"file": "/etc/hostname", "format": {"type": "text"}}})),
+                "type \"external_account\"",
+            ),
+            (
+                "authorized_user",
+                "gs:b:/x".into(),
+                gcs(serde_json::json!({
+                "type": "authorized_user", "client_id": "c", "client_secret": "s",
+                "refresh_token": "r", "token_uri": url})),
+                "type \"authorized_user\"",
+            ),
+            (
+                "impersonation",
+                "gs:b:/x".into(),
+                gcs(serde_json::json!({
+                "type": "impersonated_service_account",
+                "service_account_impersonation_url": url,
+                "source_credentials": {"type": "authorized_user", "client_id": "c",
+                                       "client_secret": "s", "refresh_token": "r"}})),
+                "type \"impersonated_service_account\"",
+            ),
+            (
+                "a path",
+                "gs:b:/x".into(),
+                vec![(
+                    "GOOGLE_APPLICATION_CREDENTIALS",
+                    key.path().display().to_string(),
+                )],
+                "not a path",
+            ),
+            (
+                "no GCS keys",
+                "gs:b:/x".into(),
+                vec![],
+                "no GOOGLE_APPLICATION_CREDENTIALS",
+            ),
+            (
+                "GCS endpoint override",
+                "gs:b:/x".into(),
+                vec![("STASH_GCS_ENDPOINT", url.clone())],
+                "STASH_GCS_ENDPOINT",
+            ),
+            (
+                "emulator host",
+                "gs:b:/x".into(),
+                vec![("STORAGE_EMULATOR_HOST", addr.clone())],
+                "STASH_GCS_ENDPOINT",
+            ),
+            (
+                "no S3 keys",
+                format!("s3:http://{addr}/b"),
+                vec![],
+                "no AWS_ACCESS_KEY_ID",
+            ),
+            (
+                "Azure endpoint override",
+                "azure:c:/x".into(),
+                vec![
+                    ("AZURE_ACCOUNT_NAME", "a".into()),
+                    ("AZURE_ACCOUNT_KEY", "a2V5".into()),
+                    ("STASH_AZURE_ENDPOINT", url.clone()),
+                ],
+                "STASH_AZURE_ENDPOINT",
+            ),
+            (
+                "Azure suffix override",
+                "azure:c:/x".into(),
+                vec![
+                    ("AZURE_ACCOUNT_NAME", "a".into()),
+                    ("AZURE_ACCOUNT_KEY", "a2V5".into()),
+                    ("AZURE_ENDPOINT_SUFFIX", addr.clone()),
+                ],
+                "AZURE_ENDPOINT_SUFFIX",
+            ),
+            (
+                "a local path",
+                "local:/var/lib/kubelet".into(),
+                vec![],
+                "local repositories are not allowed",
+            ),
+        ];
+        let policy = TenantPolicy::default();
+        for (what, repo, env, why) in cases {
+            let e = match access(&repo, &env, &policy) {
+                Err(e) => format!("{e:#}"),
+                // Not refused by the check: try it, as the agent would.
+                Ok(a) => match a.open() {
+                    Err(e) => format!("{e:#}"),
+                    Ok(_) => panic!("{what}: opened"),
+                },
+            };
+            assert!(e.contains(why), "{what}: {e}");
+            // Also straight through `open`, as a RepoAccess made any other
+            // way would be.
+            let env_map = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone().into_bytes()))
+                .collect();
+            let a = RepoAccess {
+                name: "team/main".into(),
+                location: Location::parse(&repo).unwrap(),
+                password: b"pw".to_vec(),
+                credentials: credentials(env_map).unwrap(),
+                confinement: policy.for_namespace("team"),
+            };
+            assert!(a.open().is_err(), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(seen.load(Ordering::SeqCst), 0, "{what}: a request was made");
+        }
+    }
+
+    /// What the admin opts a namespace into, it gets, and only it: the
+    /// listener is reached (the test above would see a request).
+    #[test]
+    fn opted_in_namespaces_get_endpoint_overrides() {
+        let (addr, seen) = listener();
+        let env = [("STASH_GCS_ENDPOINT", format!("http://{addr}"))];
+        let mut policy = TenantPolicy {
+            endpoint_overrides: vec!["other".into()],
+            ..TenantPolicy::default()
+        };
+        assert!(access("gs:b:/x", &env, &policy).is_err());
+        policy.endpoint_overrides.push("team".into());
+        let a = access("gs:b:/x", &env, &policy).unwrap();
+        let opts = OpenOptions {
+            credentials: a.credentials.clone(),
+            confinement: Some(a.confinement.clone()),
+            retry: repo_format::backend::retry::RetryPolicy {
+                max_attempts: 1,
+                ..Default::default()
+            },
+            ..OpenOptions::default()
+        };
+        let backend = repo_format::backend::open(&a.location, &opts).unwrap();
+        assert!(
+            backend.list(repo_format::backend::FileType::Key).is_err(),
+            "the listener answers nothing"
+        );
+        assert!(seen.load(Ordering::SeqCst) > 0);
+    }
+
+    #[test]
+    fn a_service_account_key_is_accepted_inline() {
+        let env = [(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            r#"{"type":"service_account","client_email":"a@b","private_key":"k"}"#.to_string(),
+        )];
+        let a = access("gs:b:/x", &env, &TenantPolicy::default()).unwrap();
+        assert!(a.credentials.google_application_credentials.is_none());
+        assert!(a.credentials.google_credentials_json.is_some());
     }
 }

@@ -16,7 +16,7 @@
 //! secret, projected and downward-API volumes are refused: they are
 //! generated from API objects, which are backed up as objects, not files.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Volume};
 
@@ -141,26 +141,6 @@ pub fn pv_dir(
     Ok(PvLocation::Kubelet(
         base.join(format!("kubernetes.io~{plugin}")).join(name),
     ))
-}
-
-/// A host path as seen inside the agent: below `host_root`, lexically
-/// cleaned so `..` cannot climb out of it.
-pub fn under_host_root(host_root: &Path, path: &str) -> Result<PathBuf, String> {
-    let p = Path::new(path);
-    if !p.is_absolute() {
-        return Err(format!("host path {path:?} is not absolute"));
-    }
-    let mut out = host_root.to_path_buf();
-    for c in p.components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!("host path {path:?} contains \"..\""));
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -288,16 +268,5 @@ mod tests {
             Ok(PvLocation::Host("/srv/data".into()))
         );
         assert!(pv_dir(root, "u1", &pv("x", |_| {})).is_err());
-    }
-
-    #[test]
-    fn host_paths_stay_under_the_host_root() {
-        let h = Path::new("/host");
-        assert_eq!(
-            under_host_root(h, "/var/log/./app/"),
-            Ok("/host/var/log/app".into())
-        );
-        assert!(under_host_root(h, "/var/../etc").is_err());
-        assert!(under_host_root(h, "var/log").is_err());
     }
 }

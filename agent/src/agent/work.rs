@@ -374,14 +374,11 @@ async fn volume_dir(ctx: &Ctx, pod: &Pod, volume: &str) -> Result<PathBuf, NotRe
     let uid = pod.uid().unwrap_or_default();
     let dir = match volumes::classify(pod, volume).map_err(NotReady::Refuse)? {
         VolumeKind::EmptyDir => volumes::empty_dir(&ctx.kubelet_root, &uid, volume),
-        VolumeKind::HostPath(path) => {
-            if !ctx.host_paths.allows(&path) {
-                return Err(NotReady::Refuse(format!(
-                    "volume {volume:?} is hostPath {path:?}, outside this agent's allowed host paths (--allow-host-path)"
-                )));
-            }
-            volumes::under_host_root(&ctx.host_root, &path).map_err(NotReady::Refuse)?
-        }
+        // Judged where the path resolves on the host, not only lexically.
+        VolumeKind::HostPath(path) => ctx
+            .host_paths
+            .resolve(&ns, &ctx.host_root, &path)
+            .map_err(|e| NotReady::Refuse(format!("volume {volume:?}: {e}")))?,
         VolumeKind::Claim(claim) => {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
             let pvc = pvcs
@@ -416,11 +413,17 @@ async fn volume_dir(ctx: &Ctx, pod: &Pod, volume: &str) -> Result<PathBuf, NotRe
                 })?;
             match volumes::pv_dir(&ctx.kubelet_root, &uid, &pv).map_err(NotReady::Refuse)? {
                 PvLocation::Kubelet(d) => d,
-                // A hostPath PersistentVolume bound to a claim of this
-                // namespace is the namespace's data: no allow-list needed.
-                PvLocation::Host(path) => {
-                    volumes::under_host_root(&ctx.host_root, &path).map_err(NotReady::Refuse)?
-                }
+                // A hostPath PersistentVolume names a host directory as a
+                // hostPath volume does (whoever made the PV, a claim of this
+                // namespace may bind it): the same allow-list.
+                PvLocation::Host(path) => ctx
+                    .host_paths
+                    .resolve(&ns, &ctx.host_root, &path)
+                    .map_err(|e| {
+                        NotReady::Refuse(format!(
+                            "volume {volume:?} is PersistentVolume {pv_name}: {e}"
+                        ))
+                    })?,
             }
         }
     };
@@ -467,16 +470,20 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
             ))
         })?;
     let user = format!("BackupSession {session_ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &session_ns, &user, &cfg.spec.repository).await?;
-    let host = s
-        .status
-        .as_ref()
-        .and_then(|st| match slot {
-            Slot::Item { index, .. } => st.items.get(*index),
-            Slot::Retention => None,
-        })
-        .and_then(|i| i.host.clone())
-        .unwrap_or_else(|| identity::snapshot_host(&pod, volume));
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &session_ns,
+        &user,
+        &cfg.spec.repository,
+    )
+    .await?;
+    // The snapshot identity comes from the pod, never from the item's
+    // `host` in status: a tenant able to patch status would otherwise
+    // write snapshots under another workload's identity (in a shared
+    // Repository, another tenant's), which that workload's restores and
+    // retention would then pick.
+    let host = identity::snapshot_host(&pod, volume);
     Ok(BackupPlan {
         repo,
         dir,
@@ -495,16 +502,15 @@ async fn prepare_restore(
     let (ns, pod_name, volume) = slot_identity(slot);
     let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
     let dir = volume_dir(ctx, &pod, volume).await?;
-    let item = s
-        .status
-        .as_ref()
-        .and_then(|st| match slot {
-            Slot::Item { index, .. } => st.items.get(*index),
-            Slot::Retention => None,
-        })
-        .ok_or_else(|| NotReady::Refuse("the item is gone".into()))?;
     let user = format!("RestoreSession {session_ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &session_ns, &user, &s.spec.repository).await?;
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &session_ns,
+        &user,
+        &s.spec.repository,
+    )
+    .await?;
     let spec = &s.spec;
     let mut privileged = Privileged::default();
     for k in &spec.privileged {
@@ -525,6 +531,13 @@ async fn prepare_restore(
     let session_uid = s
         .uid()
         .ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
+    // Which snapshots: from the spec and the pod, never from the item's
+    // `sourceVolume`/`sourceHosts` in status (a tampered or emptied list
+    // would restore another workload's or namespace's data).
+    let repo_ns = spec.repository.namespace.as_deref().unwrap_or(&session_ns);
+    let (source_volume, source_hosts) =
+        identity::restore_source(spec, &pod, volume, repo_ns == session_ns)
+            .map_err(NotReady::Refuse)?;
     Ok(RestorePlan {
         repo,
         dir,
@@ -534,8 +547,8 @@ async fn prepare_restore(
         session: s.name_any(),
         session_uid,
         privileged,
-        source_volume: item.source_volume.clone(),
-        source_hosts: item.source_hosts.clone(),
+        source_volume,
+        source_hosts,
         source_tags: spec
             .source
             .as_ref()
@@ -572,7 +585,7 @@ async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan
             ))
         })?;
     let user = format!("BackupSession {ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &ns, &user, &cfg.spec.repository).await?;
+    let repo = fetch(&ctx.client, &ctx.tenants, &ns, &user, &cfg.spec.repository).await?;
     Ok(RetentionPlan {
         repo,
         namespace: ns,

@@ -130,3 +130,91 @@ async fn deletion_waits_for_running_sessions_and_repository_users() {
     );
     stop_controller(shutdown, handle).await;
 }
+
+/// Issue 12, hole 8: a BackupConfiguration (and a RestoreSession) in a
+/// namespace the Repository does not admit names it; that never made the
+/// Repository usable from there, so it must not hold its deletion either.
+/// A configuration in an admitted namespace still does.
+#[tokio::test]
+async fn references_from_namespaces_a_repository_does_not_admit_do_not_block_its_deletion() {
+    let (_env, client) = control_plane().await;
+    namespace(&client, "infra", &[]).await;
+    namespace(&client, "attacker", &[]).await;
+    namespace(&client, "friend", &[("backup", "yes")]).await;
+    repository(
+        &client,
+        "infra",
+        "shared",
+        Some(json!({"allowedNamespaces": {"from": "Selector",
+                     "selector": {"matchLabels": {"backup": "yes"}}}})),
+    )
+    .await;
+    let spec = json!({"schedule": "0 0 1 1 *", "target": {"selector": {"matchLabels": {"app": "db"}}},
+                      "repository": {"name": "shared", "namespace": "infra"}});
+    configuration(&client, "attacker", "squat", spec.clone()).await;
+    let restore: stash_api::RestoreSession = serde_json::from_value(json!({
+        "apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession",
+        "metadata": {"name": "squat", "namespace": "attacker"},
+        "spec": {"repository": {"name": "shared", "namespace": "infra"},
+                 "target": {"persistentVolumeClaim": "data"}}}))
+    .unwrap();
+    Api::<stash_api::RestoreSession>::namespaced(client.clone(), "attacker")
+        .create(&Default::default(), &restore)
+        .await
+        .unwrap();
+    let (shutdown, handle, _m) = start_controller(&client, settings());
+    let repos: Api<Repository> = Api::namespaced(client.clone(), "infra");
+    eventually(Duration::from_secs(20), "the in-use finalizer", || {
+        let repos = repos.clone();
+        async move {
+            let r = repos.get("shared").await.ok()?;
+            (r.metadata.finalizers? == ["stash.rs/in-use"]).then_some(())
+        }
+    })
+    .await;
+
+    // An admitted namespace's configuration holds the deletion...
+    configuration(&client, "friend", "db", spec).await;
+    repos
+        .delete("shared", &DeleteParams::default())
+        .await
+        .unwrap();
+    let message = eventually(Duration::from_secs(20), "InUse", || {
+        let repos = repos.clone();
+        async move {
+            let r = repos.get("shared").await.ok()?;
+            let ready = r
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.reason == "InUse").then_some(ready.message)
+        }
+    })
+    .await;
+    assert!(
+        message.contains("BackupConfiguration friend/db"),
+        "{message}"
+    );
+    assert!(!message.contains("attacker"), "{message}");
+
+    // ...and once it goes, the attacker's references do not.
+    Api::<BackupConfiguration>::namespaced(client.clone(), "friend")
+        .delete("db", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "Repository gone", || {
+        let repos = repos.clone();
+        async move {
+            repos
+                .get_opt("shared")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    handle.await.unwrap();
+}

@@ -64,7 +64,8 @@ const UNSUPPORTED: [&str; 4] = ["b2", "sftp", "swift", "rclone"];
 impl Location {
     /// Parses a repository string.
     pub fn parse(s: &str) -> Result<Location> {
-        let invalid = |why: &str| Error::InvalidArgument(format!("repository {s:?}: {why}"));
+        let invalid =
+            |why: &str| Error::InvalidArgument(format!("repository {:?}: {why}", redact(s)));
         if s.is_empty() {
             return Err(invalid("empty"));
         }
@@ -138,6 +139,32 @@ impl fmt::Display for Location {
             Location::Azure { container, prefix } => write!(f, "azure:{container}:/{prefix}"),
         }
     }
+}
+
+/// `s` with the user information of every `scheme://user:pass@host` in it
+/// replaced by `***`: for showing a repository string (or a message that
+/// holds one) that may carry credentials.
+pub fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, after) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = after
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"')
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `http[s]://[user:pass@]host:port/[path]`, as after `rest:`.
@@ -401,6 +428,23 @@ mod tests {
             assert_eq!(again.to_string(), shown);
             assert_eq!(again.scheme(), l.scheme());
         }
+    }
+
+    #[test]
+    fn credentials_in_bad_urls_are_not_shown() {
+        assert_eq!(
+            redact("rest:https://al:s3cret@h:1/x and http://u@h2/"),
+            "rest:https://***@h:1/x and http://***@h2/"
+        );
+        assert_eq!(redact("s3:http://h/b"), "s3:http://h/b");
+        let e = Location::parse("rest:ftp://al:s3cret@host/")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = Location::parse("rest:https://al:s3cret@/x")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret") && e.contains("***@"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Credentials {
     pub google_project_id: Option<String>,
     /// `GOOGLE_APPLICATION_CREDENTIALS`: a service account key file.
     pub google_application_credentials: Option<String>,
+    /// A service account key itself (JSON), as the agent takes it from a
+    /// credentials Secret; used instead of any file or ambient identity.
+    pub google_credentials_json: Option<String>,
     /// `STASH_GCS_ENDPOINT` (or `STORAGE_EMULATOR_HOST`, the emulators'
     /// convention): instead of `https://storage.googleapis.com`.
     pub gcs_endpoint: Option<String>,
@@ -55,6 +58,10 @@ pub struct Credentials {
     /// `https://<account>.blob.<suffix>`, such as Azurite's
     /// `http://127.0.0.1:10000/devstoreaccount1`.
     pub azure_endpoint: Option<String>,
+    /// `RESTIC_REST_USERNAME`: REST server user when the URL has none.
+    pub rest_username: Option<String>,
+    /// `RESTIC_REST_PASSWORD`: REST server password when the URL has none.
+    pub rest_password: Option<String>,
 }
 
 /// Secrets are not printed.
@@ -71,12 +78,18 @@ impl fmt::Debug for Credentials {
                 "google_application_credentials",
                 &self.google_application_credentials,
             )
+            .field(
+                "google_credentials_json",
+                &set(&self.google_credentials_json),
+            )
             .field("gcs_endpoint", &self.gcs_endpoint)
             .field("azure_account_name", &self.azure_account_name)
             .field("azure_account_key", &set(&self.azure_account_key))
             .field("azure_account_sas", &set(&self.azure_account_sas))
             .field("azure_endpoint_suffix", &self.azure_endpoint_suffix)
             .field("azure_endpoint", &self.azure_endpoint)
+            .field("rest_username", &self.rest_username)
+            .field("rest_password", &set(&self.rest_password))
             .finish()
     }
 }
@@ -93,12 +106,15 @@ impl Credentials {
             aws_region: get("AWS_DEFAULT_REGION").or_else(|| get("AWS_REGION")),
             google_project_id: get("GOOGLE_PROJECT_ID"),
             google_application_credentials: get("GOOGLE_APPLICATION_CREDENTIALS"),
+            google_credentials_json: None,
             gcs_endpoint: get("STASH_GCS_ENDPOINT").or_else(|| get("STORAGE_EMULATOR_HOST")),
             azure_account_name: get("AZURE_ACCOUNT_NAME"),
             azure_account_key: get("AZURE_ACCOUNT_KEY"),
             azure_account_sas: get("AZURE_ACCOUNT_SAS"),
             azure_endpoint_suffix: get("AZURE_ENDPOINT_SUFFIX"),
             azure_endpoint: get("STASH_AZURE_ENDPOINT"),
+            rest_username: get("RESTIC_REST_USERNAME"),
+            rest_password: get("RESTIC_REST_PASSWORD"),
         }
     }
 }
@@ -244,12 +260,25 @@ impl ObjectStoreBackend {
                     .endpoint(&endpoint)
                     .bucket(bucket)
                     .root(&format!("/{prefix}"));
-                let authenticated = match &creds.google_application_credentials {
-                    Some(path) => {
+                let authenticated = match (
+                    &creds.google_credentials_json,
+                    &creds.google_application_credentials,
+                ) {
+                    // The key itself: it alone, never the environment, a
+                    // file or the metadata server.
+                    (Some(json), _) => {
+                        use base64::Engine as _;
+                        b = b
+                            .credential(&base64::engine::general_purpose::STANDARD.encode(json))
+                            .disable_vm_metadata()
+                            .disable_config_load();
+                        true
+                    }
+                    (None, Some(path)) => {
                         b = b.credential_path(path);
                         true
                     }
-                    None if creds.gcs_endpoint.is_some() => {
+                    (None, None) if creds.gcs_endpoint.is_some() => {
                         // An emulator: no credentials to find.
                         b = b
                             .skip_signature()
@@ -258,7 +287,7 @@ impl ObjectStoreBackend {
                         false
                     }
                     // The default chain (metadata server on GCE and GKE).
-                    None => true,
+                    (None, None) => true,
                 };
                 let op = Operator::new(b).map_err(|e| invalid("GCS settings", e))?;
                 let store = Store::Gcs {

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::confine::Confinement;
 use super::http::TlsOptions;
 use super::limit::LimitedBackend;
 use super::local::LocalBackend;
@@ -27,11 +28,17 @@ pub struct OpenOptions {
     pub credentials: Credentials,
     /// When to retry.
     pub retry: RetryPolicy,
+    /// Limits for a repository someone less privileged described (the
+    /// agent's tenants); `None` for the user's own (the CLI).
+    pub confinement: Option<Confinement>,
 }
 
 /// The backend for `location`. Nothing is contacted yet: a wrong endpoint
 /// or credentials show at the first call.
 pub fn open(location: &Location, opts: &OpenOptions) -> Result<Arc<dyn Backend>> {
+    if let Some(c) = &opts.confinement {
+        c.check(location, &opts.credentials)?;
+    }
     let connections = opts.connections.unwrap_or(DEFAULT_CONNECTIONS).max(1);
     let store: Arc<dyn Backend> = match location {
         Location::Local { path } => {
@@ -48,8 +55,11 @@ pub fn open(location: &Location, opts: &OpenOptions) -> Result<Arc<dyn Backend>>
             password,
         } => Arc::new(RestBackend::new(
             url,
-            user.clone(),
-            password.clone(),
+            user.clone()
+                .or_else(|| opts.credentials.rest_username.clone()),
+            password
+                .clone()
+                .or_else(|| opts.credentials.rest_password.clone()),
             &opts.tls,
             connections,
         )?),
