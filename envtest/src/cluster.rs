@@ -175,7 +175,14 @@ impl Cluster {
             .and_then(|n| n.to_str())
             .expect("a temporary directory has a name")
             .to_string();
-        for d in ["logs", "kubelet", "containerd", "cni/net.d", "cni/ipam", "pod-logs"] {
+        for d in [
+            "logs",
+            "kubelet",
+            "containerd",
+            "cni/net.d",
+            "cni/ipam",
+            "pod-logs",
+        ] {
             fs::create_dir_all(dir.join(d)).expect("create cluster directories");
         }
 
@@ -608,13 +615,18 @@ nodeStatusUpdateFrequency: 2s
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             self.check_alive();
-            let ready = nodes.get_opt(NODE_NAME).await.ok().flatten().is_some_and(|n| {
-                n.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
+            let ready = nodes
+                .get_opt(NODE_NAME)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|n| {
+                    n.status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                });
             let account = accounts.get_opt("default").await.ok().flatten().is_some();
             if ready && account {
                 return;
@@ -644,6 +656,7 @@ nodeStatusUpdateFrequency: 2s
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        remove_kube_chains();
         let _ = Command::new("ip")
             .args(["link", "del", BRIDGE])
             .stderr(Stdio::null())
@@ -811,9 +824,7 @@ fn node_ip() -> Ipv4Addr {
             let cidr = l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?;
             cidr.split('/').next()?.parse().ok()
         })
-        .unwrap_or_else(|| {
-            panic!("no global IPv4 address for the node (set {NODE_IP_ENV})")
-        })
+        .unwrap_or_else(|| panic!("no global IPv4 address for the node (set {NODE_IP_ENV})"))
 }
 
 fn path(p: &Path) -> &str {
@@ -843,6 +854,42 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .map(|m| m.replace("\\040", " "))
         .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
         .collect()
+}
+
+/// The iptables chains the kubelet leaves behind (`KUBE-KUBELET-CANARY`,
+/// `KUBE-FIREWALL`, `KUBE-IPTABLES-HINT`, in every table, v4 and v6): only
+/// Kubernetes names chains `KUBE-*`. Rules jumping to them go first.
+fn remove_kube_chains() {
+    for cmd in ["iptables", "ip6tables"] {
+        for table in ["nat", "filter", "mangle"] {
+            let Ok(out) = Command::new(cmd)
+                .args(["-w", "-t", table, "-S"])
+                .stderr(Stdio::null())
+                .output()
+            else {
+                continue;
+            };
+            let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+            for rule in rules
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.contains(" -j KUBE-"))
+            {
+                let mut args = vec!["-w", "-t", table, "-D"];
+                args.extend(rule.split_whitespace().skip(1));
+                let _ = Command::new(cmd).args(&args).stderr(Stdio::null()).status();
+            }
+            for chain in rules.lines().filter_map(|l| l.strip_prefix("-N ")) {
+                if chain.starts_with("KUBE-") {
+                    for op in ["-F", "-X"] {
+                        let _ = Command::new(cmd)
+                            .args(["-w", "-t", table, op, chain])
+                            .stderr(Stdio::null())
+                            .status();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Whether the host's `/` is a shared mount (mountinfo's optional field

@@ -141,21 +141,21 @@ impl Envtest {
         let address = options.address;
         let server = format!("https://{address}:{secure}");
         let mut args = vec![
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                format!("--bind-address={address}"),
-                format!("--advertise-address={address}"),
-                format!("--secure-port={secure}"),
-                format!("--cert-dir={}", d.join("apiserver-certs").display()),
-                format!("--tls-cert-file={}", pki("server.crt")),
-                format!("--tls-private-key-file={}", pki("server.key")),
-                format!("--client-ca-file={}", pki("ca.crt")),
-                format!("--service-account-key-file={}", pki("sa.pub")),
-                format!("--service-account-signing-key-file={}", pki("sa.key")),
-                format!("--service-account-issuer={server}"),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--authorization-mode=RBAC".into(),
-                "--allow-privileged=true".into(),
-                "--v=0".into(),
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", d.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", pki("server.crt")),
+            format!("--tls-private-key-file={}", pki("server.key")),
+            format!("--client-ca-file={}", pki("ca.crt")),
+            format!("--service-account-key-file={}", pki("sa.pub")),
+            format!("--service-account-signing-key-file={}", pki("sa.key")),
+            format!("--service-account-issuer={server}"),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            "--v=0".into(),
         ];
         if !options.service_accounts {
             args.push("--disable-admission-plugins=ServiceAccount".into());

@@ -161,6 +161,12 @@ fn write_overlay(dir: &Path, kubelet_root: &Path, host_dir: &Path) {
         .canonicalize()
         .expect("deploy/ exists");
     fs::create_dir_all(dir).unwrap();
+    // kustomize takes bases by relative path only.
+    let up = "../".repeat(dir.components().count() - 1);
+    let deploy = format!(
+        "{up}{}",
+        deploy.display().to_string().trim_start_matches('/')
+    );
     let root = kubelet_root.display();
     let allow = host_dir.display();
     let overlay = format!(
@@ -182,8 +188,7 @@ patches:
     patch: |
       - {{op: add, path: /spec/template/spec/containers/0/args/-, value: "--allow-host-path={allow}"}}
       - {{op: add, path: /spec/template/spec/terminationGracePeriodSeconds, value: 2}}
-"#,
-        deploy = deploy.display()
+"#
     );
     fs::write(dir.join("kustomization.yaml"), overlay).unwrap();
 }
@@ -245,7 +250,14 @@ async fn setup() -> World {
     for what in ["daemonset/stash-agent", "deployment/stash-controller"] {
         let out = Command::new(stash_kubectl(&w))
             .arg(format!("--kubeconfig={}", w.cluster.kubeconfig().display()))
-            .args(["-n", "stash-system", "rollout", "status", what, "--timeout=180s"])
+            .args([
+                "-n",
+                "stash-system",
+                "rollout",
+                "status",
+                what,
+                "--timeout=180s",
+            ])
             .output()
             .unwrap();
         assert!(
@@ -398,7 +410,10 @@ async fn web_pod(w: &World, not_uid: Option<&str>) -> Pod {
                 && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         });
         if let Some(p) = running {
-            if w.empty_dir(&p.uid().unwrap(), "cache").join(".ready").exists() {
+            if w.empty_dir(&p.uid().unwrap(), "cache")
+                .join(".ready")
+                .exists()
+            {
                 return p;
             }
         }
@@ -599,6 +614,14 @@ async fn stash_on_a_real_node() {
     let pod2 = web_pod(&w, Some(&uid)).await;
     let uid2 = pod2.uid().unwrap();
     assert_ne!(uid, uid2);
+    // The old pod is gone first: the controller still selects a terminating
+    // pod as a backup target (found here; see the report on issue 11).
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pods.get_opt(&pod.name_any()).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the old web pod is not gone");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     sessions
         .create(&PostParams::default(), &on_demand("second"))
         .await
@@ -630,7 +653,6 @@ async fn stash_on_a_real_node() {
 
     // 5. The agent pod deleted in the middle of a backup: the DaemonSet's
     // new pod takes the item over; restic check --read-data is clean.
-    fs::write(w.local_pv.join("more.bin"), vec![7u8; 0]).unwrap();
     let status = Command::new("head")
         .args(["-c", "96M", "/dev/urandom"])
         .stdout(fs::File::create(w.local_pv.join("more.bin")).unwrap())
@@ -664,7 +686,22 @@ async fn stash_on_a_real_node() {
         running.status
     );
     let claimed = item(&running, "data").claim.claimed_by.clone().unwrap();
-    let old_agent = claimed.rsplit('/').next().unwrap().to_string();
+    // The claim is `<node>/<agent pod>/<run>`.
+    let old_agent = w
+        .kubectl(&[
+            "-n",
+            "stash-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=stash-agent",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .find(|p| claimed.contains(&format!("/{p}/")) || claimed.ends_with(&format!("/{p}")))
+        .unwrap_or_else(|| panic!("no agent pod named in the claim {claimed}"))
+        .to_string();
     w.kubectl(&[
         "-n",
         "stash-system",
@@ -686,7 +723,7 @@ async fn stash_on_a_real_node() {
     let data3 = item(&third, "data");
     let by = data3.claim.claimed_by.as_deref().unwrap();
     assert!(
-        !by.ends_with(&format!("/{old_agent}")),
+        !by.contains(&format!("/{old_agent}")),
         "taken over by the new agent pod: {data3:?}"
     );
     assert!(data3.claim.attempt.unwrap_or(1) >= 2, "{data3:?}");
@@ -718,7 +755,6 @@ async fn stash_on_a_real_node() {
                                         "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}],
                         "volumes": [{"name": "cache", "emptyDir": {}}]}}),
     );
-    let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
     let copy_uid = loop {
         let p = pods.get("web-copy").await.unwrap();
         let init_running = p
