@@ -4,6 +4,7 @@
 #   1. hack/install-deps.sh     restic (the test oracle), attr, rustfmt, clippy
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
+#      hack/import-cycles.py     no two files of a crate import each other
 #   4. hack/test-servers.sh     builds (once; cached in ~/.cache/stash-test-bin)
 #                               MinIO, rest-server, Azurite, fake-gcs-server,
 #                               toxiproxy and a current restic
@@ -37,6 +38,7 @@ step() {
 step bash hack/install-deps.sh
 step cargo fmt --all --check
 step cargo clippy --workspace --all-targets -- -D warnings
+step python3 hack/import-cycles.py
 step bash hack/test-servers.sh build
 step bash hack/envtest.sh
 step bash hack/node.sh

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use repo_format::retention::{Count, GroupBy, KeepDuration};
+use repo_format::ops::forget::{Count, GroupBy, KeepDuration};
 
 /// Back up and restore directories to a restic-format repository.
 #[derive(Debug, Parser)]
@@ -243,7 +243,7 @@ pub struct RestoreArgs {
     pub excludes: Vec<String>,
     /// Existing files: always (replace), if-changed (rewrite only what differs), if-newer (replace when the snapshot's copy is newer), never (keep)
     #[arg(long, default_value = "always")]
-    pub overwrite: repo_format::restorer::Overwrite,
+    pub overwrite: repo_format::ops::restore::Overwrite,
     /// Remove files in the restored directories that are not in the snapshot
     #[arg(long)]
     pub delete: bool,
@@ -370,7 +370,7 @@ pub struct CheckArgs {
     pub read_data: bool,
     /// Read and verify a subset of the packs: n/t (group n of t), x% (a random x percent) or a size (such as 500M, random packs up to that size)
     #[arg(long = "read-data-subset", value_name = "SUBSET")]
-    pub read_data_subset: Option<repo_format::checker::Subset>,
+    pub read_data_subset: Option<repo_format::ops::check::Subset>,
 }
 
 /// Prune settings (for `prune` and `forget --prune`), restic's options.
@@ -378,7 +378,7 @@ pub struct CheckArgs {
 pub struct PruneOpts {
     /// Unused space tolerated after pruning: a percentage of the used size (5%), a size (10G) or "unlimited"
     #[arg(long = "max-unused", value_name = "LIMIT", default_value = "5%")]
-    pub max_unused: repo_format::prune::MaxUnused,
+    pub max_unused: repo_format::ops::prune::MaxUnused,
     /// Repack at most this much data (such as 1G)
     #[arg(long = "max-repack-size", value_name = "SIZE", value_parser = parse_size)]
     pub max_repack_size: Option<u64>,
@@ -391,7 +391,7 @@ pub struct PruneOpts {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    repo_format::prune::parse_size(s)
+    repo_format::ops::prune::parse_size(s)
 }
 
 /// `stash prune`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use repo_format::progress::Progress;
+use repo_format::ops::progress::Progress;
 use serde_json::json;
 
 /// A running reporter; stops (and clears its bar) on [`Reporter::finish`].

@@ -45,9 +45,11 @@ mod backup_session;
 mod common;
 mod duration;
 pub mod identity;
+pub mod policy;
 mod repository;
 mod restore_session;
 pub mod schedule;
+pub mod time;
 
 pub use backup_configuration::{
     BackupConfiguration, BackupConfigurationSpec, BackupConfigurationStatus, BackupMode,

@@ -45,7 +45,7 @@ use stash_api::{BackupConfiguration, RepositoryReference};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{kube_err, Error, Result};
-use crate::scheduler::publish;
+use crate::events::publish;
 use crate::Context;
 
 /// Label on the BackupConfigurations made from annotations.

@@ -33,9 +33,9 @@ use serde_json::json;
 use stash_api::{BackupConfiguration, Repository, RestoreSession};
 
 use crate::error::{kube_err, Error, Result};
-use crate::scheduler::publish;
-use crate::time::to_time;
+use crate::events::publish;
 use crate::{conditions, Context};
+use stash_api::time::to_time;
 
 /// Finalizer on BackupConfigurations: their running sessions finish first.
 pub const SESSIONS: &str = "stash.rs/sessions";

@@ -31,21 +31,21 @@
 
 pub mod auto_backup;
 pub mod certs;
+pub mod clock;
 pub mod conditions;
 pub mod error;
+pub mod events;
 pub mod finalizers;
 pub mod leader;
 pub mod metrics;
 pub mod restore;
 pub mod scheduler;
-pub mod security;
 pub mod session;
 pub mod status;
 pub mod targets;
 #[cfg(test)]
 mod testing;
 pub mod ticker;
-pub mod time;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{Error, Result};
 pub use leader::{LeaderElector, LeaseConfig};
 pub use metrics::Metrics;
-pub use security::HostPathAllowList;
+pub use stash_api::policy::HostPathAllowList;
 
 /// Annotation on a BackupSession naming the controller replica that
 /// scheduled it.
@@ -98,9 +98,9 @@ pub struct Context {
     /// Every Repository, kept current by a watch.
     pub repositories: Store<Repository>,
     /// The last tick the ticker handled, per configuration.
-    pub ticks: ticker::Ticks,
+    pub ticks: clock::Ticks,
     /// Ticks without a session yet: reconcilers yield to them.
-    pub firing: ticker::Firing,
+    pub firing: clock::Firing,
 }
 
 /// How many changed objects a shared watch holds for its slowest
@@ -188,8 +188,8 @@ pub async fn run_controllers(
         sessions: sessions.clone(),
         configs: configs.clone(),
         repositories: repositories.clone(),
-        ticks: ticker::Ticks::default(),
-        firing: ticker::Firing::default(),
+        ticks: clock::Ticks::default(),
+        firing: clock::Firing::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();

@@ -63,13 +63,14 @@ use stash_api::{
 };
 
 use crate::error::{kube_err, Error, Result};
-use crate::scheduler::{check_repository, publish};
-use crate::security::{HostPathAllowList, Refusal};
+use crate::events::publish;
+use crate::scheduler::check_repository;
 use crate::session::Note;
 use crate::status::{write_if_unchanged, Written};
 use crate::targets::{claim_pods, claim_volumes, get_pod, workload_pods};
-use crate::time::{from_time, to_time};
 use crate::{conditions, Context};
+use stash_api::policy::{HostPathAllowList, Refusal};
+use stash_api::time::{from_time, to_time};
 
 /// How often a restore waiting for its target looks again.
 const WAIT_POLL: Duration = Duration::from_secs(2);

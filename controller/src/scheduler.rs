@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -29,11 +29,13 @@ use stash_api::{
     SessionPhase, SessionTrigger, LABEL_CONFIGURATION,
 };
 
+use crate::clock::{jitter_offset, last_handled, plan};
 use crate::error::{kube_err, Error, Result};
-use crate::security::{repository_admits, Refusal};
+use crate::events::publish;
 use crate::status::{changed_fields, write_if_unchanged, Written};
-use crate::time::{from_time, to_time};
-use crate::{conditions, finalizers, ticker, Context, ANNOTATION_SCHEDULED_BY};
+use crate::{conditions, finalizers, Context, ANNOTATION_SCHEDULED_BY};
+use stash_api::policy::{repository_admits, Refusal};
+use stash_api::time::{from_time, to_time};
 
 /// How often to look again at a configuration refused for a reason outside
 /// it (a Repository missing or not admitting it), since those objects are
@@ -48,7 +50,7 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
         .reconciles
         .with_label_values(&["BackupConfiguration"])
         .inc();
-    // A burst of ticks gets the apiserver first (see `ticker::Firing`).
+    // A burst of ticks gets the apiserver first (see `clock::Firing`).
     ctx.firing.yield_to_ticks().await;
     let ns = cfg.namespace().unwrap_or_default();
     let name = cfg.name_any();
@@ -121,12 +123,7 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     prune(&ctx, &cfg, &sessions).await?;
     let jitter = jitter_offset(&ns, &name, cfg.spec.jitter_seconds.unwrap_or(0));
     let jitter = chrono::Duration::from_std(jitter).unwrap_or_default();
-    let (_, next) = ticker::plan(
-        &schedule,
-        jitter,
-        ticker::last_handled(&cfg, &ctx.ticks, now),
-        now,
-    );
+    let (_, next) = plan(&schedule, jitter, last_handled(&cfg, &ctx.ticks, now), now);
     status.next_schedule_time = next.map(to_time);
     // The message does not name the next tick, so it does not change (and
     // cost a write) on every tick: nextScheduleTime says it.
@@ -260,10 +257,10 @@ impl Fired {
         if let Some(session) = &self.session {
             fields["lastSession"] = json!(session);
         }
-        if let Some((schedule, jitter)) = ticker::clock_of(cfg) {
+        if let Some((schedule, jitter)) = crate::clock::clock_of(cfg) {
             let now = Utc::now();
-            let last = ticker::last_handled(cfg, &ctx.ticks, now).max(self.tick);
-            if let (_, Some(next)) = ticker::plan(&schedule, jitter, last, now) {
+            let last = last_handled(cfg, &ctx.ticks, now).max(self.tick);
+            if let (_, Some(next)) = plan(&schedule, jitter, last, now) {
                 fields["nextScheduleTime"] = json!(to_time(next));
             }
         }
@@ -516,21 +513,6 @@ pub fn session_name(config: &str, tick: DateTime<Utc>) -> String {
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
 }
 
-/// This configuration's fixed share of its jitter: a hash of its name, so
-/// it does not move from tick to tick or from leader to leader.
-pub fn jitter_offset(ns: &str, name: &str, jitter_seconds: u32) -> Duration {
-    if jitter_seconds == 0 {
-        return Duration::ZERO;
-    }
-    // FNV-1a: stable across processes and Rust versions, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in ns.bytes().chain([b'/']).chain(name.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    Duration::from_millis(h % (u64::from(jitter_seconds) * 1000))
-}
-
 /// Whether `user` in `ns` may use the Repository `reference` names: the
 /// Repository, or why not.
 pub async fn check_repository(
@@ -602,26 +584,6 @@ async fn write_status(
     .await
     .map_err(kube_err("update BackupConfiguration status", &ns, &name))?;
     Ok(())
-}
-
-/// Publishes an Event on `obj`; a failure is logged, never fatal.
-pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note.to_owned()),
-        action: reason.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish an event");
-    }
 }
 
 /// Logs and counts a failed reconciliation and retries it soon.
@@ -712,9 +674,9 @@ mod tests {
         /// ticker does.
         async fn tick(cfg: BackupConfiguration, ctx: Arc<Context>) {
             let now = Utc::now();
-            let (schedule, jitter) = crate::ticker::clock_of(&cfg).unwrap();
-            let last = crate::ticker::last_handled(&cfg, &ctx.ticks, now);
-            let (due, _) = crate::ticker::plan(&schedule, jitter, last, now);
+            let (schedule, jitter) = crate::clock::clock_of(&cfg).unwrap();
+            let last = crate::clock::last_handled(&cfg, &ctx.ticks, now);
+            let (due, _) = crate::clock::plan(&schedule, jitter, last, now);
             let fired = fire_tick(&ctx, &cfg, due.unwrap()).await.unwrap();
             fired.unwrap().record(&ctx, &cfg).await;
         }

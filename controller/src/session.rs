@@ -37,11 +37,12 @@ use stash_api::{
 };
 
 use crate::error::{kube_err, Error, Result};
-use crate::scheduler::{check_repository, publish};
+use crate::events::publish;
+use crate::scheduler::check_repository;
 use crate::status::{write_if_unchanged, Written};
 use crate::targets::{resolve_items, target_pods};
-use crate::time::{from_time, to_time};
 use crate::{conditions, Context};
+use stash_api::time::{from_time, to_time};
 
 /// How often a reconciliation reads the session again after a conflict
 /// before it gives up and requeues.

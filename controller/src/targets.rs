@@ -10,7 +10,7 @@ use stash_api::annotations::opted_in_volumes;
 use stash_api::{BackupItem, BackupTarget, ItemPhase, WorkloadKind};
 
 use crate::error::{kube_err, Result};
-use crate::security::{selector_query, HostPathAllowList};
+use stash_api::policy::{selector_query, HostPathAllowList};
 
 /// The pods of `target` in namespace `ns`, sorted by name; none when the
 /// named workload or pod does not exist.

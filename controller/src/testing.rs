@@ -41,8 +41,8 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         sessions: store,
         configs: ready_store(),
         repositories: ready_store(),
-        ticks: crate::ticker::Ticks::default(),
-        firing: crate::ticker::Firing::default(),
+        ticks: crate::clock::Ticks::default(),
+        firing: crate::clock::Firing::default(),
     };
     (Arc::new(ctx), handle)
 }

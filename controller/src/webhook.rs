@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::CertSettings;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::security::HostPathAllowList;
+use stash_api::policy::HostPathAllowList;
 
 /// The path the MutatingWebhookConfiguration calls.
 pub const MUTATE_PODS_PATH: &str = "/mutate-pods";

@@ -22,59 +22,13 @@ pub use location::Location;
 pub use open::{open, OpenOptions};
 
 use crate::error::Result;
+/// The kinds of files in a repository (defined with the format, which names
+/// them too).
+pub use crate::format::repofile::FileType;
 
-/// The kinds of files in a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FileType {
-    /// The `config` file.
-    Config,
-    /// `keys/`.
-    Key,
-    /// `locks/`.
-    Lock,
-    /// `snapshots/`.
-    Snapshot,
-    /// `index/`.
-    Index,
-    /// `data/` (packs).
-    Pack,
-}
-
-impl FileType {
-    /// The directory restic uses (or the file name for the config).
-    pub fn dirname(self) -> &'static str {
-        match self {
-            FileType::Config => "config",
-            FileType::Key => "keys",
-            FileType::Lock => "locks",
-            FileType::Snapshot => "snapshots",
-            FileType::Index => "index",
-            FileType::Pack => "data",
-        }
-    }
-
-    /// All kinds that are directories.
-    pub const DIRS: [FileType; 5] = [
-        FileType::Key,
-        FileType::Lock,
-        FileType::Snapshot,
-        FileType::Index,
-        FileType::Pack,
-    ];
-}
-
-impl std::fmt::Display for FileType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FileType::Config => "config",
-            FileType::Key => "key",
-            FileType::Lock => "lock",
-            FileType::Snapshot => "snapshot",
-            FileType::Index => "index",
-            FileType::Pack => "pack",
-        })
-    }
-}
+/// Concurrent requests to a remote backend unless told otherwise (restic's
+/// default too).
+pub const DEFAULT_CONNECTIONS: usize = 5;
 
 /// A file name and its size.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use crate::backend::FileType;
-use crate::id::Id;
+use crate::format::id::Id;
+use crate::format::repofile::FileType;
 
 /// Errors of the repository format and engine.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,7 @@ pub enum Error {
     )]
     BlobNotFound {
         /// Blob type.
-        tpe: crate::repofile::BlobType,
+        tpe: crate::format::repofile::BlobType,
         /// Blob id.
         id: Id,
     },
@@ -185,7 +185,7 @@ pub enum Error {
     InvalidArgument(String),
 
     /// The caller asked the operation to stop (see
-    /// [`crate::progress::Progress::cancel`]); nothing was committed.
+    /// [`crate::ops::progress::Progress::cancel`]); nothing was committed.
     #[error("cancelled")]
     Cancelled,
 

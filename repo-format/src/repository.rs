@@ -1,17 +1,22 @@
 //! A repository opened with a key: reading and writing its files and blobs.
 
+pub mod index;
+pub mod lock;
+pub mod packer;
+pub mod writer;
+
 use std::sync::{Arc, RwLock};
 
 use rayon::prelude::*;
 
 use crate::backend::{Backend, FileType};
-use crate::crypto::Key;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::{BlobLocation, Index};
-use crate::repofile::key::KdfParams;
-use crate::repofile::{BlobType, Config, IndexFile, KeyFile, Snapshot, Tree};
-use crate::writer::{seal_unpacked, BlobWriter, WriteOptions, WriteStats};
+use crate::format::crypto::Key;
+use crate::format::id::Id;
+use crate::format::repofile::key::KdfParams;
+use crate::format::repofile::{BlobType, Config, IndexFile, KeyFile, Snapshot, Tree};
+use crate::repository::index::{BlobLocation, Index};
+use crate::repository::writer::{seal_unpacked, BlobWriter, WriteOptions, WriteStats};
 
 /// An open repository.
 #[derive(Debug)]
@@ -429,7 +434,7 @@ pub(crate) fn open_blob(
     };
     let mut plain = key.decrypt(ct, &what)?;
     if let Some(u) = loc.uncompressed_length {
-        plain = crate::compress::decompress(&plain, u as usize).map_err(|source| {
+        plain = crate::format::compress::decompress(&plain, u as usize).map_err(|source| {
             Error::Compression {
                 what: what(),
                 source,

@@ -5,10 +5,10 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use repo_format::archiver::{backup, BackupOptions};
-use repo_format::checker::{check, CheckOptions};
-use repo_format::repofile::tree::gomode;
-use repo_format::restorer::{restore, RestoreOptions};
+use repo_format::format::repofile::tree::gomode;
+use repo_format::ops::backup::{backup, BackupOptions};
+use repo_format::ops::check::{check, CheckOptions};
+use repo_format::ops::restore::{restore, RestoreOptions};
 use repo_format::{
     Backend, BlobType, Id, KdfParams, LocalBackend, Node, NodeType, Repository, Tree,
 };
@@ -446,9 +446,9 @@ fn a_cancelled_backup_writes_no_snapshot() {
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"data").unwrap();
-    let progress = repo_format::progress::Progress::default();
+    let progress = repo_format::ops::progress::Progress::default();
     progress.cancel();
-    let err = repo_format::archiver::backup_with_progress(
+    let err = repo_format::ops::backup::backup_with_progress(
         &repo,
         &BackupOptions {
             paths: vec![src],

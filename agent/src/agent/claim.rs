@@ -143,8 +143,7 @@ mod tests {
 
     #[test]
     fn only_one_claim_wins_and_only_the_holder_updates() {
-        let now =
-            stash_controller::time::to_time(Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap());
+        let now = stash_api::time::to_time(Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap());
         let mut doc = session();
         apply(
             &mut doc,
@@ -176,8 +175,7 @@ mod tests {
 
     #[test]
     fn an_item_that_moved_is_not_touched() {
-        let now =
-            stash_controller::time::to_time(Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap());
+        let now = stash_api::time::to_time(Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap());
         let mut doc = session();
         // Index 1 holds another pod's volume: the identity test fails.
         let wrong = Slot::Item {

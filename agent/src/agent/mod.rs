@@ -30,9 +30,9 @@ use futures::StreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use stash_api::policy::HostPathAllowList;
+use stash_api::time::from_time;
 use stash_api::{BackupSession, Claim, ItemPhase, RestoreSession};
-use stash_controller::time::from_time;
-use stash_controller::HostPathAllowList;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 

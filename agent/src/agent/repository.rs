@@ -11,8 +11,8 @@ use kube::{Api, Client, ResourceExt};
 use repo_format::backend::object_store::Credentials;
 use repo_format::backend::{Location, OpenOptions};
 use repo_format::Repository as Repo;
+use stash_api::policy::repository_admits;
 use stash_api::{Repository, RepositoryReference};
-use stash_controller::security::repository_admits;
 
 /// What opening a repository needs, fetched from the API.
 pub struct RepoAccess {

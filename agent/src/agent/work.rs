@@ -14,18 +14,18 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
-use repo_format::archiver::{backup_with_progress, BackupOptions};
-use repo_format::lock::RepoLock;
-use repo_format::progress::Progress;
-use repo_format::restorer::{restore_with_progress, Overwrite, RestoreOptions};
-use repo_format::retention::{self, Count, GroupBy, KeepDuration, Policy};
+use repo_format::ops::backup::{backup_with_progress, BackupOptions};
+use repo_format::ops::forget::{self, Count, GroupBy, KeepDuration, Policy};
+use repo_format::ops::progress::Progress;
+use repo_format::ops::restore::{restore_with_progress, Overwrite, RestoreOptions};
+use repo_format::repository::lock::RepoLock;
 use repo_format::{FileType, Id, NodeType, Repository};
 use serde_json::{json, Map, Value};
 use stash_api::identity::{self, TAG_CONFIG, TAG_NAMESPACE};
+use stash_api::time::{from_time, to_time};
 use stash_api::{
     BackupConfiguration, BackupSession, OverwritePolicy, RestoreSession, RetentionPolicy,
 };
-use stash_controller::time::{from_time, to_time};
 
 use super::claim::{self, Previous, Slot};
 use super::repository::{fetch, RepoAccess};
@@ -599,7 +599,7 @@ fn remove_own_stale_locks(repo: &Repository) -> Result<usize> {
         let Ok(bytes) = repo.load_unpacked(FileType::Lock, &name) else {
             continue;
         };
-        let Ok(l) = repo_format::repofile::LockFile::from_json(&bytes, &name) else {
+        let Ok(l) = repo_format::format::repofile::LockFile::from_json(&bytes, &name) else {
             continue;
         };
         if l.hostname == host && l.pid == pid && l.time < *STARTED {
@@ -713,7 +713,7 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
         .into_iter()
         .filter(|(_, s)| s.paths == [want_path.clone()])
         .filter(|(_, s)| p.source_hosts.is_empty() || p.source_hosts.contains(&s.hostname))
-        .filter(|(_, s)| retention::has_tags(s, &p.source_tags))
+        .filter(|(_, s)| forget::has_tags(s, &p.source_tags))
         .filter(|(_, s)| p.before.is_none_or(|b| s.time.with_timezone(&Utc) < b))
         .collect();
     candidates.sort_by_key(|(_, s)| s.time);
@@ -867,7 +867,7 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
                 paths: true,
                 tags: false,
             };
-            let groups = retention::apply(&mine, by, &policy, Utc::now());
+            let groups = forget::apply(&mine, by, &policy, Utc::now());
             let kept: usize = groups.iter().map(|g| g.keep.len()).sum();
             for id in groups.iter().flat_map(|g| &g.remove) {
                 if lost.load(Ordering::Relaxed) {
@@ -885,10 +885,11 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool) -> Result<Done> {
                     bail!("the retention run was taken from this agent; stopped before pruning");
                 }
                 let before = repo.stats()?.pack_bytes;
-                let opts = repo_format::prune::PruneOptions::default();
-                let plan = repo_format::prune::plan(&repo, &opts).context("planning the prune")?;
+                let opts = repo_format::ops::prune::PruneOptions::default();
+                let plan =
+                    repo_format::ops::prune::plan(&repo, &opts).context("planning the prune")?;
                 if !plan.is_empty() {
-                    repo_format::prune::execute(&repo, plan, &opts).context("pruning")?;
+                    repo_format::ops::prune::execute(&repo, plan, &opts).context("pruning")?;
                 }
                 let after = repo.stats()?.pack_bytes;
                 f.insert("reclaimedBytes".into(), json!(before.saturating_sub(after)));

@@ -4,9 +4,9 @@ use anyhow::{Context, Result};
 use chrono::TimeZone;
 use std::sync::Arc;
 
-use repo_format::archiver::{backup_with_progress, BackupOptions};
-use repo_format::lock::RepoLock;
-use repo_format::progress::Progress;
+use repo_format::ops::backup::{backup_with_progress, BackupOptions};
+use repo_format::ops::progress::Progress;
+use repo_format::repository::lock::RepoLock;
 use repo_format::FileType;
 use serde_json::json;
 

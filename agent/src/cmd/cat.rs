@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use repo_format::repofile::KeyFile;
+use repo_format::format::repofile::KeyFile;
 use repo_format::{BlobType, FileType};
 
 use crate::cli::GlobalArgs;

@@ -1,8 +1,8 @@
 //! `stash check`.
 
 use anyhow::{Context, Result};
-use repo_format::checker::{check, CheckOptions};
-use repo_format::lock::RepoLock;
+use repo_format::ops::check::{check, CheckOptions};
+use repo_format::repository::lock::RepoLock;
 
 use crate::cli::{CheckArgs, GlobalArgs};
 use crate::repo;

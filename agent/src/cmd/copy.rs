@@ -1,9 +1,9 @@
 //! `stash copy`: snapshots from another repository into this one (see
-//! `repo_format::copy`).
+//! `repo_format::ops::copy`).
 
 use anyhow::{Context, Result};
-use repo_format::copy::{copy, CopyEvent};
-use repo_format::lock::RepoLock;
+use repo_format::ops::copy::{copy, CopyEvent};
+use repo_format::repository::lock::RepoLock;
 use repo_format::{Id, Repository, Snapshot};
 
 use crate::cli::{CopyArgs, GlobalArgs};

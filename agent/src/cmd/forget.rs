@@ -1,11 +1,11 @@
 //! `stash forget`: remove snapshots by retention policy, deciding exactly
-//! as restic does (see `repo_format::retention`).
+//! as restic does (see `repo_format::ops::forget`).
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
-use repo_format::lock::RepoLock;
-use repo_format::retention::{self, Group, Policy};
+use repo_format::ops::forget::{self, Group, Policy};
+use repo_format::repository::lock::RepoLock;
 use repo_format::{FileType, Id, Snapshot};
 
 use crate::cli::{ForgetArgs, GlobalArgs};
@@ -39,7 +39,7 @@ fn policy(a: &ForgetArgs) -> Policy {
 /// of the paths.
 fn selected(s: &Snapshot, a: &ForgetArgs, tag_lists: &[Vec<String>]) -> bool {
     (a.hosts.is_empty() || a.hosts.contains(&s.hostname))
-        && (tag_lists.is_empty() || tag_lists.iter().any(|l| retention::has_tags(s, l)))
+        && (tag_lists.is_empty() || tag_lists.iter().any(|l| forget::has_tags(s, l)))
         && a.paths.iter().all(|p| s.paths.contains(p))
 }
 
@@ -63,7 +63,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
         .into_iter()
         .filter(|(_, s)| selected(s, a, &tag_lists))
         .collect();
-    let groups = retention::apply(&snaps, a.group_by, &policy, chrono::Utc::now());
+    let groups = forget::apply(&snaps, a.group_by, &policy, chrono::Utc::now());
     let by_id: HashMap<Id, &Snapshot> = snaps.iter().map(|(id, s)| (*id, s)).collect();
 
     if a.json {
@@ -76,7 +76,7 @@ pub fn run(g: &GlobalArgs, a: &ForgetArgs) -> Result<u8> {
     if a.dry_run {
         if a.prune {
             let forgotten: Vec<Id> = groups.iter().flat_map(|gr| gr.remove.clone()).collect();
-            let plan = repo_format::prune::plan_without(
+            let plan = repo_format::ops::prune::plan_without(
                 &r,
                 &super::prune::options(&a.prune_opts),
                 &forgotten,

@@ -1,7 +1,7 @@
 //! `stash key list|add|remove|passwd`, like restic's.
 
 use anyhow::{bail, Context, Result};
-use repo_format::repofile::KeyFile;
+use repo_format::format::repofile::KeyFile;
 use repo_format::{FileType, Id, Repository};
 
 use crate::cli::{GlobalArgs, KeyCommand};

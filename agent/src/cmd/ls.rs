@@ -1,8 +1,8 @@
 //! `stash ls`.
 
 use anyhow::Result;
-use repo_format::repofile::gotime;
-use repo_format::repofile::tree::gomode;
+use repo_format::format::repofile::gotime;
+use repo_format::format::repofile::tree::gomode;
 use repo_format::{Id, Node, NodeType};
 use serde_json::json;
 

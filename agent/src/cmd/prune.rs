@@ -1,9 +1,9 @@
 //! `stash prune` (and the prune step of `forget --prune`): restic's
-//! options and report, the work done by `repo_format::prune`.
+//! options and report, the work done by `repo_format::ops::prune`.
 
 use anyhow::{Context, Result};
-use repo_format::lock::RepoLock;
-use repo_format::prune::{self, PruneOptions, PruneStats};
+use repo_format::ops::prune::{self, PruneOptions, PruneStats};
+use repo_format::repository::lock::RepoLock;
 use repo_format::Repository;
 
 use crate::cli::{GlobalArgs, PruneArgs, PruneOpts};

@@ -1,8 +1,8 @@
 //! `stash repair index`.
 
 use anyhow::{Context, Result};
-use repo_format::lock::RepoLock;
-use repo_format::repair::repair_index;
+use repo_format::ops::repair::repair_index;
+use repo_format::repository::lock::RepoLock;
 
 use crate::cli::{GlobalArgs, RepairCommand};
 use crate::repo;

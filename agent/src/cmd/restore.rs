@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use repo_format::lock::RepoLock;
-use repo_format::progress::Progress;
-use repo_format::restorer::{restore_with_progress, RestoreOptions};
+use repo_format::ops::progress::Progress;
+use repo_format::ops::restore::{restore_with_progress, RestoreOptions};
+use repo_format::repository::lock::RepoLock;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, RestoreArgs};

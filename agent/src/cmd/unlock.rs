@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 use repo_format::error::Error;
-use repo_format::lock::pid_alive;
-use repo_format::repofile::LockFile;
+use repo_format::format::repofile::LockFile;
+use repo_format::repository::lock::pid_alive;
 use repo_format::repository::whoami;
 use repo_format::FileType;
 

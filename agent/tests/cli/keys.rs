@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use repo_format::repofile::lock::LockFile;
+use repo_format::format::repofile::lock::LockFile;
 use repo_format::repository::whoami;
 use repo_format::{FileType, LocalBackend, Repository};
 

@@ -157,7 +157,7 @@ where
 pub fn settings() -> stash_controller::Settings {
     stash_controller::Settings {
         identity: "test".into(),
-        host_paths: stash_controller::HostPathAllowList::default(),
+        host_paths: stash_api::policy::HostPathAllowList::default(),
         concurrency: 4,
     }
 }

@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::{json, Value};
+use stash_api::policy::HostPathAllowList;
 use stash_api::{ItemPhase, RestoreSession, RestoreSessionStatus, SessionPhase};
-use stash_controller::HostPathAllowList;
 
 use crate::common::*;
 

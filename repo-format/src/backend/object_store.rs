@@ -736,7 +736,7 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn connections(&self) -> usize {
-        super::open::DEFAULT_CONNECTIONS
+        super::DEFAULT_CONNECTIONS
     }
 }
 

@@ -12,12 +12,8 @@ use super::location::Location;
 use super::object_store::{Credentials, ObjectStoreBackend};
 use super::rest::RestBackend;
 use super::retry::{RetryBackend, RetryPolicy};
-use super::Backend;
+use super::{Backend, DEFAULT_CONNECTIONS};
 use crate::error::Result;
-
-/// Concurrent requests to a remote backend unless told otherwise (restic's
-/// default too).
-pub const DEFAULT_CONNECTIONS: usize = 5;
 
 /// How to reach a repository's storage.
 #[derive(Debug, Clone, Default)]

@@ -339,6 +339,6 @@ impl Backend for RestBackend {
     }
 
     fn connections(&self) -> usize {
-        super::open::DEFAULT_CONNECTIONS
+        super::DEFAULT_CONNECTIONS
     }
 }

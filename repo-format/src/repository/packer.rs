@@ -1,9 +1,9 @@
 //! Assembles blobs into a pack file.
 
-use crate::crypto::Key;
-use crate::id::Id;
-use crate::repofile::pack::{header_to_bytes, PackHeaderEntry};
-use crate::repofile::BlobType;
+use crate::format::crypto::Key;
+use crate::format::id::Id;
+use crate::format::repofile::pack::{header_to_bytes, PackHeaderEntry};
+use crate::format::repofile::BlobType;
 
 /// A pack being filled with blobs of one type.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl Packer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repofile::pack::{header_from_bytes, split_pack};
+    use crate::format::repofile::pack::{header_from_bytes, split_pack};
 
     #[test]
     fn finished_pack_parses_back() {

@@ -43,15 +43,15 @@ impl std::fmt::Debug for Key {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct KeyJson {
     mac: MacJson,
-    #[serde(with = "crate::repofile::b64")]
+    #[serde(with = "crate::format::repofile::b64")]
     encrypt: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct MacJson {
-    #[serde(with = "crate::repofile::b64")]
+    #[serde(with = "crate::format::repofile::b64")]
     k: Vec<u8>,
-    #[serde(with = "crate::repofile::b64")]
+    #[serde(with = "crate::format::repofile::b64")]
     r: Vec<u8>,
 }
 
@@ -113,7 +113,7 @@ impl Key {
         h.extend_from_slice(b"stash chunker gear seed v1\0");
         h.extend_from_slice(&self.mac_k);
         h.extend_from_slice(&self.encrypt);
-        let d = crate::id::Id::hash(&h);
+        let d = crate::format::id::Id::hash(&h);
         u64::from_le_bytes(d.0[..8].try_into().expect("8 bytes")) | 1
     }
 

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::repofile::BlobType;
+use crate::format::id::Id;
+use crate::format::repofile::BlobType;
 
 /// The JSON of an index file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
+use crate::{NamespacesFrom, Repository};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use stash_api::{NamespacesFrom, Repository};
 
 /// Why a Repository may not be used: the condition reason and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +145,8 @@ fn normalise(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AllowedNamespaces, RepositorySpec, SecretKeyReference, UsagePolicy};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-    use stash_api::{AllowedNamespaces, RepositorySpec, SecretKeyReference, UsagePolicy};
 
     fn repo(ns: &str, from: NamespacesFrom, selector: Option<LabelSelector>) -> Repository {
         let mut r = Repository::new(

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunker::Polynomial;
 use crate::error::{Error, Result};
+pub use crate::format::chunker::ChunkerParams;
+use crate::format::chunker::Polynomial;
 
 /// The decrypted `config` file. It is never compressed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -20,31 +21,6 @@ pub struct Config {
     pub stash_chunker: Option<ChunkerParams>,
 }
 
-/// The content-defined chunker Stash uses for this repository.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChunkerParams {
-    /// Algorithm; only `fastcdc-v2020` exists.
-    pub algorithm: String,
-    /// Minimum chunk size.
-    pub min_size: u32,
-    /// Average (target) chunk size.
-    pub avg_size: u32,
-    /// Maximum chunk size.
-    pub max_size: u32,
-}
-
-impl Default for ChunkerParams {
-    fn default() -> Self {
-        // Close to restic's Rabin chunker: 512 KiB / 1 MiB / 8 MiB.
-        ChunkerParams {
-            algorithm: "fastcdc-v2020".into(),
-            min_size: 512 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 8 * 1024 * 1024,
-        }
-    }
-}
-
 impl Config {
     /// A new config for a repository of `version` with a random id and a
     /// random irreducible polynomial.
@@ -54,7 +30,7 @@ impl Config {
         }
         Ok(Config {
             version,
-            id: crate::id::Id::random().to_hex(),
+            id: crate::format::id::Id::random().to_hex(),
             chunker_polynomial: format!("{:x}", Polynomial::random().0),
             stash_chunker: Some(ChunkerParams::default()),
         })

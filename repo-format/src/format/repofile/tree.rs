@@ -10,7 +10,7 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::format::id::Id;
 
 /// Go `os.FileMode` bits.
 pub mod gomode {
@@ -120,7 +120,7 @@ pub struct ExtendedAttribute {
     /// Attribute name, e.g. `user.comment`.
     pub name: String,
     /// Raw value.
-    #[serde(with = "crate::repofile::b64")]
+    #[serde(with = "crate::format::repofile::b64")]
     pub value: Vec<u8>,
 }
 
@@ -180,18 +180,18 @@ struct NodeJson {
     #[serde(default, skip_serializing_if = "is_zero32")]
     mode: u32,
     #[serde(
-        default = "crate::repofile::gotime::zero",
-        with = "crate::repofile::gotime"
+        default = "crate::format::repofile::gotime::zero",
+        with = "crate::format::repofile::gotime"
     )]
     mtime: DateTime<FixedOffset>,
     #[serde(
-        default = "crate::repofile::gotime::zero",
-        with = "crate::repofile::gotime"
+        default = "crate::format::repofile::gotime::zero",
+        with = "crate::format::repofile::gotime"
     )]
     atime: DateTime<FixedOffset>,
     #[serde(
-        default = "crate::repofile::gotime::zero",
-        with = "crate::repofile::gotime"
+        default = "crate::format::repofile::gotime::zero",
+        with = "crate::format::repofile::gotime"
     )]
     ctime: DateTime<FixedOffset>,
     #[serde(default)]
@@ -215,7 +215,7 @@ struct NodeJson {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "crate::repofile::b64::opt"
+        with = "crate::format::repofile::b64::opt"
     )]
     linktarget_raw: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -316,7 +316,7 @@ impl<'de> Deserialize<'de> for Node {
 impl Node {
     /// A node with only name and type set (times at Go's zero time).
     pub fn new(name: Vec<u8>, node_type: NodeType) -> Node {
-        let zero = crate::repofile::gotime::zero();
+        let zero = crate::format::repofile::gotime::zero();
         Node {
             name,
             node_type,

@@ -26,7 +26,7 @@
 //! version 2 repository are the exception: restic compresses them when it
 //! repacks, and so does this.
 //!
-//! The caller holds an exclusive lock ([`crate::lock::RepoLock`]) for the
+//! The caller holds an exclusive lock ([`crate::repository::lock::RepoLock`]) for the
 //! whole run.
 
 use std::collections::{HashMap, HashSet};
@@ -37,13 +37,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backend::FileType;
-use crate::crypto::OVERHEAD;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::{BlobLocation, Index};
-use crate::repofile::{BlobType, IndexBlob, IndexFile, IndexPack, NodeType};
+use crate::format::crypto::OVERHEAD;
+use crate::format::id::Id;
+use crate::format::repofile::{BlobType, IndexBlob, IndexFile, IndexPack, NodeType};
+use crate::repository::index::{BlobLocation, Index};
+use crate::repository::writer::{Compression, WriteOptions};
 use crate::repository::{open_blob, Repository};
-use crate::writer::{Compression, WriteOptions};
 
 /// How much unused space may stay in the repository (`--max-unused`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -884,7 +884,7 @@ const MAX_READ: u64 = 4 << 20;
 
 fn repack_one(
     repo: &Repository,
-    writer: &crate::writer::BlobWriter,
+    writer: &crate::repository::writer::BlobWriter,
     version: u32,
     opts: &PruneOptions,
     pack: &Id,
@@ -1027,8 +1027,8 @@ pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions) -> Resul
 }
 
 /// Plans and executes a prune: the entry point for automatic retention
-/// (after [`crate::retention`] decided and the snapshots were removed).
-/// The caller holds an exclusive [`crate::lock::RepoLock`].
+/// (after [`crate::ops::forget`] decided and the snapshots were removed).
+/// The caller holds an exclusive [`crate::repository::lock::RepoLock`].
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneStats> {
     let p = plan(repo, opts)?;
     execute(repo, p, opts)

@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 
-use crate::id::Id;
-use crate::repofile::{BlobType, IndexFile};
+use crate::format::id::Id;
+use crate::format::repofile::{BlobType, IndexFile};
 
 /// Where one blob is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl BlobLocation {
     pub fn data_length(&self) -> u64 {
         match self.uncompressed_length {
             Some(u) => u64::from(u),
-            None => u64::from(self.length).saturating_sub(crate::crypto::OVERHEAD as u64),
+            None => u64::from(self.length).saturating_sub(crate::format::crypto::OVERHEAD as u64),
         }
     }
 }
@@ -258,7 +258,7 @@ pub fn file_blobs(f: &IndexFile) -> impl Iterator<Item = (BlobType, Id, BlobLoca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repofile::{IndexBlob, IndexPack};
+    use crate::format::repofile::{IndexBlob, IndexPack};
 
     fn file(pack: Id, blobs: &[(&[u8], BlobType, u32)]) -> IndexFile {
         IndexFile {

@@ -5,8 +5,8 @@ use chrono::{DateTime, FixedOffset};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{Key, KeyJson};
 use crate::error::{Error, Result};
+use crate::format::crypto::{Key, KeyJson};
 
 /// scrypt work parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub fn derive(password: &[u8], salt: &[u8], params: KdfParams) -> Result<Key> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyFile {
     /// When the key was added.
-    #[serde(with = "crate::repofile::gotime")]
+    #[serde(with = "crate::format::repofile::gotime")]
     pub created: DateTime<FixedOffset>,
     /// User who added it.
     #[serde(default)]
@@ -96,10 +96,10 @@ pub struct KeyFile {
     /// scrypt p.
     pub p: u32,
     /// 64 random bytes.
-    #[serde(with = "crate::repofile::b64")]
+    #[serde(with = "crate::format::repofile::b64")]
     pub salt: Vec<u8>,
     /// The encrypted master key JSON.
-    #[serde(with = "crate::repofile::b64")]
+    #[serde(with = "crate::format::repofile::b64")]
     pub data: Vec<u8>,
 }
 

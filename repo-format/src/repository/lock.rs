@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::backend::FileType;
 use crate::error::{Error, Result};
-use crate::repofile::LockFile;
+use crate::format::repofile::LockFile;
 use crate::repository::{whoami, Repository};
 
 /// How often a held lock is refreshed.

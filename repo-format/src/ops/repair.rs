@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::backend::FileType;
-use crate::crypto::OVERHEAD;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::repofile::pack::header_from_bytes;
-use crate::repofile::{IndexBlob, IndexFile, IndexPack, PackHeaderEntry};
+use crate::format::crypto::OVERHEAD;
+use crate::format::id::Id;
+use crate::format::repofile::pack::header_from_bytes;
+use crate::format::repofile::{IndexBlob, IndexFile, IndexPack, PackHeaderEntry};
 use crate::repository::Repository;
 
 /// What a repair did.

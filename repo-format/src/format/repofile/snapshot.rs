@@ -4,13 +4,13 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::format::id::Id;
 
 /// The JSON of a snapshot file (restic's field names and order).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Snapshot {
     /// When the backup started.
-    #[serde(with = "crate::repofile::gotime")]
+    #[serde(with = "crate::format::repofile::gotime")]
     pub time: DateTime<FixedOffset>,
     /// The snapshot this one was based on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,10 +56,10 @@ fn is_zero(v: &u32) -> bool {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SnapshotSummary {
     /// Start of the run.
-    #[serde(with = "crate::repofile::gotime")]
+    #[serde(with = "crate::format::repofile::gotime")]
     pub backup_start: DateTime<FixedOffset>,
     /// End of the run.
-    #[serde(with = "crate::repofile::gotime")]
+    #[serde(with = "crate::format::repofile::gotime")]
     pub backup_end: DateTime<FixedOffset>,
     /// Files not in the parent.
     pub files_new: u64,

@@ -20,12 +20,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crate::backend::{Backend, FileType};
-use crate::crypto::Key;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::{BlobLocation, Index};
-use crate::packer::Packer;
-use crate::repofile::{BlobType, IndexBlob, IndexFile, IndexPack};
+use crate::format::crypto::Key;
+use crate::format::id::Id;
+use crate::format::repofile::{BlobType, IndexBlob, IndexFile, IndexPack};
+use crate::repository::index::{BlobLocation, Index};
+use crate::repository::packer::Packer;
 
 /// How blobs and files are compressed (repository version 2 only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,12 +176,14 @@ pub(crate) fn seal_unpacked(
     let plain = match level {
         Some(level) => {
             let mut v = vec![2u8];
-            v.extend(crate::compress::compress(json, level).map_err(|source| {
-                Error::Compression {
-                    what: what.into(),
-                    source,
-                }
-            })?);
+            v.extend(
+                crate::format::compress::compress(json, level).map_err(|source| {
+                    Error::Compression {
+                        what: what.into(),
+                        source,
+                    }
+                })?,
+            );
             v
         }
         None => json.to_vec(),
@@ -440,7 +442,7 @@ impl BlobWriter {
         }
         let plain_len = match uncompressed_length {
             Some(u) => u as usize,
-            None => sealed.len().saturating_sub(crate::crypto::OVERHEAD),
+            None => sealed.len().saturating_sub(crate::format::crypto::OVERHEAD),
         };
         let full = self.pack(tpe, id, sealed, uncompressed_length, plain_len);
         self.dispatch(tpe, full)?;
@@ -551,12 +553,11 @@ impl BlobWriter {
         let what = || format!("new {tpe} blob {id}");
         let compressed = match self.blob_level {
             Some(level) if !data.is_empty() && worth_compressing(self.opts.compression, data) => {
-                crate::compress::compress_into(data, level, &mut scratch.compressed).map_err(
-                    |source| Error::Compression {
+                crate::format::compress::compress_into(data, level, &mut scratch.compressed)
+                    .map_err(|source| Error::Compression {
                         what: what(),
                         source,
-                    },
-                )?;
+                    })?;
                 scratch.compressed.len() < data.len()
             }
             _ => false,
@@ -574,7 +575,7 @@ impl BlobWriter {
             .decrypt_into(&scratch.sealed, &what, &mut scratch.decrypted)?;
         let plain = match ulen {
             Some(u) => {
-                crate::compress::decompress_into(
+                crate::format::compress::decompress_into(
                     &scratch.decrypted,
                     u as usize,
                     &mut scratch.decompressed,
@@ -695,7 +696,7 @@ fn worth_compressing(mode: Compression, data: &[u8]) -> bool {
     let at = [0, data.len() / 2 - PROBE / 2, data.len() - PROBE];
     at.iter().any(|&o| {
         let sample = &data[o..o + PROBE];
-        match crate::compress::compress(sample, 1) {
+        match crate::format::compress::compress(sample, 1) {
             Ok(c) => c.len() < PROBE * 97 / 100,
             Err(_) => true,
         }

@@ -21,15 +21,15 @@ use std::sync::Mutex;
 use chrono::{DateTime, FixedOffset, TimeZone};
 use rayon::prelude::*;
 
-use crate::chunker::BlockChunker;
 use crate::error::{Error, Result};
-use crate::filter::Patterns;
-use crate::id::Id;
-use crate::progress::Progress;
-use crate::repofile::tree::gomode;
-use crate::repofile::{
+use crate::format::chunker::BlockChunker;
+use crate::format::id::Id;
+use crate::format::repofile::tree::gomode;
+use crate::format::repofile::{
     BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree,
 };
+use crate::ops::filter::Patterns;
+use crate::ops::progress::Progress;
 use crate::repository::{whoami, Repository};
 
 /// What to back up and how to label it.
@@ -161,7 +161,7 @@ fn time_of(secs: i64, nsec: i64) -> DateTime<FixedOffset> {
         .timestamp_opt(secs, nsec.clamp(0, 999_999_999) as u32)
         .single()
         .map(|t| t.fixed_offset())
-        .unwrap_or_else(crate::repofile::gotime::zero)
+        .unwrap_or_else(crate::format::repofile::gotime::zero)
 }
 
 /// Cleans an absolute path lexically (like Go's `filepath.Clean`).

@@ -17,6 +17,59 @@ pub use pack::{BlobType, PackHeaderEntry};
 pub use snapshot::{Snapshot, SnapshotSummary};
 pub use tree::{ExtendedAttribute, Node, NodeType, Tree};
 
+/// The kinds of files in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// The `config` file.
+    Config,
+    /// `keys/`.
+    Key,
+    /// `locks/`.
+    Lock,
+    /// `snapshots/`.
+    Snapshot,
+    /// `index/`.
+    Index,
+    /// `data/` (packs).
+    Pack,
+}
+
+impl FileType {
+    /// The directory restic uses (or the file name for the config).
+    pub fn dirname(self) -> &'static str {
+        match self {
+            FileType::Config => "config",
+            FileType::Key => "keys",
+            FileType::Lock => "locks",
+            FileType::Snapshot => "snapshots",
+            FileType::Index => "index",
+            FileType::Pack => "data",
+        }
+    }
+
+    /// All kinds that are directories.
+    pub const DIRS: [FileType; 5] = [
+        FileType::Key,
+        FileType::Lock,
+        FileType::Snapshot,
+        FileType::Index,
+        FileType::Pack,
+    ];
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileType::Config => "config",
+            FileType::Key => "key",
+            FileType::Lock => "lock",
+            FileType::Snapshot => "snapshot",
+            FileType::Index => "index",
+            FileType::Pack => "pack",
+        })
+    }
+}
+
 /// Serde helper: bytes as standard base64 (Go's `[]byte` JSON encoding).
 pub(crate) mod b64 {
     use base64::Engine;

@@ -7,7 +7,32 @@
 
 use std::io::Read;
 
-use crate::repofile::config::ChunkerParams;
+use serde::{Deserialize, Serialize};
+
+/// The content-defined chunker Stash uses for this repository.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkerParams {
+    /// Algorithm; only `fastcdc-v2020` exists.
+    pub algorithm: String,
+    /// Minimum chunk size.
+    pub min_size: u32,
+    /// Average (target) chunk size.
+    pub avg_size: u32,
+    /// Maximum chunk size.
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        // Close to restic's Rabin chunker: 512 KiB / 1 MiB / 8 MiB.
+        ChunkerParams {
+            algorithm: "fastcdc-v2020".into(),
+            min_size: 512 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+        }
+    }
+}
 
 /// A polynomial over GF(2) of degree < 64, bit i = coefficient of x^i.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,12 +15,12 @@ use std::collections::{HashMap, HashSet};
 use rayon::prelude::*;
 
 use crate::backend::FileType;
-use crate::crypto::OVERHEAD;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::index::{file_blobs, BlobLocation, Index};
-use crate::repofile::pack::{header_from_bytes, split_pack};
-use crate::repofile::{BlobType, IndexFile, Node, NodeType};
+use crate::format::crypto::OVERHEAD;
+use crate::format::id::Id;
+use crate::format::repofile::pack::{header_from_bytes, split_pack};
+use crate::format::repofile::{BlobType, IndexFile, Node, NodeType};
+use crate::repository::index::{file_blobs, BlobLocation, Index};
 use crate::repository::Repository;
 
 /// What to check.
@@ -81,7 +81,7 @@ impl std::str::FromStr for Subset {
             }
             return Ok(Subset::Percent(p));
         }
-        crate::prune::parse_size(s)
+        crate::ops::prune::parse_size(s)
             .ok()
             .filter(|b| *b > 0)
             .map(Subset::Size)
@@ -270,7 +270,7 @@ pub fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
                     loc.length,
                 )
                 .and_then(|ct| repo.decode_blob(BlobType::Tree, &tree_id, &loc, &ct))
-                .and_then(|b| crate::repofile::Tree::from_json(&b, &tree_id));
+                .and_then(|b| crate::format::repofile::Tree::from_json(&b, &tree_id));
             let tree = match tree {
                 Ok(t) => t,
                 Err(e) => {

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::id::Id;
+use crate::format::id::Id;
 
 /// Data or tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,7 +125,7 @@ pub fn split_pack<'a>(pack_bytes: &'a [u8], pack: &Id) -> Result<(&'a [u8], &'a 
     }
     let n = pack_bytes.len();
     let hlen = u32::from_le_bytes(pack_bytes[n - 4..].try_into().expect("4")) as usize;
-    if hlen + 4 > n || hlen < crate::crypto::OVERHEAD {
+    if hlen + 4 > n || hlen < crate::format::crypto::OVERHEAD {
         return Err(Error::format(
             what(),
             format!(

@@ -23,8 +23,8 @@ use chrono::{
 };
 use serde::Serialize;
 
-use crate::id::Id;
-use crate::repofile::Snapshot;
+use crate::format::id::Id;
+use crate::format::repofile::Snapshot;
 
 /// How many snapshots of a kind to keep: `--keep-daily 7`, or `unlimited`
 /// (restic 0.19; restic 0.15 to 0.17 spelled it `-1`, also accepted).

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockFile {
     /// When the lock was created or last refreshed.
-    #[serde(with = "crate::repofile::gotime")]
+    #[serde(with = "crate::format::repofile::gotime")]
     pub time: DateTime<FixedOffset>,
     /// Exclusive (prune, forget) or not (backup, restore, check).
     pub exclusive: bool,
@@ -68,7 +68,7 @@ impl LockFile {
             self.username,
             self.hostname,
             self.pid,
-            crate::repofile::gotime::format(&self.time)
+            crate::format::repofile::gotime::format(&self.time)
         )
     }
 }

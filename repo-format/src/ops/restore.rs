@@ -30,12 +30,12 @@ use rayon::prelude::*;
 
 use crate::backend::FileType;
 use crate::error::{Error, Result};
-use crate::filter::Patterns;
-use crate::id::Id;
-use crate::index::BlobLocation;
-use crate::progress::Progress;
-use crate::repofile::tree::gomode;
-use crate::repofile::{BlobType, Node, NodeType};
+use crate::format::id::Id;
+use crate::format::repofile::tree::gomode;
+use crate::format::repofile::{BlobType, Node, NodeType};
+use crate::ops::filter::Patterns;
+use crate::ops::progress::Progress;
+use crate::repository::index::BlobLocation;
 use crate::repository::Repository;
 
 /// What to do with a file that already exists where a restore puts one.

@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use crate::backend::FileType;
 use crate::error::{Error, Result};
-use crate::id::Id;
-use crate::repofile::{BlobType, NodeType, Snapshot};
+use crate::format::id::Id;
+use crate::format::repofile::{BlobType, NodeType, Snapshot};
 use crate::repository::Repository;
 
 /// What a copy did.
@@ -130,7 +130,7 @@ fn copy_tree(
     visited.insert(root);
     while !frontier.is_empty() {
         // The trees of one level, loaded in parallel.
-        let trees: Vec<(Id, crate::repofile::Tree)> = frontier
+        let trees: Vec<(Id, crate::format::repofile::Tree)> = frontier
             .par_iter()
             .map(|id| Ok((*id, src.load_tree(id)?)))
             .collect::<Result<_>>()?;
@@ -196,12 +196,13 @@ fn copy_blob(src: &Repository, dst: &Repository, tpe: BlobType, id: &Id) -> Resu
     let payload = src.key().decrypt(&ct, &what)?;
     match loc.uncompressed_length {
         Some(u) => {
-            let plain = crate::compress::decompress(&payload, u as usize).map_err(|source| {
-                Error::Compression {
-                    what: what(),
-                    source,
-                }
-            })?;
+            let plain =
+                crate::format::compress::decompress(&payload, u as usize).map_err(|source| {
+                    Error::Compression {
+                        what: what(),
+                        source,
+                    }
+                })?;
             verify(id, &plain, &loc)?;
             let n = plain.len() as u64;
             if dst.config().version >= 2 {
@@ -219,7 +220,7 @@ fn copy_blob(src: &Repository, dst: &Repository, tpe: BlobType, id: &Id) -> Resu
     }
 }
 
-fn verify(id: &Id, plain: &[u8], loc: &crate::index::BlobLocation) -> Result<()> {
+fn verify(id: &Id, plain: &[u8], loc: &crate::repository::index::BlobLocation) -> Result<()> {
     let actual = Id::hash(plain);
     if actual != *id {
         return Err(Error::BlobHashMismatch {
