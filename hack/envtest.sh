@@ -3,7 +3,10 @@
 # envtest does, but built here from source with the Go toolchain and the Go
 # module proxy (no prebuilt binaries to download):
 #
-#   kube-apiserver  from k8s.io/kubernetes at $STASH_ENVTEST_K8S_VERSION
+#   kube-apiserver  from k8s.io/kubernetes at $STASH_ENVTEST_K8S_VERSION,
+#                   in one `go build` with kubelet, kube-controller-manager,
+#                   kube-scheduler, kube-proxy and kubectl (the real test
+#                   node's; see build_kubernetes)
 #   etcd            from go.etcd.io/etcd/server/v3 at the version that
 #                   Kubernetes release pins in its own go.mod
 #
@@ -53,20 +56,32 @@ k8s_gomod() {
         sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p'
 }
 
-build_apiserver() {
-    local out="$dir/kube-apiserver"
-    if [[ -x "$out" ]] && "$out" --version >/dev/null 2>&1; then
-        say "kube-apiserver: present ($("$out" --version))"
-        return
-    fi
-    local start=$SECONDS mod="$work/kube-apiserver" gomod
-    say "kube-apiserver v$K8S_VERSION: building (cold builds take long; be patient)"
+# The Kubernetes binaries, all from k8s.io/kubernetes at $K8S_VERSION and all
+# in one `go build`, so they share one compile of the packages they have in
+# common (a separate kubelet build after the apiserver's would compile most of
+# Kubernetes again): kube-apiserver for every Kubernetes test; kubelet,
+# kube-controller-manager, kube-scheduler, kube-proxy and kubectl for the
+# real node (stash_envtest::cluster; hack/node.sh builds the rest of it).
+K8S_COMMANDS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kube-proxy kubectl)
+
+build_kubernetes() {
+    local missing=() c
+    for c in "${K8S_COMMANDS[@]}"; do
+        if [[ -x "$dir/$c" ]] && "$dir/$c" --version >/dev/null 2>&1; then
+            say "$c: present"
+        else
+            missing+=("$c")
+        fi
+    done
+    [[ ${#missing[@]} -gt 0 ]] || return 0
+    local start=$SECONDS mod="$work/kubernetes" gomod pkgs=()
+    say "${missing[*]} v$K8S_VERSION: building (cold builds take long; be patient)"
     rm -rf "$mod"
-    mkdir -p "$mod"
+    mkdir -p "$mod/bin"
     gomod="$(k8s_gomod)"
     [[ -f "$gomod" ]] || { say "could not download k8s.io/kubernetes@v$K8S_VERSION"; exit 1; }
     {
-        echo "module stash.rs/envtest/kube-apiserver"
+        echo "module stash.rs/envtest/kubernetes"
         echo
         echo "go $(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")"
         echo
@@ -80,7 +95,14 @@ build_apiserver() {
             awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
         echo ")"
     } >"$mod/go.mod"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver"\n' >"$mod/tools.go"
+    {
+        printf '//go:build tools\n\npackage tools\n\nimport (\n'
+        for c in "${missing[@]}"; do
+            printf '\t_ "%s"\n' "$(k8s_pkg "$c")"
+            pkgs+=("$(k8s_pkg "$c")")
+        done
+        printf ')\n'
+    } >"$mod/tools.go"
     local minor="${K8S_VERSION#*.}"
     minor="${minor%%.*}"
     local pkg=k8s.io/component-base/version
@@ -89,10 +111,20 @@ build_apiserver() {
     (
         cd "$mod"
         go mod tidy
-        go build -trimpath -ldflags "$ldflags" -o "$out.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+        # Several main packages and -o a directory: one binary each.
+        go build -trimpath -ldflags "$ldflags" -o bin/ "${pkgs[@]}"
     )
-    mv "$out.tmp" "$out"
-    say "kube-apiserver: built in $((SECONDS - start)) s ($("$out" --version))"
+    for c in "${missing[@]}"; do
+        mv "$mod/bin/$c" "$dir/$c"
+    done
+    say "${missing[*]}: built in $((SECONDS - start)) s ($("$dir/kube-apiserver" --version))"
+}
+
+k8s_pkg() {
+    case "$1" in
+    kubectl) echo k8s.io/kubernetes/cmd/kubectl ;;
+    *) echo "k8s.io/kubernetes/cmd/$1" ;;
+    esac
 }
 
 build_etcd() {
@@ -127,5 +159,5 @@ build_etcd() {
 }
 
 build_etcd
-build_apiserver
+build_kubernetes
 echo "$dir"

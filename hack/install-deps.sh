@@ -5,6 +5,9 @@
 #   attr     getfattr/setfattr, to look at extended attributes by hand
 #   rustfmt and clippy, the rustup components hack/test.sh runs
 #   go and npm, which hack/test-servers.sh builds the test servers with
+#   libseccomp-dev (runc's seccomp, hack/node.sh), busybox-static (the test
+#   node's workload image, hack/images.sh), iptables (kube-proxy on the test
+#   node)
 # Idempotent: installs only what is missing, and runs `apt-get update` only
 # then. Needs root, or sudo, only when something must be installed.
 set -euo pipefail
@@ -12,12 +15,13 @@ set -euo pipefail
 say() { echo "install-deps: $*"; }
 
 # Debian package -> a command it provides.
-declare -A provides=([restic]=restic [attr]=getfattr)
+declare -A provides=([restic]=restic [attr]=getfattr [libseccomp-dev]=/usr/include/seccomp.h
+    [busybox-static]=/bin/busybox [iptables]=iptables-restore)
 
 missing=()
-for pkg in restic attr; do
-    if command -v "${provides[$pkg]}" >/dev/null 2>&1; then
-        say "$pkg: present ($(command -v "${provides[$pkg]}"))"
+for pkg in restic attr libseccomp-dev busybox-static iptables; do
+    if command -v "${provides[$pkg]}" >/dev/null 2>&1 || [[ -e "${provides[$pkg]}" ]]; then
+        say "$pkg: present ($(command -v "${provides[$pkg]}" || echo "${provides[$pkg]}"))"
     else
         missing+=("$pkg")
     fi

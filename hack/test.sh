@@ -9,13 +9,21 @@
 #                               MinIO, rest-server, Azurite, fake-gcs-server,
 #                               toxiproxy and a current restic
 #   5. hack/envtest.sh          builds (once; cached in ~/.cache/stash-envtest)
-#                               kube-apiserver and etcd from source
+#                               etcd, and kube-apiserver with the kubelet,
+#                               kube-controller-manager, kube-scheduler,
+#                               kube-proxy and kubectl, from source
+#      hack/node.sh             builds (once; cached in ~/.cache/stash-node)
+#                               containerd, runc and the CNI plugins for the
+#                               real test node (tests/e2e_node)
 #      hack/helm.sh             builds (once; cached in ~/.cache/stash-helm)
 #                               helm, for the chart's test
 #   6. hack/crdgen-check.sh     deploy/crds/ must equal what api/ generates
-#   7. cargo test --workspace   unit, integration and restic-oracle tests; the
+#   7. cargo build -p stash-controller --bin stash-controller (the
+#      controller image of the real-node test is made from it), then
+#      cargo test --workspace   unit, integration and restic-oracle tests; the
 #                               backend tests start those servers themselves,
-#                               the Kubernetes tests a real apiserver
+#                               the Kubernetes tests a real apiserver, the
+#                               e2e_node test a real node (needs root)
 # Tests that need restic, a server or the apiserver fail, never skip, when it
 # is missing.
 set -euo pipefail
@@ -33,8 +41,10 @@ step cargo clippy --workspace --all-targets -- -D warnings
 step python3 hack/import-cycles.py
 step bash hack/test-servers.sh build
 step bash hack/envtest.sh
+step bash hack/node.sh
 step bash hack/helm.sh
 step bash hack/crdgen-check.sh
+step cargo build -p stash-controller --bin stash-controller
 echo
 echo "==> cargo test --workspace"
 log="$(mktemp -t stash-test-XXXXXX.log)"

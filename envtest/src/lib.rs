@@ -30,6 +30,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+pub mod cluster;
+pub use cluster::Cluster;
+
 /// Environment variable naming the directory holding `etcd` and
 /// `kube-apiserver`, instead of the one `hack/envtest.sh --path` prints.
 pub const ENVTEST_DIR_ENV: &str = "STASH_ENVTEST_DIR";
@@ -37,6 +40,36 @@ pub const ENVTEST_DIR_ENV: &str = "STASH_ENVTEST_DIR";
 /// How long the apiserver may take to become ready. A cold start on a busy
 /// two-core machine takes several seconds.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How [`Envtest::start_with`] runs the apiserver; [`Default`] is what
+/// [`Envtest::start`] does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The address the apiserver listens on, advertises and is reached at
+    /// (its certificate names it). Loopback by default; a real node's pods
+    /// need one they can route to.
+    pub address: Ipv4Addr,
+    /// Runs the `ServiceAccount` admission plugin (pods get a token volume;
+    /// needs kube-controller-manager to create each namespace's `default`
+    /// account).
+    pub service_accounts: bool,
+    /// More subject alternative names for the serving certificate, as
+    /// `IP:10.0.0.1` or `DNS:kubernetes.default.svc`.
+    pub extra_sans: Vec<String>,
+    /// More kube-apiserver flags.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            address: Ipv4Addr::LOCALHOST,
+            service_accounts: false,
+            extra_sans: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+}
 
 /// A running etcd + kube-apiserver pair, stopped when dropped.
 #[derive(Debug)]
@@ -58,6 +91,11 @@ impl Envtest {
     /// when the binaries are missing or the control plane does not come up:
     /// there is nothing a test can do about either.
     pub async fn start() -> Envtest {
+        Envtest::start_with(Options::default()).await
+    }
+
+    /// [`Envtest::start`] with other [`Options`].
+    pub async fn start_with(options: Options) -> Envtest {
         let bin = binaries_dir();
         let etcd_bin = bin.join("etcd");
         let apiserver_bin = bin.join("kube-apiserver");
@@ -74,7 +112,12 @@ impl Envtest {
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
         let d = dir.path();
-        make_certificates(d);
+        let mut sans = format!("IP:127.0.0.1,DNS:localhost,IP:{}", options.address);
+        for san in &options.extra_sans {
+            sans.push(',');
+            sans.push_str(san);
+        }
+        make_certificates(d, &sans);
 
         let [etcd_client, etcd_peer, secure] = free_ports();
         let etcd = spawn(
@@ -95,29 +138,30 @@ impl Envtest {
             &d.join("etcd.log"),
         );
         let pki = |f: &str| d.join(f).display().to_string();
-        let server = format!("https://127.0.0.1:{secure}");
-        let apiserver = spawn(
-            &apiserver_bin,
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={secure}"),
-                format!("--cert-dir={}", d.join("apiserver-certs").display()),
-                format!("--tls-cert-file={}", pki("server.crt")),
-                format!("--tls-private-key-file={}", pki("server.key")),
-                format!("--client-ca-file={}", pki("ca.crt")),
-                format!("--service-account-key-file={}", pki("sa.pub")),
-                format!("--service-account-signing-key-file={}", pki("sa.key")),
-                format!("--service-account-issuer={server}"),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--authorization-mode=RBAC".into(),
-                "--allow-privileged=true".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--v=0".into(),
-            ],
-            &d.join("kube-apiserver.log"),
-        );
+        let address = options.address;
+        let server = format!("https://{address}:{secure}");
+        let mut args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
+            format!("--secure-port={secure}"),
+            format!("--cert-dir={}", d.join("apiserver-certs").display()),
+            format!("--tls-cert-file={}", pki("server.crt")),
+            format!("--tls-private-key-file={}", pki("server.key")),
+            format!("--client-ca-file={}", pki("ca.crt")),
+            format!("--service-account-key-file={}", pki("sa.pub")),
+            format!("--service-account-signing-key-file={}", pki("sa.key")),
+            format!("--service-account-issuer={server}"),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            "--v=0".into(),
+        ];
+        if !options.service_accounts {
+            args.push("--disable-admission-plugins=ServiceAccount".into());
+        }
+        args.extend(options.extra_args.iter().cloned());
+        let apiserver = spawn(&apiserver_bin, &args, &d.join("kube-apiserver.log"));
         let mut env = Envtest {
             dir,
             etcd,
@@ -135,7 +179,14 @@ impl Envtest {
         self.dir.path().join("kubeconfig")
     }
 
-    /// The apiserver's URL, `https://127.0.0.1:<port>`.
+    /// A file of this instance's PKI: `ca.crt`, `ca.key`, `sa.key`,
+    /// `sa.pub`, `admin.crt`, `admin.key`.
+    pub fn pki(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The apiserver's URL, `https://<address>:<port>` (127.0.0.1 unless
+    /// [`Options::address`] says otherwise).
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -278,7 +329,7 @@ pub fn install_crypto_provider() {
 /// The directory holding the binaries: `$STASH_ENVTEST_DIR`, else what
 /// `hack/envtest.sh --path` prints (the script owns the version and cache
 /// layout).
-fn binaries_dir() -> PathBuf {
+pub(crate) fn binaries_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(ENVTEST_DIR_ENV) {
         return PathBuf::from(dir);
     }
@@ -300,7 +351,7 @@ fn binaries_dir() -> PathBuf {
 /// Three loopback ports that were free a moment ago. Another process may
 /// take one before our child binds it; then the start fails loudly rather
 /// than talk to a stranger (the apiserver checks its client certificate).
-fn free_ports() -> [u16; 3] {
+pub(crate) fn free_ports() -> [u16; 3] {
     let listeners: Vec<TcpListener> = (0..3)
         .map(|_| {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -318,7 +369,7 @@ fn free_ports() -> [u16; 3] {
 /// Spawns `bin` with its output in `log`, killed if the test process dies
 /// (`setpriv --pdeathsig`, when util-linux has it), so a crashed test leaves
 /// no apiserver behind.
-fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
+pub(crate) fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
     let out = File::create(log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
     let err = out.try_clone().expect("clone a file handle");
     let mut cmd = if Path::new("/usr/bin/setpriv").is_file() {
@@ -337,7 +388,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
 }
 
 /// The last 40 lines of a log file.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -347,7 +398,7 @@ fn log_tail(path: &Path) -> String {
 /// 127.0.0.1 and localhost (`server.crt`/`.key`), an administrator's client
 /// certificate in group `system:masters` (`admin.crt`/`.key`) and the
 /// service-account signing key (`sa.key`, public half `sa.pub`). P-256 keys: fast to make.
-fn make_certificates(dir: &Path) {
+fn make_certificates(dir: &Path, sans: &str) {
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -428,9 +479,11 @@ fn make_certificates(dir: &Path) {
         "server",
         "2",
         "/CN=kube-apiserver",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n",
+        &format!(
+            "subjectAltName={sans}\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n"
+        ),
     );
     leaf(
         "admin",

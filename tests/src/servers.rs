@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -222,15 +222,26 @@ pub fn listening(port: u16) -> bool {
 
 /// A minimal HTTP/1.0 request on loopback; returns (status, body).
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    http_at(Ipv4Addr::LOCALHOST, port, method, path, body)
+}
+
+/// [`http`] to another address.
+pub fn http_at(
+    address: Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
+        &SocketAddr::from((address, port)),
         Duration::from_millis(500),
     )
     .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {address}:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -324,6 +335,19 @@ pub const MINIO_PASSWORD: &str = "stash-test-secret";
 
 /// A MinIO server with one root user ([`MINIO_USER`]).
 pub fn minio() -> Server {
+    minio_on(Ipv4Addr::LOCALHOST)
+}
+
+/// [`minio`] listening on `address` instead of loopback (pods on a real
+/// test node reach the node's address, not the host's loopback); its URL is
+/// then `http://<address>:<port>`.
+pub fn minio_on(address: Ipv4Addr) -> Server {
+    let ready = move |port: u16| {
+        matches!(
+            http_at(address, port, "GET", "/minio/health/ready", ""),
+            Some((200, _))
+        )
+    };
     start_on_free_port(
         "minio",
         |port, data| {
@@ -333,7 +357,7 @@ pub fn minio() -> Server {
                     "server".into(),
                     "--quiet".into(),
                     "--address".into(),
-                    format!("127.0.0.1:{port}"),
+                    format!("{address}:{port}"),
                     "--console-address".into(),
                     format!("127.0.0.1:{console}"),
                     data.display().to_string(),
@@ -347,7 +371,7 @@ pub fn minio() -> Server {
                 ],
             )
         },
-        &|port| matches!(http(port, "GET", "/minio/health/ready", ""), Some((200, _))),
+        &ready,
         Duration::from_secs(60),
     )
 }
