@@ -12,9 +12,19 @@ use stash_api::{BackupItem, BackupTarget, ItemPhase, WorkloadKind};
 use crate::error::{kube_err, Result};
 use stash_api::policy::{selector_query, HostPathAllowList};
 
-/// The pods of `target` in namespace `ns`, sorted by name; none when the
-/// named workload or pod does not exist.
+/// The pods of `target` in namespace `ns` that are not being deleted,
+/// sorted by name; none when the named workload or pod does not exist.
+///
+/// A terminating pod is left out: its volumes are about to be torn down (an
+/// emptyDir with them), and the replacement its controller creates is the
+/// one whose data matters; backing up the old one would race the kubelet.
 pub async fn target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
+    let mut pods = all_target_pods(client, ns, target).await?;
+    pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+    Ok(pods)
+}
+
+async fn all_target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
     if let Some(name) = &target.pod {
         return Ok(get_pod(client, ns, name).await?.into_iter().collect());
     }

@@ -267,3 +267,69 @@ async fn a_silent_claim_fails_only_by_the_configuration_timeout() {
     );
     stop_controller(shutdown, handle).await;
 }
+
+/// A pod being deleted is no backup target: its volumes are going away and
+/// its replacement is the one to back up (found on a real node, where a
+/// Deployment's old pod terminated while the next session resolved).
+#[tokio::test]
+async fn a_terminating_pod_is_not_backed_up() {
+    let (_env, client) = control_plane().await;
+    let ns = "team";
+    namespace(&client, ns, &[]).await;
+    repository(&client, ns, "main", None).await;
+    for i in 0..2 {
+        pod(
+            &client,
+            ns,
+            &format!("db-{i}"),
+            "node-a",
+            &[("app", "db")],
+            &[("stash.rs/backup-volumes", "data")],
+            &["data"],
+        )
+        .await;
+    }
+    // A finalizer keeps db-1 terminating (no kubelet here to finish it).
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    pods.patch(
+        "db-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": ["test.stash.rs/hold"]}})),
+    )
+    .await
+    .unwrap();
+    pods.delete("db-1", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(pods
+        .get("db-1")
+        .await
+        .unwrap()
+        .metadata
+        .deletion_timestamp
+        .is_some());
+    configuration(
+        &client,
+        ns,
+        "db",
+        json!({
+            "schedule": "0 0 1 1 *",
+            "target": {"selector": {"matchLabels": {"app": "db"}}},
+            "repository": {"name": "main"},
+        }),
+    )
+    .await;
+    let (shutdown, handle, _metrics) = start_controller(&client, settings());
+    backup_session(&client, ns, "manual", "db").await;
+    let s = resolved(&client, ns, "manual").await;
+    let items: Vec<_> = s
+        .status
+        .as_ref()
+        .unwrap()
+        .items
+        .iter()
+        .map(|i| i.pod.clone())
+        .collect();
+    assert_eq!(items, ["db-0"]);
+    stop_controller(shutdown, handle).await;
+}
