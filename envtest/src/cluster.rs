@@ -787,22 +787,7 @@ impl Drop for Cluster {
 
 /// The directory `hack/node.sh --path` prints, or `$STASH_NODE_DIR`.
 fn node_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(NODE_DIR_ENV) {
-        return PathBuf::from(dir);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/node.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--path")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} --path failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    crate::script_dir(NODE_DIR_ENV, "node.sh")
 }
 
 /// `$STASH_NODE_IP`, else the first global IPv4 address (the kubelet

@@ -330,10 +330,18 @@ pub fn install_crypto_provider() {
 /// `hack/envtest.sh --path` prints (the script owns the version and cache
 /// layout).
 pub(crate) fn binaries_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os(ENVTEST_DIR_ENV) {
+    script_dir(ENVTEST_DIR_ENV, "envtest.sh")
+}
+
+/// `$env` when set, else the directory `hack/<script> --path` prints: each
+/// build script owns its versions and cache layout.
+pub(crate) fn script_dir(env: &str, script: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(env) {
         return PathBuf::from(dir);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/envtest.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../hack")
+        .join(script);
     let out = Command::new("bash")
         .arg(&script)
         .arg("--path")
