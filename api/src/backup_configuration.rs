@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::RepositoryReference;
+use crate::notification::Notification;
 
 /// Backs up volumes of pods in this namespace on a cron schedule.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -91,9 +92,27 @@ pub struct BackupConfigurationSpec {
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("timeout must be a duration such as \"90s\", \"30m\", \"1h30m\" or \"2d\""))]
     #[schemars(length(min = 2, max = 32))]
     pub timeout: Option<String>,
-    /// Who reads the volumes: the node agent (default) or a sidecar in the pod.
+    /// Who reads the volumes. Only the node agent (the default) runs today:
+    /// `sidecar` is refused until the sidecar executor exists, rather than
+    /// silently running on the privileged agent.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == 'node-agent'").message(MODE_NOT_IMPLEMENTED))]
     pub mode: BackupMode,
+    /// Who hears of each session's outcome (see [`Notification`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub notifications: Vec<Notification>,
+}
+
+/// Why a mode other than `node-agent` is refused, at admission (CEL) and by
+/// the controller for objects stored before that rule.
+pub const MODE_NOT_IMPLEMENTED: &str = "mode \"sidecar\" is not implemented yet: only \"node-agent\" runs backups; remove spec.mode or set it to node-agent";
+
+impl BackupConfigurationSpec {
+    /// The refusal of a mode nothing implements (`sidecar`), if set.
+    pub fn unsupported_mode(&self) -> Option<&'static str> {
+        (self.mode != BackupMode::NodeAgent).then_some(MODE_NOT_IMPLEMENTED)
+    }
 }
 
 fn default_successful_history() -> u32 {

@@ -45,6 +45,7 @@ mod backup_session;
 mod common;
 mod duration;
 pub mod identity;
+mod notification;
 pub mod policy;
 mod repository;
 mod restore_session;
@@ -61,6 +62,7 @@ pub use backup_session::{
 };
 pub use common::{Claim, ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase};
 pub use duration::{parse_duration, DurationError};
+pub use notification::{Notification, NotificationFormat, NotifyOn};
 pub use repository::{
     AllowedNamespaces, NamespacesFrom, Repository, RepositorySpec, RepositoryStatus, UsagePolicy,
 };

@@ -109,12 +109,6 @@ pub struct RepositoryStatus {
     /// When the last successful backup into this repository finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_time: Option<Time>,
-    /// When the repository was last checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_check_time: Option<Time>,
-    /// Result of the last check: `ok` or what was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_check_result: Option<String>,
     /// Standard conditions (`Ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup_configuration::WorkloadReference;
 use crate::common::{Claim, ItemPhase, RepositoryReference, SessionPhase};
+use crate::notification::Notification;
 
 /// Restores a snapshot into volumes of pods in this namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -92,6 +93,10 @@ pub struct RestoreSessionSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
     pub privileged: Vec<PrivilegedContent>,
+    /// Who hears of the outcome (see [`Notification`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub notifications: Vec<Notification>,
 }
 
 /// A kind of privilege-giving content a restore may create.

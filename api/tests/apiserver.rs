@@ -145,6 +145,13 @@ async fn apiserver_admits_good_objects_and_refuses_bad_ones() {
             ],
         ),
         (
+            // Nothing runs sidecars yet: refused rather than silently run
+            // on the privileged node agent.
+            "sidecar-mode",
+            with(good_configuration(), "/mode", json!("sidecar")),
+            &["spec.mode", "mode \"sidecar\" is not implemented yet"],
+        ),
+        (
             "two-targets",
             with(
                 good_configuration(),

@@ -98,10 +98,14 @@ impl Drop for Pending {
 }
 
 /// The schedule of `cfg` and its jitter, or `None` when it does not tick
-/// (being deleted, paused, or an unparsable schedule; the reconciler says
+/// (being deleted, paused, a mode nothing implements, or an unparsable
+/// schedule; the reconciler says
 /// why in its `Ready` condition).
 pub fn clock_of(cfg: &BackupConfiguration) -> Option<(Schedule, chrono::Duration)> {
-    if cfg.metadata.deletion_timestamp.is_some() || cfg.spec.paused {
+    if cfg.metadata.deletion_timestamp.is_some()
+        || cfg.spec.paused
+        || cfg.spec.unsupported_mode().is_some()
+    {
         return None;
     }
     let schedule = Schedule::parse(&cfg.spec.schedule, cfg.spec.time_zone.as_deref()).ok()?;
@@ -187,6 +191,28 @@ mod tests {
         let j = chrono::Duration::seconds(3);
         assert_eq!(plan(&s, j, at(30), at(42)), (None, Some(at(43))));
         assert_eq!(plan(&s, j, at(30), at(43)), (Some(at(40)), Some(at(53))));
+    }
+
+    #[test]
+    fn a_mode_nothing_implements_never_ticks() {
+        // Stored before the CRD refused `sidecar`: it must not fire sessions
+        // that the node agent would then run.
+        let cfg = |mode: &str| -> BackupConfiguration {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "stash.rs/v1alpha1",
+                "kind": "BackupConfiguration",
+                "metadata": {"name": "db", "namespace": "team"},
+                "spec": {
+                    "schedule": "*/5 * * * *",
+                    "target": {"pod": "db-0"},
+                    "repository": {"name": "main"},
+                    "mode": mode,
+                },
+            }))
+            .unwrap()
+        };
+        assert!(clock_of(&cfg("node-agent")).is_some());
+        assert!(clock_of(&cfg("sidecar")).is_none());
     }
 
     #[test]

@@ -24,6 +24,8 @@
 //!   workload restored with `spec.rollout` the `stash restore-wait` init
 //!   container; [`certs`] keeps its TLS certificate and the apiserver's
 //!   trust in it;
+//! - [`notify`] tells webhooks, Slack and Alertmanager of finished
+//!   sessions, from a bounded queue, never holding a reconcile back;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
 //! [`run`] ties them together; `main.rs` only parses flags and builds the
@@ -38,6 +40,7 @@ pub mod events;
 pub mod finalizers;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod restore;
 pub mod scheduler;
 pub mod session;
@@ -78,6 +81,8 @@ pub struct Settings {
     pub host_paths: HostPathAllowList,
     /// How many objects of each kind are reconciled at once.
     pub concurrency: u16,
+    /// How notifications reach their receivers.
+    pub notify: notify::NotifySettings,
 }
 
 /// What every reconciliation shares.
@@ -101,6 +106,8 @@ pub struct Context {
     pub ticks: clock::Ticks,
     /// Ticks without a session yet: reconcilers yield to them.
     pub firing: clock::Firing,
+    /// Finished sessions waiting to be announced.
+    pub notifier: notify::Notifier,
 }
 
 /// How many changed objects a shared watch holds for its slowest
@@ -190,6 +197,7 @@ pub async fn run_controllers(
         repositories: repositories.clone(),
         ticks: clock::Ticks::default(),
         firing: clock::Firing::default(),
+        notifier: notify::Notifier::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();
@@ -230,6 +238,7 @@ pub async fn run_controllers(
                 ctx.clone(),
             )
             .for_each(|_| futures::future::ready(()));
+    let notifications = notify::run(ctx.clone(), shutdown.clone());
     let auto = auto_backup::run(ctx, shutdown.clone());
     // The scheduler decides on what it sees in the caches (Forbid, history,
     // the Repository): start only once they hold everything.
@@ -246,7 +255,8 @@ pub async fn run_controllers(
                 run_sessions,
                 restores,
                 run_repositories,
-                auto
+                auto,
+                notifications
             );
         }
     };

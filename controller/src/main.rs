@@ -70,6 +70,10 @@ struct Args {
     /// injector sets it).
     #[arg(long, default_value = "stash-controller")]
     webhook_configuration: String,
+    /// Let notifications go to loopback addresses (development only: the
+    /// controller's own metrics and webhook ports are there).
+    #[arg(long)]
+    notifications_allow_loopback: bool,
 }
 
 #[tokio::main]
@@ -154,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
         identity: identity.clone(),
         host_paths: host_paths.clone(),
         concurrency: args.concurrency.max(1),
+        notify: stash_controller::notify::NotifySettings {
+            allow_loopback: args.notifications_allow_loopback,
+            ..Default::default()
+        },
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace,

@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Pod admissions the webhook answered, by outcome (`injected`,
     /// `skipped`, `error`).
     pub admissions: IntCounterVec,
+    /// Notifications, by format and result (`sent`, `failed`, `dropped`).
+    pub notifications: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -85,8 +87,17 @@ impl Default for Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "notifications_total",
+                "Session outcomes sent to receivers, by format and result (sent, failed, dropped)",
+            ),
+            &["format", "result"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(notifications.clone()),
             Box::new(admissions.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(sessions_created.clone()),
@@ -107,6 +118,7 @@ impl Default for Metrics {
             leader,
             status_conflicts,
             admissions,
+            notifications,
         }
     }
 }

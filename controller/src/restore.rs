@@ -107,6 +107,7 @@ pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Act
 async fn step(rs: &RestoreSession, ctx: &Context) -> Result<Option<Action>> {
     let old = rs.status.clone().unwrap_or_default();
     if old.phase.is_finished() {
+        ctx.notifier.offer_restore(ctx, rs);
         return Ok(Some(Action::await_change()));
     }
     let now = Utc::now();

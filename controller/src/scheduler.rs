@@ -42,6 +42,9 @@ use stash_api::time::{from_time, to_time};
 /// not watched.
 const RECHECK: Duration = Duration::from_secs(30);
 
+/// The `Ready` reason of a configuration whose `spec.mode` nothing implements.
+pub(crate) const REASON_MODE: &str = "ModeNotImplemented";
+
 /// Reconciles one BackupConfiguration: its finalizer, its `Ready`
 /// condition and `nextScheduleTime`, and its session history. The ticks
 /// themselves are fired by [`crate::ticker`].
@@ -88,6 +91,18 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
             return Ok(Action::await_change());
         }
     };
+    if let Some(message) = cfg.spec.unsupported_mode() {
+        // Stored before the CRD refused it: never run it on the node agent.
+        status.next_schedule_time = None;
+        let changed = conditions::get(&status.conditions, "Ready").map(|c| c.reason.as_str())
+            != Some(REASON_MODE);
+        set_ready(&mut status, false, REASON_MODE, message.into());
+        if changed {
+            publish(&ctx, cfg.as_ref(), EventType::Warning, REASON_MODE, message).await;
+        }
+        write_status(&ctx, &cfg, status).await?;
+        return Ok(Action::await_change());
+    }
     let user = format!("BackupConfiguration {ns}/{name}");
     if let Err(refusal) = check_repository(&ctx, &ns, &user, &cfg.spec.repository).await? {
         status.next_schedule_time = None;
@@ -232,6 +247,9 @@ pub(crate) async fn fire_tick(
             }
             _ => return Ok(None),
         }
+    }
+    if cfg.spec.unsupported_mode().is_some() {
+        return Ok(None);
     }
     let user = format!("BackupConfiguration {ns}/{name}");
     if check_repository(ctx, &ns, &user, &cfg.spec.repository)

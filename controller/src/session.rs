@@ -87,6 +87,7 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
 async fn step(session: &BackupSession, ctx: &Context) -> Result<Option<Action>> {
     let status = session.status.clone().unwrap_or_default();
     if status.phase.is_finished() {
+        ctx.notifier.offer_backup(ctx, session);
         return Ok(Some(Action::await_change()));
     }
     if status.start_time.is_none() {
@@ -169,6 +170,19 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
             .await?
             .then(Action::await_change));
     };
+    if let Some(message) = cfg.spec.unsupported_mode() {
+        // A session made by hand for a configuration stored before the CRD
+        // refused its mode: fail it rather than run it on the node agent.
+        fail(
+            &mut status,
+            crate::scheduler::REASON_MODE,
+            message.to_owned(),
+        );
+        let note = Note::new(EventType::Warning, crate::scheduler::REASON_MODE, message);
+        return Ok(commit(ctx, session, &old, &status, vec![note])
+            .await?
+            .then(Action::await_change));
+    }
     let user = format!("BackupSession {ns}/{}", session.name_any());
     if let Err(refusal) = check_repository(ctx, &ns, &user, &cfg.spec.repository).await? {
         fail(&mut status, refusal.reason, refusal.message.clone());

@@ -159,6 +159,12 @@ pub fn settings() -> stash_controller::Settings {
         identity: "test".into(),
         host_paths: stash_api::policy::HostPathAllowList::default(),
         concurrency: 4,
+        notify: stash_controller::notify::NotifySettings {
+            allow_loopback: true,
+            attempts: 3,
+            first_backoff: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_secs(5),
+        },
     }
 }
 

@@ -999,3 +999,50 @@ async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
     let err = helm_template(&["--set", "kubeletRoot=var/lib/kubelet"]).unwrap_err();
     assert!(err.contains("is not an absolute path"), "{err}");
 }
+
+/// The controller ClusterRole's rules as `kubectl kustomize DIR` renders them.
+fn controller_rules(dir: &Path) -> Vec<Value> {
+    let yaml = kubectl_ok(None, &["kustomize", dir.to_str().unwrap()]);
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == "stash-controller" {
+            return v["rules"].as_array().unwrap().clone();
+        }
+    }
+    panic!("no ClusterRole stash-controller in {}", dir.display());
+}
+
+#[test]
+fn the_notifications_component_adds_get_on_secrets_and_nothing_else() {
+    let deploy = deploy_dir();
+    let base = controller_rules(&deploy);
+    let reads_secrets = |rules: &[Value]| {
+        rules.iter().any(|r| {
+            r["resources"]
+                .as_array()
+                .is_some_and(|x| x.iter().any(|x| x == "secrets"))
+        })
+    };
+    assert!(
+        !reads_secrets(&base),
+        "without the component the controller has no cluster-wide Secret access"
+    );
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let rel = relative(scratch.path(), &deploy);
+    std::fs::write(
+        scratch.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{base}]\ncomponents: [{base}/notifications]\n",
+            base = rel.display()
+        ),
+    )
+    .unwrap();
+    let with = controller_rules(scratch.path());
+    assert_eq!(with.len(), base.len() + 1);
+    assert_eq!(&with[..base.len()], &base[..]);
+    assert_eq!(
+        with[base.len()],
+        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+    );
+}

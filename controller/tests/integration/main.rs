@@ -6,6 +6,7 @@ mod common;
 mod deploy;
 mod finalizers;
 mod leader;
+mod notifications;
 mod restore;
 mod retention;
 mod schedule;

@@ -75,6 +75,7 @@ async fn schedule_creates_sessions_on_time_with_the_opted_in_volumes() {
         identity: "test".into(),
         host_paths: HostPathAllowList::default(),
         concurrency: 4,
+        notify: Default::default(),
     };
     let controller = tokio::spawn(stash_controller::run_controllers(
         client.clone(),

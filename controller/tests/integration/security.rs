@@ -35,6 +35,7 @@ async fn cross_namespace_repository_is_refused_with_a_condition() {
         identity: "test".into(),
         host_paths: HostPathAllowList::default(),
         concurrency: 4,
+        notify: Default::default(),
     };
     let controller = tokio::spawn(stash_controller::run_controllers(
         client.clone(),
