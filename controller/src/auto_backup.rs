@@ -94,7 +94,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             }
         }),
     )
-    .applied_objects();
+    .applied_objects()
+    // Ends with the shutdown like every other watch here: the controller
+    // below then stops once its in-flight reconciles are done.
+    .take_until({
+        let stop = shutdown.clone();
+        async move { stop.cancelled().await }
+    });
     let concurrency = ctx.settings.concurrency;
     let actx = Arc::new(AutoContext {
         ctx,

@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -39,6 +40,7 @@ use stash_api::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::kube_err;
 use crate::events::publish;
 use crate::status::{write_if_unchanged, Written};
 use crate::{conditions, Context};
@@ -126,13 +128,6 @@ impl Notifier {
         let Some(status) = s.status.as_ref() else {
             return;
         };
-        let ns = s.namespace().unwrap_or_default();
-        let Some(cfg) = ctx
-            .configs
-            .get(&ObjectRef::new(&s.spec.backup_configuration).within(&ns))
-        else {
-            return;
-        };
         if !due(
             status.phase,
             &status.conditions,
@@ -140,6 +135,13 @@ impl Notifier {
         ) {
             return;
         }
+        let ns = s.namespace().unwrap_or_default();
+        let Some(cfg) = ctx
+            .configs
+            .get(&ObjectRef::new(&s.spec.backup_configuration).within(&ns))
+        else {
+            return;
+        };
         let receivers = wanted(&cfg.spec.notifications, status.phase);
         if receivers.is_empty() {
             return;
@@ -212,7 +214,7 @@ impl Notifier {
 /// Whether a session in `phase` with `conditions` should be announced now.
 fn due(
     phase: SessionPhase,
-    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    conditions: &[Condition],
     completed: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 ) -> bool {
     phase.is_finished()
@@ -445,64 +447,85 @@ async fn deliver(ctx: &Context, job: Job) {
     }
 }
 
+/// A session kind whose status carries conditions (for `Notified`).
+trait Announced:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+{
+    type Status: Default + Clone + serde::Serialize;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+}
+
+impl Announced for BackupSession {
+    type Status = BackupSessionStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+}
+
+impl Announced for RestoreSession {
+    type Status = RestoreSessionStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+}
+
 /// Writes the `Notified` condition (and, on failure, a Warning Event).
 async fn record(ctx: &Context, job: &Job, ok: bool, message: &str) -> crate::Result<()> {
+    match job.kind {
+        Kind::Backup => record_on::<BackupSession>(ctx, job, ok, message).await,
+        Kind::Restore => record_on::<RestoreSession>(ctx, job, ok, message).await,
+    }
+}
+
+async fn record_on<K: Announced>(
+    ctx: &Context,
+    job: &Job,
+    ok: bool,
+    message: &str,
+) -> crate::Result<()> {
     let reason = if ok { "Delivered" } else { "NotDelivered" };
     let now = to_time(Utc::now());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &job.namespace);
     for _ in 0..5 {
-        let done = match job.kind {
-            Kind::Backup => {
-                let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &job.namespace);
-                let Some(s) = api.get_opt(&job.name).await.ok().flatten() else {
-                    return Ok(());
-                };
-                if s.uid().as_deref() != Some(job.uid.as_str()) {
-                    return Ok(());
-                }
-                let old = s.status.clone().unwrap_or_default();
-                let mut new = old.clone();
-                conditions::set(
-                    &mut new.conditions,
-                    CONDITION_NOTIFIED,
-                    ok,
-                    reason,
-                    message.to_owned(),
-                    s.metadata.generation,
-                    now.clone(),
-                );
-                let w = write_if_unchanged(&api, &s, &old, &new, "record notification").await?;
-                if w != Written::Conflict && !ok {
-                    publish(ctx, &s, EventType::Warning, "NotificationFailed", message).await;
-                }
-                w != Written::Conflict
-            }
-            Kind::Restore => {
-                let api: Api<RestoreSession> = Api::namespaced(ctx.client.clone(), &job.namespace);
-                let Some(s) = api.get_opt(&job.name).await.ok().flatten() else {
-                    return Ok(());
-                };
-                if s.uid().as_deref() != Some(job.uid.as_str()) {
-                    return Ok(());
-                }
-                let old = s.status.clone().unwrap_or_default();
-                let mut new = old.clone();
-                conditions::set(
-                    &mut new.conditions,
-                    CONDITION_NOTIFIED,
-                    ok,
-                    reason,
-                    message.to_owned(),
-                    s.metadata.generation,
-                    now.clone(),
-                );
-                let w = write_if_unchanged(&api, &s, &old, &new, "record notification").await?;
-                if w != Written::Conflict && !ok {
-                    publish(ctx, &s, EventType::Warning, "NotificationFailed", message).await;
-                }
-                w != Written::Conflict
-            }
+        let Some(s) = api.get_opt(&job.name).await.map_err(kube_err(
+            "get session",
+            &job.namespace,
+            &job.name,
+        ))?
+        else {
+            return Ok(());
         };
-        if done {
+        // Gone and made again under the same name: not the one announced.
+        if s.meta().uid.as_deref() != Some(job.uid.as_str()) {
+            return Ok(());
+        }
+        let old = s.status().cloned().unwrap_or_default();
+        let mut new = old.clone();
+        conditions::set(
+            K::conditions(&mut new),
+            CONDITION_NOTIFIED,
+            ok,
+            reason,
+            message.to_owned(),
+            s.meta().generation,
+            now.clone(),
+        );
+        if write_if_unchanged(&api, &s, &old, &new, "record notification").await?
+            != Written::Conflict
+        {
+            if !ok {
+                publish(ctx, &s, EventType::Warning, "NotificationFailed", message).await;
+            }
             return Ok(());
         }
     }
