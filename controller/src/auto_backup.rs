@@ -108,11 +108,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         configs: configs.clone(),
     });
     let stop = shutdown.clone();
-    let controller = Controller::for_stream(pod_stream, pods)
+    let controller = Controller::for_stream(pod_stream, pods.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, actx)
         .for_each(|_| futures::future::ready(()));
+    let controller = crate::until_shutdown(controller, pods, shutdown.clone());
     // Deletions decide on the managed configurations in the cache: start
     // only once it holds them all.
     let controller = async move {

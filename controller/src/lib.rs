@@ -158,6 +158,38 @@ where
     (store, handles, drive)
 }
 
+/// Runs `controller` (a kube `Controller` built with
+/// `graceful_shutdown_on(shutdown)` whose own watch feeds `store`) until it
+/// ends.
+///
+/// kube holds every reconcile until the store is ready, and a store fed by
+/// the controller's own watch never becomes ready once that watch has ended
+/// with the shutdown: a shutdown before the first list completed would wait
+/// for ever. Nothing can have started then, so nothing is cut short by
+/// dropping the controller.
+pub(crate) async fn until_shutdown<K>(
+    controller: impl std::future::Future<Output = ()>,
+    store: Store<K>,
+    shutdown: CancellationToken,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    let never_ready = async move {
+        shutdown.cancelled().await;
+        // After the shutdown the watch is no longer polled: the answer
+        // cannot change.
+        if store.wait_until_ready().now_or_never().is_some() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = never_ready => tracing::debug!("shut down before the watch had listed"),
+    }
+}
+
 /// Runs the controllers until `shutdown`, as the leader. The caller must
 /// hold the leadership Lease for as long as this runs.
 pub async fn run_controllers(
@@ -219,14 +251,17 @@ pub async fn run_controllers(
         .run(session::reconcile, session::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let stop = shutdown.clone();
-    let restores = Controller::new(
+    let restore_controller = Controller::new(
         Api::<RestoreSession>::all(ctx.client.clone()),
         watcher::Config::default(),
-    )
-    .with_config(config)
-    .graceful_shutdown_on(async move { stop.cancelled().await })
-    .run(restore::reconcile, restore::error_policy, ctx.clone())
-    .for_each(|_| futures::future::ready(()));
+    );
+    let restore_store = restore_controller.store();
+    let restores = restore_controller
+        .with_config(config)
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(restore::reconcile, restore::error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let restores = until_shutdown(restores, restore_store, shutdown.clone());
     let stop = shutdown.clone();
     let run_repositories =
         Controller::for_shared_stream(repository_subs.remove(0), repositories.clone())
