@@ -78,7 +78,17 @@ pub struct Settings {
     pub host_paths: HostPathAllowList,
     /// How many objects of each kind are reconciled at once.
     pub concurrency: u16,
+    /// How long an unfinished backup item may have its pod gone (deleted
+    /// or replaced) or its node NotReady (or gone) before it fails with
+    /// `PodGone` or `NodeNotReady`, so its session finishes and the next
+    /// tick runs (`--lost-item-grace`).
+    pub lost_item_grace: std::time::Duration,
 }
+
+/// The default of [`Settings::lost_item_grace`]: longer than the kubelet's
+/// usual NotReady blips and a pod's restart, short enough that a lost node
+/// costs at most one schedule tick of a frequent schedule.
+pub const DEFAULT_LOST_ITEM_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What every reconciliation shares.
 pub struct Context {
@@ -101,6 +111,10 @@ pub struct Context {
     pub ticks: clock::Ticks,
     /// Ticks without a session yet: reconcilers yield to them.
     pub firing: clock::Firing,
+    /// When the controller first saw an item's pod or node gone, by
+    /// session UID, item and reason (see [`session`]); lost on restart,
+    /// which only restarts the grace period.
+    pub lost_since: session::LostSince,
 }
 
 /// How many changed objects a shared watch holds for its slowest
@@ -190,6 +204,7 @@ pub async fn run_controllers(
         repositories: repositories.clone(),
         ticks: clock::Ticks::default(),
         firing: clock::Firing::default(),
+        lost_since: session::LostSince::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();

@@ -36,6 +36,7 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
             identity: "test".into(),
             host_paths: HostPathAllowList::default(),
             concurrency: 1,
+            lost_item_grace: crate::DEFAULT_LOST_ITEM_GRACE,
         },
         metrics: Metrics::default(),
         sessions: store,
@@ -43,6 +44,7 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         repositories: ready_store(),
         ticks: crate::clock::Ticks::default(),
         firing: crate::clock::Firing::default(),
+        lost_since: crate::session::LostSince::default(),
     };
     (Arc::new(ctx), handle)
 }

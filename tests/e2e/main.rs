@@ -436,6 +436,7 @@ fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task:
             identity: "controller-e2e".into(),
             host_paths: HostPathAllowList::new([PathBuf::from("/srv")]),
             concurrency: 4,
+            lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
         };
         let lease = LeaseConfig {
             namespace: "default".into(),

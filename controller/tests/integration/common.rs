@@ -159,6 +159,7 @@ pub fn settings() -> stash_controller::Settings {
         identity: "test".into(),
         host_paths: stash_api::policy::HostPathAllowList::default(),
         concurrency: 4,
+        lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
     }
 }
 

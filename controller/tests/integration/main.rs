@@ -12,3 +12,4 @@ mod schedule;
 mod security;
 mod sessions;
 mod webhook;
+mod wedge;
