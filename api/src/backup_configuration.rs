@@ -86,8 +86,12 @@ pub struct BackupConfigurationSpec {
     #[serde(default = "default_failed_history")]
     #[schemars(range(max = 1000))]
     pub failed_history_limit: u32,
-    /// An item not finished this long after the session started fails, e.g.
-    /// `30m`, `2h`; no limit when unset.
+    /// An item (or retention run) not finished this long after the session
+    /// started fails, e.g. `30m`, `2h`. When unset, the default deadline is
+    /// the schedule's interval (the time between two ticks), at least 1h and
+    /// at most 24h, so one stuck session can never hold the schedule
+    /// (`concurrencyPolicy: Forbid`) for longer than a day. The session's
+    /// `status.deadline` shows the one in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("timeout must be a duration such as \"90s\", \"30m\", \"1h30m\" or \"2d\""))]
     #[schemars(length(min = 2, max = 32))]

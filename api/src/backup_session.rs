@@ -84,6 +84,12 @@ pub struct BackupSessionStatus {
     /// Wall time from start to completion, e.g. `1m30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
+    /// When the unfinished items and the retention run fail: `startTime`
+    /// plus the configuration's `timeout`, or, when it has none, plus the
+    /// default deadline (the schedule's interval, at least 1h and at most
+    /// 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
     /// `Ready` and refusals (e.g. `RepositoryNotAllowed`, `NoVolumes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -144,6 +150,10 @@ pub struct BackupItem {
     pub namespace: String,
     /// Name of the pod.
     pub pod: String,
+    /// UID of the pod when the item was resolved: a pod of the same name
+    /// with another UID is a replacement, and the item's pod is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// Name of the volume in the pod's spec.
     pub volume: String,
     /// Node the pod runs on: whose agent does the work.

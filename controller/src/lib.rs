@@ -83,7 +83,17 @@ pub struct Settings {
     pub concurrency: u16,
     /// How notifications reach their receivers.
     pub notify: notify::NotifySettings,
+    /// How long an unfinished backup item may have its pod gone (deleted
+    /// or replaced) or its node NotReady (or gone) before it fails with
+    /// `PodGone` or `NodeNotReady`, so its session finishes and the next
+    /// tick runs (`--lost-item-grace`).
+    pub lost_item_grace: std::time::Duration,
 }
+
+/// The default of [`Settings::lost_item_grace`]: longer than the kubelet's
+/// usual NotReady blips and a pod's restart, short enough that a lost node
+/// costs at most one schedule tick of a frequent schedule.
+pub const DEFAULT_LOST_ITEM_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What every reconciliation shares.
 pub struct Context {
@@ -108,6 +118,10 @@ pub struct Context {
     pub firing: clock::Firing,
     /// Finished sessions waiting to be announced.
     pub notifier: notify::Notifier,
+    /// When the controller first saw an item's pod or node gone, by
+    /// session UID, item and reason (see [`session`]); lost on restart,
+    /// which only restarts the grace period.
+    pub lost_since: session::LostSince,
 }
 
 /// How many changed objects a shared watch holds for its slowest
@@ -230,6 +244,7 @@ pub async fn run_controllers(
         ticks: clock::Ticks::default(),
         firing: clock::Firing::default(),
         notifier: notify::Notifier::default(),
+        lost_since: session::LostSince::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();

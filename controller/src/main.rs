@@ -41,6 +41,11 @@ struct Args {
     /// Objects of each kind reconciled at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// Seconds an unfinished backup item may have its pod gone (deleted or
+    /// replaced) or its node NotReady or gone before it fails (PodGone,
+    /// NodeNotReady), so the session ends and the schedule goes on.
+    #[arg(long, default_value_t = stash_controller::DEFAULT_LOST_ITEM_GRACE.as_secs())]
+    lost_item_grace: u64,
     /// Address of the restore-wait admission webhook (HTTPS), served by
     /// every replica.
     #[arg(long, default_value = "0.0.0.0:9443")]
@@ -162,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
             allow_loopback: args.notifications_allow_loopback,
             ..Default::default()
         },
+        lost_item_grace: Duration::from_secs(args.lost_item_grace.max(1)),
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace,

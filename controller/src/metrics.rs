@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,12 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// BackupSessions created by the schedule.
     pub sessions_created: IntCounter,
-    /// Ticks skipped by the concurrency policy.
-    pub ticks_skipped: IntCounter,
+    /// Ticks skipped by the concurrency policy, by namespace and
+    /// configuration.
+    pub ticks_skipped: IntCounterVec,
+    /// Seconds the oldest unfinished session of a configuration has run
+    /// (0 when none), by namespace and configuration.
+    pub oldest_session_age: IntGaugeVec,
     /// Seconds from a schedule tick (plus jitter) to its session existing.
     pub schedule_latency: Histogram,
     /// 1 while this replica holds the leadership Lease.
@@ -59,9 +63,20 @@ impl Default for Metrics {
             "BackupSessions created by schedules",
         )
         .expect("valid metric");
-        let ticks_skipped = IntCounter::new(
-            "ticks_skipped_total",
-            "Schedule ticks skipped because a session was still running (concurrencyPolicy Forbid)",
+        let ticks_skipped = IntCounterVec::new(
+            Opts::new(
+                "ticks_skipped_total",
+                "Schedule ticks skipped because a session was still running (concurrencyPolicy Forbid)",
+            ),
+            &["namespace", "configuration"],
+        )
+        .expect("valid metric");
+        let oldest_session_age = IntGaugeVec::new(
+            Opts::new(
+                "oldest_running_session_age_seconds",
+                "Seconds the oldest unfinished BackupSession of a configuration has existed (0 when none)",
+            ),
+            &["namespace", "configuration"],
         )
         .expect("valid metric");
         let schedule_latency = Histogram::with_opts(
@@ -102,6 +117,7 @@ impl Default for Metrics {
             Box::new(reconcile_errors.clone()),
             Box::new(sessions_created.clone()),
             Box::new(ticks_skipped.clone()),
+            Box::new(oldest_session_age.clone()),
             Box::new(schedule_latency.clone()),
             Box::new(leader.clone()),
             Box::new(status_conflicts.clone()),
@@ -114,6 +130,7 @@ impl Default for Metrics {
             reconcile_errors,
             sessions_created,
             ticks_skipped,
+            oldest_session_age,
             schedule_latency,
             leader,
             status_conflicts,

@@ -37,6 +37,10 @@ use crate::{conditions, finalizers, Context, ANNOTATION_SCHEDULED_BY};
 use stash_api::policy::{repository_admits, Refusal};
 use stash_api::time::{from_time, to_time};
 
+/// Condition type on a BackupConfiguration: True while a tick was skipped
+/// because a session still runs (concurrencyPolicy Forbid), naming it.
+pub const CONDITION_STUCK: &str = "Stuck";
+
 /// How often to look again at a configuration refused for a reason outside
 /// it (a Repository missing or not admitting it), since those objects are
 /// not watched.
@@ -140,6 +144,7 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     let jitter = chrono::Duration::from_std(jitter).unwrap_or_default();
     let (_, next) = plan(&schedule, jitter, last_handled(&cfg, &ctx.ticks, now), now);
     status.next_schedule_time = next.map(to_time);
+    stuck(&ctx, &cfg, &sessions, &mut status, now);
     // The message does not name the next tick, so it does not change (and
     // cost a write) on every tick: nextScheduleTime says it.
     set_ready(
@@ -158,6 +163,106 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     // The ticks come from the ticker; this runs again when the object or
     // one of its sessions changes.
     Ok(Action::await_change())
+}
+
+/// The oldest unfinished session of `sessions`, and since when it exists.
+fn oldest_running(sessions: &[Arc<BackupSession>]) -> Option<(&Arc<BackupSession>, DateTime<Utc>)> {
+    sessions
+        .iter()
+        .filter(|s| {
+            !s.status
+                .as_ref()
+                .map(|st| st.phase)
+                .unwrap_or_default()
+                .is_finished()
+        })
+        .filter_map(|s| {
+            s.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| (s, from_time(t)))
+        })
+        .min_by_key(|(_, t)| *t)
+}
+
+/// When the session's unfinished work fails, as its status says.
+fn deadline_of(s: &BackupSession) -> String {
+    s.status
+        .as_ref()
+        .and_then(|st| st.deadline.as_ref())
+        .map(|d| {
+            format!(
+                "it fails what is unfinished at its deadline {}",
+                from_time(d).to_rfc3339()
+            )
+        })
+        .unwrap_or_else(|| "it has no deadline yet".to_owned())
+}
+
+/// Sets the `Stuck` condition (True when a tick came after the oldest
+/// unfinished session was created and Forbid skipped it; False again once
+/// it is over) and the oldest-session-age gauge.
+fn stuck(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    sessions: &[Arc<BackupSession>],
+    status: &mut BackupConfigurationStatus,
+    now: DateTime<Utc>,
+) {
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+    let oldest = oldest_running(sessions);
+    ctx.metrics
+        .oldest_session_age
+        .with_label_values(&[&ns, &name])
+        .set(
+            oldest
+                .map(|(_, t)| (now - t).num_seconds().max(0))
+                .unwrap_or(0),
+        );
+    let last_tick = status.last_schedule_time.as_ref().map(from_time);
+    let blocking = oldest.filter(|(_, created)| {
+        cfg.spec.concurrency_policy == ConcurrencyPolicy::Forbid
+            && last_tick.is_some_and(|tick| tick > *created)
+    });
+    let generation = cfg.metadata.generation;
+    match blocking {
+        Some((s, created)) => {
+            let tick = last_tick.unwrap_or(now);
+            conditions::set(
+                &mut status.conditions,
+                CONDITION_STUCK,
+                true,
+                "SessionStillRunning",
+                format!(
+                    "the tick at {} was skipped (concurrencyPolicy Forbid): session {} has run for \
+                     {}s (since {}); {}",
+                    tick.to_rfc3339(),
+                    s.name_any(),
+                    (tick - created).num_seconds().max(0),
+                    created.to_rfc3339(),
+                    deadline_of(s)
+                ),
+                generation,
+                to_time(now),
+            );
+        }
+        None => {
+            if conditions::get(&status.conditions, CONDITION_STUCK)
+                .is_some_and(|c| c.status == "True")
+            {
+                conditions::set(
+                    &mut status.conditions,
+                    CONDITION_STUCK,
+                    false,
+                    "NoSessionBlocking",
+                    "no running session holds the schedule back",
+                    generation,
+                    to_time(now),
+                );
+            }
+        }
+    }
 }
 
 /// A configuration being deleted: no more ticks; the finalizer goes once
@@ -322,16 +427,33 @@ async fn fire(
         .collect();
     match cfg.spec.concurrency_policy {
         ConcurrencyPolicy::Forbid if !active.is_empty() => {
-            ctx.metrics.ticks_skipped.inc();
+            ctx.metrics
+                .ticks_skipped
+                .with_label_values(&[&ns, &name])
+                .inc();
+            let now = Utc::now();
+            let (blocker, since) = oldest_running(sessions)
+                .map(|(s, t)| (s.as_ref(), Some(t)))
+                .unwrap_or((active[0].as_ref(), None));
+            if let Some(t) = since {
+                ctx.metrics
+                    .oldest_session_age
+                    .with_label_values(&[&ns, &name])
+                    .set((now - t).num_seconds().max(0));
+            }
             let message = format!(
-                "skipped the tick at {}: session {} is still running (concurrencyPolicy Forbid)",
+                "skipped the tick at {}: session {} is still running (concurrencyPolicy Forbid){}; {}",
                 tick.to_rfc3339(),
-                active[0].name_any()
+                blocker.name_any(),
+                since
+                    .map(|t| format!(", for {}s", (now - t).num_seconds().max(0)))
+                    .unwrap_or_default(),
+                deadline_of(blocker)
             );
             return Ok(Fired {
                 tick,
                 session: None,
-                note: Some((EventType::Normal, "TickSkipped", message)),
+                note: Some((EventType::Warning, "TickSkipped", message)),
             });
         }
         ConcurrencyPolicy::Replace => {
@@ -732,7 +854,13 @@ mod tests {
             assert!(body["status"]["lastScheduleTime"].is_string());
             answer(send, 200, &serde_json::to_value(config("Forbid")).unwrap());
             task.await.unwrap();
-            assert_eq!(ctx.metrics.ticks_skipped.get(), 1);
+            assert_eq!(
+                ctx.metrics
+                    .ticks_skipped
+                    .with_label_values(&["team", "db"])
+                    .get(),
+                1
+            );
         }
 
         #[tokio::test]

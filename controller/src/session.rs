@@ -17,20 +17,35 @@
 //! decision made again, so an agent's update is never lost.
 //!
 //! An item whose agent stopped sending heartbeats is not failed here: the
-//! agent of its node takes it over once the heartbeat is old enough, and
-//! the configuration's `timeout` bounds the whole session (items and
-//! retention) when the node never comes back.
+//! agent of its node takes it over once the heartbeat is old enough. An
+//! unfinished item whose pod is gone (deleted, or replaced by a pod of the
+//! same name with another UID) or whose node is NotReady or gone fails,
+//! once that has lasted `--lost-item-grace`, with the reason `PodGone` or
+//! `NodeNotReady` (and its claim revoked): no agent can finish it. A
+//! running session is read again at least every half grace (at most 30 s)
+//! to see that, since pods and nodes are not watched.
+//!
+//! # Deadlines
+//!
+//! Every session has a deadline (`status.deadline`): its start plus the
+//! configuration's `timeout`, or, when that is unset, plus the default
+//! deadline ([`default_deadline`]: the schedule's interval, at least 1 h,
+//! at most 24 h). What is unfinished then (items and retention) fails, so
+//! one stuck session never holds a `Forbid` schedule for longer than that.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::json;
+use stash_api::schedule::Schedule;
 use stash_api::{
     parse_duration, BackupConfiguration, BackupSession, BackupSessionStatus, ItemPhase, Repository,
     RetentionStatus, SessionPhase,
@@ -52,6 +67,21 @@ const ATTEMPTS: usize = 5;
 pub const CONDITION_RETENTION_RUNNING: &str = "RetentionRunning";
 /// Condition type set when the retention run failed.
 pub const CONDITION_RETENTION_FAILED: &str = "RetentionFailed";
+
+/// The shortest default deadline ([`default_deadline`]).
+pub const DEFAULT_DEADLINE_MIN: Duration = Duration::from_secs(3600);
+/// The longest default deadline ([`default_deadline`]).
+pub const DEFAULT_DEADLINE_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest a reconciliation waits before looking at a running session
+/// again (a deadline far off is still checked, so a requeue is never too
+/// long for the runtime's timer).
+const LONGEST_WAIT: Duration = Duration::from_secs(3600);
+
+/// Item failure reason: the item's pod was deleted or replaced.
+pub const REASON_POD_GONE: &str = "PodGone";
+/// Item failure reason: the item's node is NotReady or gone.
+pub const REASON_NODE_NOT_READY: &str = "NodeNotReady";
 
 /// Reconciles one BackupSession.
 pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result<Action> {
@@ -88,6 +118,7 @@ async fn step(session: &BackupSession, ctx: &Context) -> Result<Option<Action>> 
     let status = session.status.clone().unwrap_or_default();
     if status.phase.is_finished() {
         ctx.notifier.offer_backup(ctx, session);
+        ctx.lost_since.forget(&session.uid().unwrap_or_default());
         return Ok(Some(Action::await_change()));
     }
     if status.start_time.is_none() {
@@ -226,6 +257,11 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
     }
     status.items = resolution.items;
     status.phase = SessionPhase::Running;
+    let limit = limit_of(&cfg, now);
+    status.deadline = chrono::Duration::from_std(limit.after)
+        .ok()
+        .and_then(|t| now.checked_add_signed(t))
+        .map(to_time);
     conditions::set(
         &mut status.conditions,
         "Ready",
@@ -240,7 +276,13 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
     );
     // Items already failed at resolution (missing volume, pod not on a
     // node) may finish the session at once.
-    let outcome = decide(&mut status, now, timeout_of(&cfg), generation);
+    let outcome = decide(
+        &mut status,
+        now,
+        Some(limit),
+        recheck(&ctx.settings),
+        generation,
+    );
     notes.extend(outcome.notes);
     if let Some(record) = &outcome.record {
         record_on_repository(ctx, &ns, &cfg, record).await?;
@@ -259,18 +301,214 @@ async fn follow(
     let ns = session.namespace().unwrap_or_default();
     let cfg = get_configuration(ctx, &ns, &session.spec.backup_configuration).await?;
     let mut status = old.clone();
+    let now = Utc::now();
+    let lost = lost_items(ctx, session, &status, now).await?;
+    let mut notes = fail_lost(&mut status, &lost, now);
     let outcome = decide(
         &mut status,
-        Utc::now(),
-        cfg.as_ref().and_then(timeout_of),
+        now,
+        cfg.as_ref().map(|c| limit_of(c, now)),
+        recheck(&ctx.settings),
         session.metadata.generation,
     );
     if let (Some(record), Some(cfg)) = (&outcome.record, &cfg) {
         record_on_repository(ctx, &ns, cfg, record).await?;
     }
-    Ok(commit(ctx, session, &old, &status, outcome.notes)
+    notes.extend(outcome.notes);
+    Ok(commit(ctx, session, &old, &status, notes)
         .await?
         .then_some(outcome.action))
+}
+
+/// When the controller first saw an item's pod or node gone, by session
+/// UID, item index and reason. A NotReady node says since when itself (its
+/// `Ready` condition's `lastTransitionTime`); a pod or node that no longer
+/// exists does not, so its grace counts from the first reconciliation that
+/// saw it gone.
+#[derive(Default)]
+pub struct LostSince(Mutex<HashMap<String, DateTime<Utc>>>);
+
+impl LostSince {
+    /// When `key` was first seen lost (`now` if this is the first time).
+    fn since(&self, key: String, now: DateTime<Utc>) -> DateTime<Utc> {
+        *self.0.lock().expect("lost_since").entry(key).or_insert(now)
+    }
+
+    /// `key` is no longer lost.
+    fn clear(&self, key: &str) {
+        self.0.lock().expect("lost_since").remove(key);
+    }
+
+    /// Forgets every entry of the session with `uid`.
+    fn forget(&self, uid: &str) {
+        let prefix = format!("{uid}/");
+        self.0
+            .lock()
+            .expect("lost_since")
+            .retain(|k, _| !k.starts_with(&prefix));
+    }
+}
+
+/// An unfinished item no agent can finish.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lost {
+    /// Its index in `status.items`.
+    pub index: usize,
+    /// [`REASON_POD_GONE`] or [`REASON_NODE_NOT_READY`].
+    pub reason: &'static str,
+    /// What is gone, and since when.
+    pub message: String,
+}
+
+/// How often a running session is looked at again: half the grace, from
+/// 1 s to 30 s.
+fn recheck(settings: &crate::Settings) -> Duration {
+    (settings.lost_item_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// The unfinished items of `status` whose pod has been gone, or whose node
+/// has been NotReady or gone, for at least `--lost-item-grace`.
+async fn lost_items(
+    ctx: &Context,
+    session: &BackupSession,
+    status: &BackupSessionStatus,
+    now: DateTime<Utc>,
+) -> Result<Vec<Lost>> {
+    let grace =
+        chrono::Duration::from_std(ctx.settings.lost_item_grace).unwrap_or(chrono::Duration::MAX);
+    let uid = session.uid().unwrap_or_default();
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let mut nodes: BTreeMap<String, Option<Node>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (index, item) in status.items.iter().enumerate() {
+        if item.phase.is_finished() {
+            continue;
+        }
+        // An item without a node failed at resolution.
+        let Some(node_name) = item.node.as_deref() else {
+            continue;
+        };
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &item.namespace);
+        let pod = pods.get_opt(&item.pod).await.map_err(kube_err(
+            "get Pod",
+            &item.namespace,
+            &item.pod,
+        ))?;
+        let pod_key = format!("{uid}/{index}/{REASON_POD_GONE}");
+        let gone = match &pod {
+            None => Some(format!(
+                "pod {}/{} no longer exists",
+                item.namespace, item.pod
+            )),
+            Some(p) if item.pod_uid.is_some() && p.metadata.uid != item.pod_uid => Some(format!(
+                "pod {}/{} was replaced (UID {} when the session started, {} now)",
+                item.namespace,
+                item.pod,
+                item.pod_uid.as_deref().unwrap_or("?"),
+                p.metadata.uid.as_deref().unwrap_or("?")
+            )),
+            Some(_) => None,
+        };
+        if let Some(why) = gone {
+            let since = ctx.lost_since.since(pod_key, now);
+            if now - since >= grace {
+                out.push(Lost {
+                    index,
+                    reason: REASON_POD_GONE,
+                    message: format!("{why} (seen gone since {})", since.to_rfc3339()),
+                });
+            }
+            continue;
+        }
+        ctx.lost_since.clear(&pod_key);
+        if !nodes.contains_key(node_name) {
+            let node = nodes_api
+                .get_opt(node_name)
+                .await
+                .map_err(kube_err("get Node", "", node_name))?;
+            nodes.insert(node_name.to_owned(), node);
+        }
+        let node_key = format!("{uid}/{index}/{REASON_NODE_NOT_READY}");
+        let not_ready = match nodes.get(node_name).and_then(Option::as_ref) {
+            None => Some((
+                ctx.lost_since.since(node_key.clone(), now),
+                format!("node {node_name} no longer exists"),
+            )),
+            Some(node) => {
+                let ready = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+                match ready {
+                    Some(c) if c.status == "True" => None,
+                    c => {
+                        let since = c
+                            .and_then(|c| c.last_transition_time.as_ref())
+                            .map(from_time)
+                            .unwrap_or_else(|| ctx.lost_since.since(node_key.clone(), now));
+                        Some((
+                            since,
+                            format!(
+                                "node {node_name} is NotReady (Ready={}{})",
+                                c.map(|c| c.status.as_str()).unwrap_or("missing"),
+                                c.and_then(|c| c.reason.as_deref())
+                                    .map(|r| format!(", {r}"))
+                                    .unwrap_or_default()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        match not_ready {
+            Some((since, why)) => {
+                if now - since >= grace {
+                    out.push(Lost {
+                        index,
+                        reason: REASON_NODE_NOT_READY,
+                        message: format!("{why} since {}", since.to_rfc3339()),
+                    });
+                }
+            }
+            None => ctx.lost_since.clear(&node_key),
+        }
+    }
+    Ok(out)
+}
+
+/// Fails the `lost` items of `status` with their reason, revoking their
+/// claim (so an agent that comes back stops at its next `test`); the
+/// Events to publish.
+pub(crate) fn fail_lost(
+    status: &mut BackupSessionStatus,
+    lost: &[Lost],
+    now: DateTime<Utc>,
+) -> Vec<Note> {
+    let mut notes = Vec::new();
+    for l in lost {
+        let Some(item) = status.items.get_mut(l.index) else {
+            continue;
+        };
+        if item.phase.is_finished() {
+            continue;
+        }
+        let error = format!(
+            "{}: {}; no agent can finish volume {:?} of pod {}/{}; the claim of {} was revoked",
+            l.reason,
+            l.message,
+            item.volume,
+            item.namespace,
+            item.pod,
+            item.claim.claimed_by.as_deref().unwrap_or("no agent")
+        );
+        item.phase = ItemPhase::Failed;
+        item.claim.claimed_by = None;
+        item.end_time = Some(to_time(now));
+        notes.push(Note::new(EventType::Warning, l.reason, error.clone()));
+        item.error = Some(error);
+    }
+    notes
 }
 
 async fn get_configuration(
@@ -301,6 +539,48 @@ fn timeout_of(cfg: &BackupConfiguration) -> Option<Duration> {
         .and_then(|t| parse_duration(t).ok())
 }
 
+/// How long a session may run, and where that comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Limit {
+    /// From the session's start.
+    pub after: Duration,
+    /// What set it, for the messages.
+    pub source: &'static str,
+}
+
+/// The deadline of a session of `cfg` started at `now`: its `timeout`, or
+/// the default.
+pub(crate) fn limit_of(cfg: &BackupConfiguration, now: DateTime<Utc>) -> Limit {
+    match timeout_of(cfg) {
+        Some(after) => Limit {
+            after,
+            source: "the configuration's timeout",
+        },
+        None => Limit {
+            after: default_deadline(&cfg.spec.schedule, cfg.spec.time_zone.as_deref(), now),
+            source: "the default deadline: the schedule's interval, 1h to 24h; set spec.timeout to choose",
+        },
+    }
+}
+
+/// The deadline of a session whose configuration sets no `timeout`: the
+/// interval of its schedule (from the next tick after `now` to the one
+/// after), at least [`DEFAULT_DEADLINE_MIN`] (a backup of a large volume
+/// on a frequent schedule still gets time) and at most
+/// [`DEFAULT_DEADLINE_MAX`] (a weekly schedule does not wait a week for a
+/// lost node). A schedule that cannot be read gets the maximum.
+pub fn default_deadline(schedule: &str, time_zone: Option<&str>, now: DateTime<Utc>) -> Duration {
+    Schedule::parse(schedule, time_zone)
+        .ok()
+        .and_then(|s| {
+            let a = s.next_after(now)?;
+            let b = s.next_after(a)?;
+            (b - a).to_std().ok()
+        })
+        .unwrap_or(DEFAULT_DEADLINE_MAX)
+        .clamp(DEFAULT_DEADLINE_MIN, DEFAULT_DEADLINE_MAX)
+}
+
 /// What a finished session leaves on its Repository's status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -320,36 +600,42 @@ pub(crate) struct Outcome {
     pub record: Option<Record>,
 }
 
-/// The decision on a running session at `now`: fails what outlived
-/// `timeout` (counted from the session's start), updates progress, hands
-/// the retention run over once every item is finished and one succeeded,
-/// and sets the final phase once the retention run (if any) is over.
+/// The decision on a running session at `now`: fails what outlived its
+/// deadline (`status.deadline`, or the start plus `limit`), updates
+/// progress, hands the retention run over once every item is finished and
+/// one succeeded, and sets the final phase once the retention run (if any)
+/// is over. While items are unfinished it looks again within `recheck`.
 pub(crate) fn decide(
     status: &mut BackupSessionStatus,
     now: DateTime<Utc>,
-    timeout: Option<Duration>,
+    limit: Option<Limit>,
+    recheck: Duration,
     generation: Option<i64>,
 ) -> Outcome {
     let started = status.start_time.as_ref().map(from_time).unwrap_or(now);
-    let deadline = timeout
-        .and_then(|t| chrono::Duration::from_std(t).ok())
-        .and_then(|t| started.checked_add_signed(t));
+    let deadline = status.deadline.as_ref().map(from_time).or_else(|| {
+        limit
+            .and_then(|l| chrono::Duration::from_std(l.after).ok())
+            .and_then(|t| started.checked_add_signed(t))
+    });
     let expired = deadline.is_some_and(|d| now >= d);
-    let wake = |deadline: Option<DateTime<Utc>>| {
-        deadline
+    let wake = |deadline: Option<DateTime<Utc>>, longest: Duration| {
+        let until = deadline
             .and_then(|d| (d - now).to_std().ok())
-            .map(Action::requeue)
-            .unwrap_or_else(Action::await_change)
+            .unwrap_or(longest);
+        Action::requeue(until.min(longest))
     };
-    let limit = timeout
-        .map(|t| format!("{}s", t.as_secs()))
-        .unwrap_or_default();
+    let source = limit.map(|l| l.source).unwrap_or("the session's deadline");
+    let limit = match deadline {
+        Some(d) => format!("{}s", (d - started).num_seconds().max(0)),
+        None => String::new(),
+    };
     let mut notes = Vec::new();
     if expired {
         for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
             item.phase = ItemPhase::Failed;
             item.error = Some(format!(
-                "timed out: not finished {limit} after the session started (the configuration's timeout); \
+                "timed out: not finished {limit} after the session started ({source}); \
                  the claim of {} was revoked",
                 item.claim.claimed_by.as_deref().unwrap_or("no agent")
             ));
@@ -363,7 +649,7 @@ pub(crate) fn decide(
     status.progress = Some(format!("{}/{total}", succeeded + failed));
     if succeeded + failed < total {
         return Outcome {
-            action: wake(deadline),
+            action: wake(deadline, recheck),
             notes,
             record: None,
         };
@@ -383,7 +669,7 @@ pub(crate) fn decide(
         if !retention.phase.is_finished() && expired {
             retention.phase = ItemPhase::Failed;
             retention.error = Some(format!(
-                "timed out: not finished {limit} after the session started (the configuration's timeout)"
+                "timed out: not finished {limit} after the session started ({source})"
             ));
             retention.claim.claimed_by = None;
             retention.end_time = Some(to_time(now));
@@ -404,7 +690,7 @@ pub(crate) fn decide(
                 to_time(now),
             );
             return Outcome {
-                action: wake(deadline),
+                action: wake(deadline, LONGEST_WAIT),
                 notes,
                 record: None,
             };
@@ -562,7 +848,30 @@ mod tests {
         json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration",
                "metadata": {"name": "db", "namespace": "team"},
                "spec": {"schedule": "@daily", "target": {"pod": "p"},
-                        "repository": {"name": "main"}}})
+                        "repository": {"name": "main"}, "timeout": "100000d"}})
+    }
+
+    /// Answers the lookups of an unfinished item's pod and (Ready) node.
+    async fn pod_and_node_exist(handle: &mut crate::testing::Handle, pod: &str, node: &str) {
+        let (_, send) = expect(
+            handle,
+            "GET",
+            &format!("/api/v1/namespaces/team/pods/{pod}"),
+        )
+        .await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": "team", "uid": "u1"}}),
+        );
+        let (_, send) = expect(handle, "GET", &format!("/api/v1/nodes/{node}")).await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                    "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
     }
 
     fn session(rv: &str, status: Value) -> Value {
@@ -587,6 +896,7 @@ mod tests {
         // Decided on version 7, where item c still runs: progress only.
         let (_, send) = expect(&mut handle, "GET", CFG).await;
         answer(send, 200, &config());
+        pod_and_node_exist(&mut handle, "c", "node-c").await;
         let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
         assert_eq!(body["metadata"]["resourceVersion"], "7");
         assert_eq!(
@@ -618,6 +928,53 @@ mod tests {
         let rest = echo_rest(handle);
         task.await.unwrap().unwrap();
         assert!(rest.await.unwrap().is_empty(), "no events before the end");
+    }
+
+    #[test]
+    fn the_default_deadline_is_the_interval_from_1h_to_24h() {
+        let now = Utc::now();
+        let d = |s: &str| default_deadline(s, None, now).as_secs();
+        assert_eq!(d("0 */6 * * *"), 6 * 3600);
+        assert_eq!(d("*/5 * * * *"), 3600, "at least 1h");
+        assert_eq!(d("@weekly"), 24 * 3600, "at most 24h");
+        assert_eq!(d("0 0 1 1 *"), 24 * 3600);
+    }
+
+    #[test]
+    fn a_lost_item_fails_with_its_reason_and_the_session_finishes() {
+        let mut status: BackupSessionStatus = serde_json::from_value(json!({
+            "phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "items": [item("a", "node-a", "Succeeded"),
+                      {"namespace": "team", "pod": "b", "volume": "data", "node": "node-b",
+                       "phase": "Running", "claimedBy": "node-b/agent/1"}]}))
+        .unwrap();
+        let now = Utc::now();
+        let lost = [Lost {
+            index: 1,
+            reason: REASON_NODE_NOT_READY,
+            message: "node node-b is NotReady".into(),
+        }];
+        let notes = fail_lost(&mut status, &lost, now);
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].reason, "NodeNotReady");
+        let b = &status.items[1];
+        assert_eq!(b.phase, ItemPhase::Failed);
+        assert_eq!(b.claim.claimed_by, None);
+        assert!(b
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("NodeNotReady: node node-b"));
+        let limit = Limit {
+            after: Duration::from_secs(u32::MAX as u64),
+            source: "test",
+        };
+        decide(&mut status, now, Some(limit), Duration::from_secs(1), None);
+        assert_eq!(status.progress.as_deref(), Some("2/2"));
+        assert!(
+            status.retention.is_some(),
+            "the session goes on to retention"
+        );
     }
 
     #[tokio::test]

@@ -195,6 +195,7 @@ pub fn resolve_items(
             let mut item = BackupItem {
                 namespace: ns.clone(),
                 pod: name.clone(),
+                pod_uid: pod.metadata.uid.clone(),
                 volume: volume.clone(),
                 node: node.clone(),
                 host: Some(stash_api::identity::snapshot_host(pod, &volume)),

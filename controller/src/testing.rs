@@ -37,6 +37,7 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
             host_paths: HostPathAllowList::default(),
             concurrency: 1,
             notify: Default::default(),
+            lost_item_grace: crate::DEFAULT_LOST_ITEM_GRACE,
         },
         metrics: Metrics::default(),
         sessions: store,
@@ -45,6 +46,7 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         ticks: crate::clock::Ticks::default(),
         firing: crate::clock::Firing::default(),
         notifier: crate::notify::Notifier::default(),
+        lost_since: crate::session::LostSince::default(),
     };
     (Arc::new(ctx), handle)
 }

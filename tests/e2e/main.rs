@@ -437,6 +437,7 @@ fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task:
             host_paths: HostPathAllowList::new([PathBuf::from("/srv")]),
             concurrency: 4,
             notify: Default::default(),
+            lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
         };
         let lease = LeaseConfig {
             namespace: "default".into(),

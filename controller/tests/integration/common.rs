@@ -165,6 +165,7 @@ pub fn settings() -> stash_controller::Settings {
             first_backoff: std::time::Duration::from_millis(100),
             timeout: std::time::Duration::from_secs(5),
         },
+        lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
     }
 }
 

@@ -514,6 +514,7 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("get", "stash.rs", "repositories", None),
             ("patch", "stash.rs", "repositories/status", None),
             ("list", "", "pods", None),
+            ("get", "", "nodes", None),
             ("list", "", "persistentvolumeclaims", None),
             ("get", "", "namespaces", Some("team")),
             ("list", "", "namespaces", None),

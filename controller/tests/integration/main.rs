@@ -13,3 +13,4 @@ mod schedule;
 mod security;
 mod sessions;
 mod webhook;
+mod wedge;

@@ -36,6 +36,7 @@ async fn cross_namespace_repository_is_refused_with_a_condition() {
         host_paths: HostPathAllowList::default(),
         concurrency: 4,
         notify: Default::default(),
+        lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
     };
     let controller = tokio::spawn(stash_controller::run_controllers(
         client.clone(),
