@@ -121,11 +121,19 @@ async fn fails_and_the_schedule_goes_on(client: &Client, name: &str, reason: &st
     assert_eq!(item.phase, ItemPhase::Failed);
     let error = item.error.as_deref().unwrap_or_default();
     assert!(error.starts_with(&format!("{reason}: ")), "{error}");
-    let events = events_of(client, "team", name).await;
-    assert!(
-        events.iter().any(|(t, r, _)| t == "Warning" && r == reason),
-        "{events:?}"
-    );
+    // The Event is published after the status write: wait for it.
+    eventually(
+        Duration::from_secs(10),
+        &format!("a Warning Event {reason} on {name}"),
+        || async {
+            events_of(client, "team", name)
+                .await
+                .iter()
+                .any(|(t, r, _)| t == "Warning" && r == reason)
+                .then_some(())
+        },
+    )
+    .await;
     eventually(
         Duration::from_secs(20),
         "the next tick's session",
@@ -290,13 +298,23 @@ async fn a_skipped_tick_shows_in_the_condition_the_event_and_the_metrics() {
         stuck.message
     );
     assert!(stuck.message.contains("deadline"), "{}", stuck.message);
-    let events = events_of(&client, "team", "db").await;
-    assert!(
-        events.iter().any(|(t, r, n)| t == "Warning"
-            && r == "TickSkipped"
-            && n.contains(&format!("session {name} is still running"))),
-        "{events:?}"
-    );
+    // Events are published after the status write: wait for it.
+    eventually(
+        Duration::from_secs(10),
+        "a Warning Event TickSkipped naming the running session",
+        || async {
+            events_of(&client, "team", "db")
+                .await
+                .iter()
+                .any(|(t, r, n)| {
+                    t == "Warning"
+                        && r == "TickSkipped"
+                        && n.contains(&format!("session {name} is still running"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
     let text = metrics.render();
     let skipped = text
         .lines()
