@@ -165,17 +165,16 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     Ok(Action::await_change())
 }
 
+/// A session's phase; one without status has not started.
+fn phase_of(s: &BackupSession) -> SessionPhase {
+    s.status.as_ref().map(|st| st.phase).unwrap_or_default()
+}
+
 /// The oldest unfinished session of `sessions`, and since when it exists.
 fn oldest_running(sessions: &[Arc<BackupSession>]) -> Option<(&Arc<BackupSession>, DateTime<Utc>)> {
     sessions
         .iter()
-        .filter(|s| {
-            !s.status
-                .as_ref()
-                .map(|st| st.phase)
-                .unwrap_or_default()
-                .is_finished()
-        })
+        .filter(|s| !phase_of(s).is_finished())
         .filter_map(|s| {
             s.metadata
                 .creation_timestamp
@@ -279,13 +278,7 @@ async fn terminate(
     let ns = cfg.namespace().unwrap_or_default();
     let running: Vec<String> = sessions_of(ctx, &ns, &cfg.name_any())
         .iter()
-        .filter(|s| {
-            !s.status
-                .as_ref()
-                .map(|st| st.phase)
-                .unwrap_or_default()
-                .is_finished()
-        })
+        .filter(|s| !phase_of(s).is_finished())
         .map(|s| s.name_any())
         .collect();
     if running.is_empty() {
@@ -417,13 +410,7 @@ async fn fire(
     let name = cfg.name_any();
     let active: Vec<&Arc<BackupSession>> = sessions
         .iter()
-        .filter(|s| {
-            !s.status
-                .as_ref()
-                .map(|st| st.phase)
-                .unwrap_or_default()
-                .is_finished()
-        })
+        .filter(|s| !phase_of(s).is_finished())
         .collect();
     match cfg.spec.concurrency_policy {
         ConcurrencyPolicy::Forbid if !active.is_empty() => {
@@ -602,7 +589,7 @@ pub fn to_prune(sessions: &[Arc<BackupSession>], successful: u32, failed: u32) -
     let mut finished: Vec<(&Arc<BackupSession>, SessionPhase)> = sessions
         .iter()
         .filter_map(|s| {
-            let phase = s.status.as_ref().map(|st| st.phase).unwrap_or_default();
+            let phase = phase_of(s);
             phase.is_finished().then_some((s, phase))
         })
         .collect();

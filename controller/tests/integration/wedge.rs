@@ -100,6 +100,20 @@ async fn first_running(client: &Client) -> BackupSession {
     .await
 }
 
+/// Deletes pod `name` of `team` at once (there is no kubelet to wait for).
+async fn delete_now(client: &Client, name: &str) {
+    Api::<Pod>::namespaced(client.clone(), "team")
+        .delete(
+            name,
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
 /// Waits for `name` to fail with its item failed for `reason`, then for the
 /// schedule to create another session.
 async fn fails_and_the_schedule_goes_on(client: &Client, name: &str, reason: &str) {
@@ -155,16 +169,7 @@ async fn an_item_whose_pod_is_gone_fails_and_the_next_tick_runs() {
     let (shutdown, handle, _metrics) = start_controller(&client, short_grace());
     let first = first_running(&client).await;
     let name = first.metadata.name.clone().unwrap();
-    Api::<Pod>::namespaced(client.clone(), "team")
-        .delete(
-            "db-0",
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..DeleteParams::default()
-            },
-        )
-        .await
-        .unwrap();
+    delete_now(&client, "db-0").await;
     fails_and_the_schedule_goes_on(&client, &name, "PodGone").await;
     stop_controller(shutdown, handle).await;
 }
@@ -176,16 +181,7 @@ async fn an_item_whose_pod_was_replaced_fails_as_pod_gone() {
     let (shutdown, handle, _metrics) = start_controller(&client, short_grace());
     let first = first_running(&client).await;
     let name = first.metadata.name.clone().unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
-    pods.delete(
-        "db-0",
-        &DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        },
-    )
-    .await
-    .unwrap();
+    delete_now(&client, "db-0").await;
     // A StatefulSet's replacement: the same name, another UID.
     pod(
         &client,
