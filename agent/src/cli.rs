@@ -38,7 +38,7 @@ pub struct GlobalArgs {
     /// Do not verify the storage server's TLS certificate (dangerous)
     #[arg(long = "insecure-tls", global = true)]
     pub insecure_tls: bool,
-    /// Take no lock (for read-only repositories; only for commands that do not write: snapshots, ls, cat, check, restore)
+    /// Take no lock (for read-only repositories; only for commands that do not write: snapshots, ls, cat, check, restore, dump)
     #[arg(long = "no-lock", global = true)]
     pub no_lock: bool,
 }
@@ -77,6 +77,8 @@ pub enum Command {
     },
     /// Restore a snapshot into a directory
     Restore(RestoreArgs),
+    /// Write a file of a snapshot to standard output, or a directory as a tar or zip archive
+    Dump(DumpArgs),
     /// Remove snapshots according to a retention policy
     Forget(ForgetArgs),
     /// Check the repository for errors
@@ -211,9 +213,18 @@ pub enum KeyCommand {
 /// `stash backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Files and directories to back up
-    #[arg(required = true)]
+    /// Files and directories to back up (with --stdin-from-command: the command and its arguments, after `--`)
+    #[arg(required_unless_present_any = ["stdin", "stdin_from_command"])]
     pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file (see --stdin-filename)
+    #[arg(long)]
+    pub stdin: bool,
+    /// The file name standard input (or the command's output) is stored as; `dir/name` makes directories
+    #[arg(long = "stdin-filename", default_value = "stdin", value_name = "NAME")]
+    pub stdin_filename: String,
+    /// Run the command given instead of paths and back up its standard output; the snapshot is written only when it exits with status 0
+    #[arg(long = "stdin-from-command")]
+    pub stdin_from_command: bool,
     /// Tag the snapshot (repeatable)
     #[arg(long = "tag")]
     pub tags: Vec<String>,
@@ -253,6 +264,21 @@ pub struct BackupArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `stash dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Snapshot id, unique prefix, or `latest`
+    pub snapshot: String,
+    /// The file or directory in the snapshot (`/` for all of it)
+    pub path: String,
+    /// The archive format of a directory: tar or zip
+    #[arg(short = 'a', long = "archive", default_value = "tar")]
+    pub archive: repo_format::ops::dump::Archive,
+    /// Write to this file instead of standard output
+    #[arg(short = 't', long = "target", value_name = "FILE")]
+    pub target: Option<PathBuf>,
 }
 
 /// `stash restore`.

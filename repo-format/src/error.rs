@@ -208,6 +208,17 @@ pub enum Error {
         first: String,
     },
 
+    /// A backup stream (standard input, a command's output) could not be
+    /// read to its end, or its command failed: no snapshot was written.
+    #[error("{source_name}: {source}; no snapshot written")]
+    Stream {
+        /// What the stream is (`standard input`, `command "pg_dumpall"`).
+        source_name: String,
+        /// The read error (or the command's exit status).
+        #[source]
+        source: std::io::Error,
+    },
+
     /// scrypt refused the parameters.
     #[error("key derivation: invalid scrypt parameters N={n} r={r} p={p}")]
     Kdf {

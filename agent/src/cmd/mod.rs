@@ -4,6 +4,7 @@ mod backup;
 mod cat;
 mod check;
 mod copy;
+mod dump;
 mod forget;
 mod init;
 mod key;
@@ -24,7 +25,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     let g = &cli.global;
     if g.no_lock && !reads_only(&cli.command) {
         anyhow::bail!(
-            "--no-lock is only for commands that do not change the repository (snapshots, ls, cat, check, restore)"
+            "--no-lock is only for commands that do not change the repository (snapshots, ls, cat, check, restore, dump)"
         );
     }
     match cli.command {
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Ls { snapshot, json } => ls::run(g, &snapshot, json),
         Command::Cat { what, id } => cat::run(g, &what, id.as_deref()),
         Command::Restore(args) => restore::run(g, &args),
+        Command::Dump(args) => dump::run(g, &args),
         Command::Forget(args) => forget::run(g, &args),
         Command::Check(args) => check::run(g, &args),
         Command::Prune(args) => prune::run(g, &args),
@@ -55,6 +57,7 @@ fn reads_only(c: &Command) -> bool {
             | Command::Cat { .. }
             | Command::Check(_)
             | Command::Restore(_)
+            | Command::Dump(_)
     )
 }
 

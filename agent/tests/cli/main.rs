@@ -9,4 +9,5 @@ mod interop;
 mod keys;
 mod maintenance;
 mod pipeline;
+mod stream;
 mod support;

@@ -316,31 +316,7 @@ impl Archiver<'_> {
     /// Stores the content of an open regular file; returns its blob list.
     fn save_file_content(&self, f: fs::File) -> Result<(Vec<Id>, u64), ContentError> {
         let size_hint = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut content = Vec::new();
-        let mut size = 0u64;
-        let params = self.repo.config().chunker();
-        // One reader cuts blocks of the file into chunks; the chunks of a
-        // block are hashed, compressed and encrypted in parallel, straight
-        // from the block buffer. The block size bounds what one file holds.
-        let mut chunker = BlockChunker::new(f, &params, self.seed, size_hint);
-        while let Some((block, cuts)) = chunker.next_block().map_err(ContentError::File)? {
-            let save = |&(off, len): &(usize, usize)| {
-                let data = &block[off..off + len];
-                let r = self.repo.save_blob(BlobType::Data, data).map(|(id, _)| id);
-                self.progress.add_bytes(len as u64);
-                r
-            };
-            let ids: Vec<Result<Id>> = if cuts.len() == 1 {
-                vec![save(&cuts[0])]
-            } else {
-                cuts.par_iter().map(save).collect()
-            };
-            for id in ids {
-                content.push(id.map_err(ContentError::Repository)?);
-            }
-            size += block.len() as u64;
-        }
-        Ok((content, size))
+        save_content(self.repo, f, self.seed, size_hint, self.progress)
     }
 
     /// Backs up the entry `fs_name` of the open directory `dir` (recorded
@@ -642,8 +618,45 @@ impl Archiver<'_> {
     }
 }
 
+/// Stores what `reader` yields as data blobs; returns the blob list and
+/// the size. One reader cuts blocks of the stream into chunks; the chunks
+/// of a block are hashed, compressed and encrypted in parallel, straight
+/// from the block buffer, so memory is bounded by the block size whatever
+/// the stream's length. `size_hint` (a file's size) keeps the buffer small
+/// for small files.
+pub(crate) fn save_content<R: std::io::Read>(
+    repo: &Repository,
+    reader: R,
+    seed: u64,
+    size_hint: u64,
+    progress: &Progress,
+) -> Result<(Vec<Id>, u64), ContentError> {
+    let mut content = Vec::new();
+    let mut size = 0u64;
+    let params = repo.config().chunker();
+    let mut chunker = BlockChunker::new(reader, &params, seed, size_hint);
+    while let Some((block, cuts)) = chunker.next_block().map_err(ContentError::File)? {
+        let save = |&(off, len): &(usize, usize)| {
+            let data = &block[off..off + len];
+            let r = repo.save_blob(BlobType::Data, data).map(|(id, _)| id);
+            progress.add_bytes(len as u64);
+            r
+        };
+        let ids: Vec<Result<Id>> = if cuts.len() == 1 {
+            vec![save(&cuts[0])]
+        } else {
+            cuts.par_iter().map(save).collect()
+        };
+        for id in ids {
+            content.push(id.map_err(ContentError::Repository)?);
+        }
+        size += block.len() as u64;
+    }
+    Ok((content, size))
+}
+
 /// Why a file's content could not be stored.
-enum ContentError {
+pub(crate) enum ContentError {
     /// Reading the file failed: skip the file.
     File(std::io::Error),
     /// Writing to the repository failed: stop the backup.

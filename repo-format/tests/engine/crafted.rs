@@ -308,3 +308,52 @@ fn base64_of(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// `dump` of crafted snapshots: a file whose node claims another size than
+/// its content has, and names that are more than one path component, stop
+/// the dump with the reason instead of yielding an archive that runs
+/// entries into each other or names places outside where it is unpacked.
+#[test]
+fn dump_refuses_lying_sizes_and_names_that_escape() {
+    use repo_format::ops::dump::{dump_archive, dump_file, lookup, Archive};
+    for (claimed, what) in [(3u64, "more"), (99, "5")] {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = Crafter::new(t.path());
+        let blob = c.data(b"12345");
+        let f = file("f", &blob, json!({"size": claimed}));
+        let root = c.tree(json!([f]));
+        let repo = c.finish(t.path(), &root);
+        let (_, snap) = repo.find_snapshot("latest").unwrap();
+        let (_, node) = lookup(&repo, &snap.tree, "/f").unwrap();
+        let mut out = Vec::new();
+        let e = dump_file(&repo, &node, &mut out).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("says {claimed} bytes, its content has {what}")),
+            "{e}"
+        );
+        for format in [Archive::Tar, Archive::Zip] {
+            let (shown, top) = lookup(&repo, &snap.tree, "/").unwrap();
+            let e = dump_archive(&repo, &shown, &top, format, &mut Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("its content has"), "{format:?}: {e}");
+        }
+    }
+    for bad in ["../../etc/passwd", "a/b", "..", "."] {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = Crafter::new(t.path());
+        let blob = c.data(b"x");
+        let f = file(bad, &blob, json!({}));
+        let inner = c.tree(json!([f]));
+        let root = c.tree(json!([dir("d", &inner)]));
+        let repo = c.finish(t.path(), &root);
+        let (_, snap) = repo.find_snapshot("latest").unwrap();
+        let (shown, top) = lookup(&repo, &snap.tree, "/").unwrap();
+        for format in [Archive::Tar, Archive::Zip] {
+            let mut out = Vec::new();
+            let r = dump_archive(&repo, &shown, &top, format, &mut out);
+            let e = r.expect_err(bad).to_string();
+            assert!(e.contains("entry name"), "{bad:?} {format:?}: {e}");
+        }
+    }
+}
