@@ -8,6 +8,8 @@
 #   libseccomp-dev (runc's seccomp, hack/node.sh), busybox-static (the test
 #   node's workload image, hack/images.sh), iptables (kube-proxy on the test
 #   node)
+#   postgresql, the real server and client tools of the database-dump tests
+#   (stash_testkit::postgres)
 # Idempotent: installs only what is missing, and runs `apt-get update` only
 # then. Needs root, or sudo, only when something must be installed.
 set -euo pipefail
@@ -16,11 +18,13 @@ say() { echo "install-deps: $*"; }
 
 # Debian package -> a command it provides.
 declare -A provides=([restic]=restic [attr]=getfattr [libseccomp-dev]=/usr/include/seccomp.h
-    [busybox-static]=/bin/busybox [iptables]=iptables-restore)
+    [busybox-static]=/bin/busybox [iptables]=iptables-restore
+    [postgresql]=/usr/lib/postgresql/*/bin/postgres)
 
 missing=()
-for pkg in restic attr libseccomp-dev busybox-static iptables; do
-    if command -v "${provides[$pkg]}" >/dev/null 2>&1 || [[ -e "${provides[$pkg]}" ]]; then
+for pkg in restic attr libseccomp-dev busybox-static iptables postgresql; do
+    # (a glob such as the server's versioned path matches when installed)
+    if command -v "${provides[$pkg]}" >/dev/null 2>&1 || compgen -G "${provides[$pkg]}" >/dev/null; then
         say "$pkg: present ($(command -v "${provides[$pkg]}" || echo "${provides[$pkg]}"))"
     else
         missing+=("$pkg")

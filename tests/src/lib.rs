@@ -7,11 +7,13 @@
 //!   format;
 //! - [`servers`] starts the real storage servers (rest-server, MinIO,
 //!   Azurite, fake-gcs-server, toxiproxy) that `hack/test-servers.sh` builds;
-//! - [`faults`] is an HTTP proxy that answers some requests with 503.
+//! - [`faults`] is an HTTP proxy that answers some requests with 503;
+//! - [`postgres`] runs a real PostgreSQL server (Debian's package).
 
 pub mod compare;
 pub mod faults;
 pub mod fixture;
+pub mod postgres;
 mod prng;
 pub mod restic;
 pub mod servers;

@@ -4,6 +4,7 @@
 
 mod backends;
 mod bad_input;
+mod database;
 mod forget;
 mod interop;
 mod keys;
