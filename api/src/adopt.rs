@@ -48,8 +48,7 @@ impl Tool {
                  for a backup command's output)"
             }
             Tool::Stash => {
-                "no tags, hostname host-<ordinal> (or a node name or alias), one absolute path \
-                 (the workload's mount path)"
+                "no tags, hostname host-<ordinal>, one absolute path (the workload's mount path)"
             }
             Tool::VolSync => "hostname volsync, the one path /data, no tags",
         }
@@ -116,7 +115,7 @@ pub struct Identity {
     /// The pod volume.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
-    /// Stash v1: the replica (`host-<ordinal>`, a node name or an alias).
+    /// Stash v1: the replica (`host-<ordinal>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
     /// Stash v1: the backed-up path inside the workload's container.
@@ -358,8 +357,16 @@ fn stash(facts: Facts<'_>) -> Result<Identity, Misfit> {
             facts.tags.join(",")
         )));
     }
-    if facts.hostname.is_empty() {
-        return Err(misfit("no hostname (Stash v1 writes host-<ordinal>)"));
+    // A DaemonSet's node names and a target's alias are Stash's too, but
+    // cannot be told apart from another tool's hostname: reported, not
+    // guessed at.
+    let ordinal = facts.hostname.strip_prefix("host-").unwrap_or("");
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(misfit(format!(
+            "hostname {:?} is not host-<ordinal> (a DaemonSet's node name or a target alias \
+             cannot be told apart from other tools' hostnames)",
+            facts.hostname
+        )));
     }
     let path = one_path(&facts)?;
     let subdir: Vec<String> = path
@@ -693,6 +700,8 @@ mod tests {
         assert_eq!(id.subdir, ["source", "data"]);
         assert!(map(Tool::Stash, facts("host-1", &paths, &s(&["ns=shop"]))).is_err());
         assert!(map(Tool::Stash, facts("host-1", &s(&["/a", "/b"]), &[])).is_err());
+        let e = map(Tool::Stash, facts("volsync", &s(&["/data"]), &[])).unwrap_err();
+        assert!(e.0.contains("not host-<ordinal>"), "{e}");
 
         let data = s(&["/data"]);
         let id = map(Tool::VolSync, facts("volsync", &data, &[])).unwrap();
