@@ -59,6 +59,11 @@ pub enum Command {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// Show the identity each snapshot has in another tool's layout
+        /// (namespace, PVC, pod volume, …; see deploy/ADOPTING.md), and
+        /// which snapshots do not fit it
+        #[arg(long, value_enum, value_name = "TOOL")]
+        adopt: Option<AdoptFrom>,
     },
     /// List the files of a snapshot
     Ls {
@@ -281,11 +286,77 @@ pub struct DumpArgs {
     pub target: Option<PathBuf>,
 }
 
+/// A tool whose repositories `--adopt` reads (deploy/ADOPTING.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdoptFrom {
+    /// Velero's file-system backups with the restic uploader
+    Velero,
+    /// K8up
+    K8up,
+    /// Stash v1 (stash.appscode.com/v1beta1)
+    Stash,
+    /// VolSync's restic mover
+    Volsync,
+}
+
+impl AdoptFrom {
+    /// The tool, for the mapping in `stash_api::adopt`.
+    pub fn tool(self) -> stash_api::adopt::Tool {
+        use stash_api::adopt::Tool;
+        match self {
+            AdoptFrom::Velero => Tool::Velero,
+            AdoptFrom::K8up => Tool::K8up,
+            AdoptFrom::Stash => Tool::Stash,
+            AdoptFrom::Volsync => Tool::VolSync,
+        }
+    }
+}
+
+/// `stash restore --adopt`: a snapshot chosen by the identity another
+/// tool gave it, its source's contents restored into the target.
+#[derive(Debug, Args)]
+pub struct AdoptSelectArgs {
+    /// Choose the snapshot by the identity it has in this tool's layout
+    /// (instead of naming a snapshot); the source's contents land directly
+    /// in --target
+    #[arg(long, value_enum, value_name = "TOOL")]
+    pub adopt: Option<AdoptFrom>,
+    /// The source's namespace (Velero, K8up)
+    #[arg(long, value_name = "NS", requires = "adopt")]
+    pub namespace: Option<String>,
+    /// The PersistentVolumeClaim's name (K8up)
+    #[arg(long, value_name = "NAME", requires = "adopt")]
+    pub pvc: Option<String>,
+    /// The PersistentVolumeClaim's UID (Velero)
+    #[arg(long = "pvc-uid", value_name = "UID", requires = "adopt")]
+    pub pvc_uid: Option<String>,
+    /// The pod (Velero)
+    #[arg(long, value_name = "NAME", requires = "adopt")]
+    pub pod: Option<String>,
+    /// The pod volume (Velero)
+    #[arg(long, value_name = "NAME", requires = "adopt")]
+    pub volume: Option<String>,
+    /// The replica: host-<ordinal> (Stash v1)
+    #[arg(long, value_name = "HOST", requires = "adopt")]
+    pub replica: Option<String>,
+    /// The backed-up path in the workload's container (Stash v1)
+    #[arg(long, value_name = "PATH", requires = "adopt")]
+    pub path: Option<String>,
+    /// The latest snapshot taken at or before this time (RFC 3339, or
+    /// "YYYY-MM-DD HH:MM:SS" local time), or `latest` (the default)
+    #[arg(long, value_name = "TIME", requires = "adopt")]
+    pub at: Option<String>,
+}
+
 /// `stash restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Snapshot id, unique prefix, or `latest`
-    pub snapshot: String,
+    /// Snapshot id, unique prefix, or `latest` (not with --adopt)
+    #[arg(required_unless_present = "adopt", conflicts_with = "adopt")]
+    pub snapshot: Option<String>,
+    /// Choosing the snapshot by another tool's identity
+    #[command(flatten)]
+    pub adopt: AdoptSelectArgs,
     /// Directory to restore into
     #[arg(short = 't', long = "target", required = true)]
     pub target: PathBuf,

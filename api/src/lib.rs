@@ -39,6 +39,7 @@
 // clippy mistakes for a duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod adopt;
 pub mod annotations;
 mod backup_configuration;
 mod backup_session;

@@ -1,7 +1,6 @@
 //! `stash backup`.
 
 use anyhow::{bail, Context, Result};
-use chrono::TimeZone;
 use std::sync::Arc;
 
 use repo_format::ops::backup::{backup_with_progress, BackupOptions, BackupResult};
@@ -14,19 +13,6 @@ use serde_json::json;
 use crate::cli::{BackupArgs, GlobalArgs};
 use crate::progress::{Mode, Reporter};
 use crate::{format, repo, EXIT_INCOMPLETE};
-
-fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::FixedOffset>> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t);
-    }
-    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
-        .with_context(|| format!("--time {s:?}: use RFC 3339 or \"YYYY-MM-DD HH:MM:SS\""))?;
-    chrono::Local
-        .from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.fixed_offset())
-        .with_context(|| format!("--time {s:?}: not a valid local time"))
-}
 
 pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     let started = std::time::Instant::now();
@@ -59,7 +45,11 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
             source_name,
             host: a.host.clone(),
             tags: a.tags.clone(),
-            time: a.time.as_deref().map(parse_time).transpose()?,
+            time: a
+                .time
+                .as_deref()
+                .map(|t| super::parse_time(t, "--time"))
+                .transpose()?,
         };
         let reporter = Reporter::start(
             progress.clone(),
@@ -85,7 +75,11 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
         excludes: a.excludes.clone(),
         parent,
         force: a.force,
-        time: a.time.as_deref().map(parse_time).transpose()?,
+        time: a
+            .time
+            .as_deref()
+            .map(|t| super::parse_time(t, "--time"))
+            .transpose()?,
         with_atime: a.with_atime,
         max_unreadable: None,
         cross_mounts: a.cross_mounts,

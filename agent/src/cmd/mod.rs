@@ -1,5 +1,6 @@
 //! One module per command; `run` dispatches.
 
+mod adopt;
 mod backup;
 mod cat;
 mod check;
@@ -31,7 +32,10 @@ pub fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Init { repository_version } => init::run(g, &repository_version),
         Command::Backup(args) => backup::run(g, &args),
-        Command::Snapshots { json } => snapshots::run(g, json),
+        Command::Snapshots { json, adopt } => match adopt {
+            Some(a) => snapshots::run_adopt(g, a.tool(), json),
+            None => snapshots::run(g, json),
+        },
         Command::Ls { snapshot, json } => ls::run(g, &snapshot, json),
         Command::Cat { what, id } => cat::run(g, &what, id.as_deref()),
         Command::Restore(args) => restore::run(g, &args),
@@ -59,6 +63,23 @@ fn reads_only(c: &Command) -> bool {
             | Command::Restore(_)
             | Command::Dump(_)
     )
+}
+
+/// A time on the command line: RFC 3339, or "YYYY-MM-DD HH:MM:SS" local
+/// time (restic's `--time`).
+pub fn parse_time(s: &str, flag: &str) -> anyhow::Result<chrono::DateTime<chrono::FixedOffset>> {
+    use anyhow::Context;
+    use chrono::TimeZone;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .with_context(|| format!("{flag} {s:?}: use RFC 3339 or \"YYYY-MM-DD HH:MM:SS\""))?;
+    chrono::Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.fixed_offset())
+        .with_context(|| format!("{flag} {s:?}: not a valid local time"))
 }
 
 /// The snapshot as restic's JSON shows it, with `id` and `short_id` added.

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use repo_format::ops::progress::Progress;
 use repo_format::ops::restore::{restore_with_progress, RestoreOptions};
+use repo_format::NodeType;
 use serde_json::json;
 
-use crate::cli::{GlobalArgs, RestoreArgs};
+use crate::cli::{AdoptSelectArgs, GlobalArgs, RestoreArgs};
 use crate::progress::{Mode, Reporter};
 use crate::{format, repo};
 
@@ -15,13 +16,21 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
     let started = std::time::Instant::now();
     let r = repo::open(g)?;
     let _lock = super::read_lock(g, &r, "restore")?;
-    let (id, s) = super::find_snapshot(&r, &a.snapshot)?;
     r.load_index().context("loading the index")?;
+    let (id, s, tree, what) = match (a.adopt.adopt, &a.snapshot) {
+        (Some(tool), _) => adopted(&r, tool.tool(), &a.adopt)?,
+        (None, Some(spec)) => {
+            let (id, s) = super::find_snapshot(&r, spec)?;
+            let tree = s.tree;
+            let what = format!("[{}]", s.paths.join(" "));
+            (id, s, tree, what)
+        }
+        (None, None) => anyhow::bail!("name a snapshot, or choose one with --adopt"),
+    };
     if !a.json {
         println!(
-            "restoring snapshot {} of [{}] at {} to {}",
+            "restoring snapshot {} of {what} at {} to {}",
             id.short(),
-            s.paths.join(" "),
             s.time
                 .with_timezone(&chrono::Local)
                 .format("%Y-%m-%d %H:%M:%S"),
@@ -33,7 +42,7 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
     let reporter = Reporter::start(progress.clone(), mode, "restore");
     let res = restore_with_progress(
         &r,
-        &s.tree,
+        &tree,
         &RestoreOptions {
             target: a.target.clone(),
             includes: a.includes.clone(),
@@ -116,4 +125,82 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
         );
         Ok(1)
     }
+}
+
+/// The snapshot `--adopt` and the selectors choose, and the tree of its
+/// source's contents (below the paths the tool recorded, such as K8up's
+/// `/data/<pvc>`), with a description for the user.
+fn adopted(
+    r: &repo_format::Repository,
+    tool: stash_api::adopt::Tool,
+    a: &AdoptSelectArgs,
+) -> Result<(
+    repo_format::Id,
+    repo_format::Snapshot,
+    repo_format::Id,
+    String,
+)> {
+    use stash_api::adopt::{choose, Adopted, Selector};
+    let sel = Selector {
+        namespace: a.namespace.clone(),
+        pvc: a.pvc.clone(),
+        pvc_uid: a.pvc_uid.clone(),
+        pod: a.pod.clone(),
+        volume: a.volume.clone(),
+        replica: a.replica.clone(),
+        path: a.path.clone(),
+    };
+    sel.check(tool).map_err(|e| anyhow!(e))?;
+    let at = match a.at.as_deref() {
+        None | Some("latest") => None,
+        Some(t) => Some(super::parse_time(t, "--at")?),
+    };
+    let all = r.snapshots_readable()?;
+    super::warn_unreadable(&all.unreadable);
+    let adoption = super::adopt::Adoption::of(tool, all.snapshots);
+    if let Some(v) = adoption.not_the_tools() {
+        anyhow::bail!("{v}; see `stash snapshots --adopt` for what each snapshot carries");
+    }
+    let candidates: Vec<Adopted> = adoption
+        .fits
+        .iter()
+        .map(|(id, s, identity)| Adopted {
+            id: id.to_hex(),
+            time: s.time,
+            identity: identity.clone(),
+        })
+        .collect();
+    let i = choose(&candidates, &sel, at).map_err(|e| anyhow!("{e}"))?;
+    let (id, s, identity) = adoption.fits.into_iter().nth(i).expect("chosen");
+    let mut tree = s.tree;
+    let mut below = String::new();
+    for name in &identity.subdir {
+        below.push('/');
+        below.push_str(name);
+        let t = r
+            .load_tree(&tree)
+            .with_context(|| format!("snapshot {}: reading {below:?}", id.short()))?;
+        let node = t
+            .nodes
+            .iter()
+            .find(|n| n.name == name.as_bytes())
+            .ok_or_else(|| {
+                anyhow!(
+                    "snapshot {}: {below:?} is not in the snapshot, though {} records it",
+                    id.short(),
+                    tool.name()
+                )
+            })?;
+        if node.node_type != NodeType::Dir {
+            anyhow::bail!("snapshot {}: {below:?} is not a directory", id.short());
+        }
+        tree = node.subtree.ok_or_else(|| {
+            anyhow!(
+                "snapshot {}: directory {below:?} without a tree",
+                id.short()
+            )
+        })?;
+    }
+    let what = format!("{} ({})", identity.describe(), tool.name());
+    Ok((id, s, tree, what))
 }

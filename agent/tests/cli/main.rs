@@ -2,6 +2,7 @@
 //! `restic` package) as the oracle: restic must read, check and restore what
 //! we write, and we must read what restic writes.
 
+mod adopt;
 mod backends;
 mod bad_input;
 mod database;
