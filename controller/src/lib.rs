@@ -90,6 +90,22 @@ pub struct Settings {
     pub lost_item_grace: std::time::Duration,
 }
 
+impl Settings {
+    /// The defaults of the command line for the replica `identity`: no
+    /// hostPath allowed, 4 objects of a kind at once, notifications as
+    /// [`notify::NotifySettings::default`], [`DEFAULT_LOST_ITEM_GRACE`].
+    /// Change single fields with struct update syntax.
+    pub fn new(identity: impl Into<String>) -> Settings {
+        Settings {
+            identity: identity.into(),
+            host_paths: HostPathAllowList::default(),
+            concurrency: 4,
+            notify: notify::NotifySettings::default(),
+            lost_item_grace: DEFAULT_LOST_ITEM_GRACE,
+        }
+    }
+}
+
 /// The default of [`Settings::lost_item_grace`]: longer than the kubelet's
 /// usual NotReady blips and a pod's restart, short enough that a lost node
 /// costs at most one schedule tick of a frequent schedule.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use stash_api::BackupSession;
 use tokio::task::JoinHandle;
 
-use crate::{Context, HostPathAllowList, Metrics, Settings};
+use crate::{Context, Metrics, Settings};
 
 /// The test's end of the mock: requests to check and answer.
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -33,11 +33,8 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         recorder: Recorder::new(client.clone(), Reporter::from("test")),
         client,
         settings: Settings {
-            identity: "test".into(),
-            host_paths: HostPathAllowList::default(),
             concurrency: 1,
-            notify: Default::default(),
-            lost_item_grace: crate::DEFAULT_LOST_ITEM_GRACE,
+            ..Settings::new("test")
         },
         metrics: Metrics::default(),
         sessions: store,

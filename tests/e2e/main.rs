@@ -433,11 +433,8 @@ fn agent_kubeconfig(env: &Envtest, base: &Path) -> PathBuf {
 fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let settings = Settings {
-            identity: "controller-e2e".into(),
             host_paths: HostPathAllowList::new([PathBuf::from("/srv")]),
-            concurrency: 4,
-            notify: Default::default(),
-            lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
+            ..Settings::new("controller-e2e")
         };
         let lease = LeaseConfig {
             namespace: "default".into(),

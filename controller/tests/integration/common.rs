@@ -156,16 +156,13 @@ where
 /// Settings for a controller under test.
 pub fn settings() -> stash_controller::Settings {
     stash_controller::Settings {
-        identity: "test".into(),
-        host_paths: stash_api::policy::HostPathAllowList::default(),
-        concurrency: 4,
         notify: stash_controller::notify::NotifySettings {
             allow_loopback: true,
             attempts: 3,
             first_backoff: std::time::Duration::from_millis(100),
             timeout: std::time::Duration::from_secs(5),
         },
-        lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
+        ..stash_controller::Settings::new("test")
     }
 }
 

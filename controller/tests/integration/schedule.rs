@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use stash_api::{BackupSession, ItemPhase, Repository, SessionPhase};
-use stash_controller::{HostPathAllowList, Metrics, Settings};
+use stash_controller::{Metrics, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
@@ -71,13 +71,7 @@ async fn schedule_creates_sessions_on_time_with_the_opted_in_volumes() {
 
     let metrics = Metrics::default();
     let shutdown = CancellationToken::new();
-    let settings = Settings {
-        identity: "test".into(),
-        host_paths: HostPathAllowList::default(),
-        concurrency: 4,
-        notify: Default::default(),
-        lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
-    };
+    let settings = Settings::new("test");
     let controller = tokio::spawn(stash_controller::run_controllers(
         client.clone(),
         settings,

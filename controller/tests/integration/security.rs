@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stash_api::{BackupConfiguration, BackupSession, SessionPhase};
-use stash_controller::{HostPathAllowList, Metrics, Settings};
+use stash_controller::{Metrics, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
@@ -31,13 +31,7 @@ async fn cross_namespace_repository_is_refused_with_a_condition() {
 
     let metrics = Metrics::default();
     let shutdown = CancellationToken::new();
-    let settings = Settings {
-        identity: "test".into(),
-        host_paths: HostPathAllowList::default(),
-        concurrency: 4,
-        notify: Default::default(),
-        lost_item_grace: stash_controller::DEFAULT_LOST_ITEM_GRACE,
-    };
+    let settings = Settings::new("test");
     let controller = tokio::spawn(stash_controller::run_controllers(
         client.clone(),
         settings,
