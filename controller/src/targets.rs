@@ -175,6 +175,8 @@ pub fn resolve_items(
     allow: &HostPathAllowList,
 ) -> Resolution {
     let mut out = Resolution::default();
+    // Claim name -> the index of its one item.
+    let mut shared: std::collections::HashMap<String, usize> = Default::default();
     for pod in pods {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -222,6 +224,31 @@ pub fn resolve_items(
                         item.error = Some(format!(
                             "pod {ns}/{name} is not scheduled to a node yet; no agent can read {volume:?}"
                         ));
+                    }
+                }
+            }
+            // A claim mounted by several pods (ReadWriteMany, or pods
+            // sharing a ReadWriteOnce claim on one node) is one volume with
+            // one identity (namespace/claim): it is backed up once per
+            // session, by the first pod in name order that can (a Failed
+            // item, e.g. an unscheduled pod's, gives way to a later one).
+            if let Some(claim) = spec_volume
+                .and_then(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| c.claim_name.clone())
+            {
+                match shared.get(&claim) {
+                    Some(&i) => {
+                        let kept: &mut BackupItem = &mut out.items[i];
+                        let replaces = kept.phase == ItemPhase::Failed
+                            && item.phase != ItemPhase::Failed
+                            || kept.phase == item.phase && item.pod < kept.pod;
+                        if replaces {
+                            *kept = item;
+                        }
+                        continue;
+                    }
+                    None => {
+                        shared.insert(claim, out.items.len());
                     }
                 }
             }
@@ -375,5 +402,43 @@ mod tests {
         let r = resolve_items(&pods, &[], Some("data"), &HostPathAllowList::default());
         assert_eq!(r.items.len(), 1);
         assert_eq!(r.items[0].volume, "vol");
+    }
+
+    /// Issue 14, failure 7: an RWX claim mounted by three pods gives one
+    /// item (the first scheduled pod's in name order), while each pod's
+    /// own emptyDir still gives its own.
+    #[test]
+    fn a_claim_mounted_by_several_pods_is_backed_up_once() {
+        let claim = || Volume {
+            name: "shared".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: "media".into(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        };
+        let opt_in = [("stash.rs/backup-volumes", "shared,scratch")];
+        let pods = [
+            pod(
+                "web-c",
+                Some("n2"),
+                &opt_in,
+                vec![claim(), empty_dir("scratch")],
+            ),
+            pod("web-a", None, &opt_in, vec![claim(), empty_dir("scratch")]),
+            pod(
+                "web-b",
+                Some("n1"),
+                &opt_in,
+                vec![claim(), empty_dir("scratch")],
+            ),
+        ];
+        let r = resolve_items(&pods, &[], None, &HostPathAllowList::default());
+        let shared: Vec<_> = r.items.iter().filter(|i| i.volume == "shared").collect();
+        assert_eq!(shared.len(), 1, "{:?}", r.items);
+        assert_eq!(shared[0].pod, "web-b");
+        assert_eq!(shared[0].phase, ItemPhase::default());
+        assert_eq!(shared[0].host.as_deref(), Some("team/media"));
+        assert_eq!(r.items.iter().filter(|i| i.volume == "scratch").count(), 3);
     }
 }
