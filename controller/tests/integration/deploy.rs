@@ -1046,4 +1046,20 @@ fn the_notifications_component_adds_get_on_secrets_and_nothing_else() {
         with[base.len()],
         json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
     );
+
+    // The chart's notifications.readSecrets renders the same rules, and
+    // without it the same as the base.
+    let helm_rules = |args: &[&str]| -> Vec<Value> {
+        let rendered = helm_template(args).unwrap_or_else(|e| panic!("{e}"));
+        let list = json!({"items": objects(&rendered).into_values().collect::<Vec<_>>()});
+        object(&list, "ClusterRole", "stash-controller")["rules"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(helm_rules(&[]), base);
+    assert_eq!(
+        helm_rules(&["--set", "notifications.readSecrets=true"]),
+        with
+    );
 }
