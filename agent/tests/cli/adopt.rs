@@ -15,27 +15,7 @@ use std::process::Command;
 
 use stash_testkit::servers;
 
-use crate::support::{assert_trees_equal, CompareOptions, Restic, Stash};
-
-/// Every file of a repository with its SHA-256 (directories as "dir").
-fn checksums(dir: &Path) -> Vec<(String, String)> {
-    use sha2::Digest;
-    let mut v: Vec<(String, String)> = walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-            let sum = if e.file_type().is_file() {
-                hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).unwrap()))
-            } else {
-                "dir".into()
-            };
-            (rel, sum)
-        })
-        .collect();
-    v.sort();
-    v
-}
+use crate::support::{assert_trees_equal, checksums, CompareOptions, Restic, Stash};
 
 /// One adopted repository under construction.
 struct Repo {

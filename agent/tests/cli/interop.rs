@@ -348,27 +348,6 @@ fn stash_on_read_only_repo(env: &Env, args: &[&str]) -> std::process::Output {
     c.output().expect("unshare")
 }
 
-/// Every file of a directory tree with its SHA-256 (a repository's
-/// fingerprint: equal before and after means nothing was written).
-fn checksums(dir: &std::path::Path) -> Vec<(String, String)> {
-    use sha2::Digest;
-    let mut v: Vec<(String, String)> = walkdir::WalkDir::new(dir)
-        .into_iter()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-            let sum = if e.file_type().is_file() {
-                hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).unwrap()))
-            } else {
-                "dir".into()
-            };
-            (rel, sum)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// Issue 19: a read-only repository (a read-only mount: nothing can be
 /// written, not even by root) is checked and restored with `--no-lock`;
 /// without it the lock cannot be written and the error says what to do;

@@ -212,57 +212,50 @@ fn stdin_from_command_stores_only_what_a_successful_command_wrote() {
     assert_eq!(r19.snapshots_json().as_array().unwrap().len(), 1);
 }
 
+/// Runs the Python `script` on `archive` (written to a file, its path in
+/// `sys.argv[1]`); parses what it prints as JSON.
+fn read_archive<T: serde::de::DeserializeOwned>(archive: &[u8], script: &str) -> T {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("archive");
+    std::fs::write(&p, archive).unwrap();
+    let out = Command::new("python3")
+        .args(["-c", script, p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Entries of a tar archive: (name, kind, mode, link target, content).
 fn tar_entries(archive: &[u8]) -> Vec<(String, String, u32, String, Vec<u8>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("a.tar");
-    std::fs::write(&p, archive).unwrap();
     let script = r#"
 import sys, tarfile, json
 out = []
 with tarfile.open(sys.argv[1]) as t:
     for m in t.getmembers():
         data = t.extractfile(m).read().hex() if m.isfile() else ""
-        out.append([m.name.rstrip("/"), m.type.decode(), m.mode, m.linkname, data, m.pax_headers])
+        out.append([m.name.rstrip("/"), m.type.decode(), m.mode, m.linkname, data])
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Vec<(String, String, u32, String, String, serde_json::Value)> =
-        serde_json::from_slice(&out.stdout).unwrap();
+    let v: Vec<(String, String, u32, String, String)> = read_archive(archive, script);
     v.into_iter()
-        .map(|(n, k, m, l, d, _)| (n, k, m, l, hex::decode(d).unwrap()))
+        .map(|(n, k, m, l, d)| (n, k, m, l, hex::decode(d).unwrap()))
         .collect()
 }
 
 /// Entries of a zip archive: (name, unix mode, content).
 fn zip_entries(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("a.zip");
-    std::fs::write(&p, archive).unwrap();
     let script = r#"
 import sys, zipfile, json
 z = zipfile.ZipFile(sys.argv[1])
 assert z.testzip() is None
 print(json.dumps([[i.filename, i.external_attr >> 16, z.read(i).hex()] for i in z.infolist()]))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, p.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Vec<(String, u32, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Vec<(String, u32, String)> = read_archive(archive, script);
     v.into_iter()
         .map(|(n, m, d)| (n, m, hex::decode(d).unwrap()))
         .collect()

@@ -138,3 +138,24 @@ pub fn assert_restic_restore_equal(src: &Path, restored: &Path) {
         unexplained.join("\n")
     );
 }
+
+/// Every file of a directory tree with its SHA-256 (a repository's
+/// fingerprint: equal before and after means nothing was written).
+pub fn checksums(dir: &std::path::Path) -> Vec<(String, String)> {
+    use sha2::Digest;
+    let mut v: Vec<(String, String)> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            let sum = if e.file_type().is_file() {
+                hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).unwrap()))
+            } else {
+                "dir".into()
+            };
+            (rel, sum)
+        })
+        .collect();
+    v.sort();
+    v
+}
