@@ -13,6 +13,11 @@
 #   backup, the first forgotten), and each tool prunes its own identical
 #   copy with the default --max-unused 5 %; restic 0.14 checks every result.
 #   MAIN=0 skips the local backup/restore/check phases.
+#   Then (DB=0 to skip) db-backup: a PostgreSQL database of DB_MB MiB
+#   (default 1024; Debian's server, started here as the postgres user)
+#   dumped with pg_dump through `backup --stdin-from-command` by stash and
+#   the current restic, beside `pg_dump > /dev/null` (tool pg_dump) as the
+#   bound: the ratio-pg_dump row is stash's wall time over pg_dump's alone.
 # Each run uses a fresh copy of the corpus and a fresh repository per tool.
 # Prints a table with the stash/restic ratio per phase.
 set -euo pipefail
@@ -43,13 +48,14 @@ STASH="$ROOT/target/release/stash"
 
 mkdir -p "$BENCH_DIR"
 CORPUS="$BENCH_DIR/corpus-$SIZE_MB"
-if [[ ! -f "$CORPUS/.complete" ]]; then
+# (The database phase alone needs no corpus.)
+if [[ ! -f "$CORPUS/.complete" && "${MAIN:-1}${S3:-1}${PRUNE:-1}" != 000 ]]; then
     echo "==> generating a $SIZE_MB MiB corpus in $CORPUS"
     rm -rf "$CORPUS"
     python3 hack/bench/corpus.py "$CORPUS" "$SIZE_MB"
     touch "$CORPUS/.complete"
 fi
-CORPUS_BYTES=$(du -sb --exclude=.complete "$CORPUS" | cut -f1)
+CORPUS_BYTES=$(du -sb --exclude=.complete "$CORPUS" 2>/dev/null | cut -f1 || echo 0)
 RESULTS="$BENCH_DIR/results"
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
@@ -173,6 +179,63 @@ if [[ "${PRUNE:-1}" == 1 ]]; then
                 || { echo "restic check failed after $tool prune" >&2; exit 1; }
         done
     done
+fi
+
+if [[ "${DB:-1}" == 1 ]]; then
+    DB_MB="${DB_MB:-1024}"
+    PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+    PG="$BENCH_DIR/pg"
+    as_pg=()
+    [[ $(id -u) -eq 0 ]] && as_pg=(runuser -u postgres --)
+    PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    if [[ ! -f "$PG/.complete-$DB_MB" ]]; then
+        echo "==> making a $DB_MB MiB PostgreSQL database"
+        rm -rf "$PG"
+        mkdir -p "$PG"
+        [[ $(id -u) -eq 0 ]] && chown postgres: "$PG"
+        "${as_pg[@]}" "$PGBIN/initdb" --auth=trust -U postgres --locale=C -E UTF8 -D "$PG/data" >/dev/null
+    fi
+    "${as_pg[@]}" "$PGBIN/postgres" -D "$PG/data" -p "$PGPORT" -c listen_addresses=127.0.0.1 \
+        -c unix_socket_directories="$PG" -c fsync=off -c max_wal_size=4GB >"$BENCH_DIR/pg.log" 2>&1 &
+    PG_PID=$!
+    stop_pg() { "${as_pg[@]}" "$PGBIN/pg_ctl" stop -D "$PG/data" -m fast >/dev/null 2>&1 || true; }
+    trap 'stop_pg; kill ${MINIO_PID:-} 2>/dev/null || true' EXIT
+    for _ in $(seq 1 120); do
+        "$PGBIN/pg_isready" -h "$PG" -p "$PGPORT" -q && break
+        sleep 0.5
+    done
+    PGC=(-h "$PG" -p "$PGPORT" -U postgres)
+    if [[ ! -f "$PG/.complete-$DB_MB" ]]; then
+        # ~300 bytes a row: text that compresses about as dumps do, and a
+        # random part that does not.
+        rows=$((DB_MB * 1024 * 1024 / 300))
+        "$PGBIN/psql" "${PGC[@]}" -X -q -v ON_ERROR_STOP=1 -d postgres -c "create database bench" \
+            -c "\\c bench" -c "select setseed(0.42)" \
+            -c "create table orders (id bigint, customer text, note text, blob bytea)" \
+            -c "insert into orders select g, 'customer ' || (g % 10007), repeat('order note ' || (g % 97) || ' ', 12), decode(md5(random()::text) || md5(random()::text), 'hex') from generate_series(1, $rows) g" >/dev/null
+        touch "$PG/.complete-$DB_MB"
+    fi
+    DUMP=("$PGBIN/pg_dump" "${PGC[@]}" -d bench)
+    DUMP_BYTES=$("${DUMP[@]}" | wc -c)
+    echo "db-backup $DUMP_BYTES" >>"$RESULTS/sizes"
+    for run in $(seq 1 "$RUNS"); do
+        echo "==> run $run: pg_dump > /dev/null"
+        timed pg_dump db-backup "$run" bash -c '"$@" >/dev/null' dump "${DUMP[@]}"
+        for tool in stash restic-current; do
+            [[ " ${TOOLS[*]} " == *" $tool "* ]] || continue
+            W="$BENCH_DIR/work-$tool"
+            rm -rf "$W"
+            mkdir -p "$W"
+            tool_cmd $tool "$W/repo" "$W"
+            "${T[@]}" init >/dev/null
+            echo "==> run $run: $tool backup --stdin-from-command -- pg_dump"
+            timed $tool db-backup "$run" "${T[@]}" backup --stdin-filename bench.sql --stdin-from-command -- "${DUMP[@]}"
+            got=$("${T[@]}" dump latest /bench.sql | wc -c)
+            [[ "$got" == "$DUMP_BYTES" ]] || { echo "$tool: the dump in the repository has $got bytes, pg_dump wrote $DUMP_BYTES" >&2; exit 1; }
+        done
+    done
+    stop_pg
+    wait $PG_PID 2>/dev/null || true
 fi
 
 python3 hack/bench/report.py "$RESULTS" "$CORPUS_BYTES" | tee "$BENCH_DIR/report.txt"

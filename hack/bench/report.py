@@ -26,8 +26,14 @@ def main():
     results, corpus_bytes = sys.argv[1], int(sys.argv[2])
     phases = ["backup-first", "backup-nochange", "backup-5pct", "restore", "check-read-data", "prune"]
     extra = sorted({os.path.basename(p).split(".")[1] for p in glob.glob(f"{results}/*.*.run*.time")} - set(phases))
-    tools = [t for t in ["stash", "restic", "restic-current"]
+    tools = [t for t in ["stash", "restic", "restic-current", "pg_dump"]
              if glob.glob(f"{results}/{t}.*.run*.time")]
+    # Phases over another input than the corpus (the database dump).
+    sizes = {}
+    if os.path.exists(f"{results}/sizes"):
+        for line in open(f"{results}/sizes"):
+            name, n = line.split()
+            sizes[name] = int(n)
     rows = []
     for phase in phases + extra:
         best = {}
@@ -51,19 +57,22 @@ def main():
             if tool not in best:
                 continue
             r = best[tool]
-            print(f"{phase:<17}{tool:<15}{r['wall']:>8.2f}{mb / max(r['wall'], 1e-9):>9.1f}{r['cpu']:>8.2f}{r['rss_mb']:>9.1f}")
+            pmb = sizes.get(phase, corpus_bytes) / (1 << 20)
+            print(f"{phase:<17}{tool:<15}{r['wall']:>8.2f}{pmb / max(r['wall'], 1e-9):>9.1f}{r['cpu']:>8.2f}{r['rss_mb']:>9.1f}")
         s = best["stash"]
         for tool in tools[1:]:
             if tool not in best:
                 continue
             q = best[tool]
-            label = "ratio" if tool == "restic" else "ratio-current"
+            label = {"restic": "ratio", "restic-current": "ratio-current"}.get(tool, f"ratio-{tool}")
             print(f"{'':<17}{label:<15}{s['wall'] / q['wall']:>8.2f}{q['wall'] / s['wall']:>9.2f}"
                   f"{s['cpu'] / max(q['cpu'], 1e-9):>8.2f}{s['rss_mb'] / q['rss_mb']:>9.2f}")
     print("\nratio rows (vs Debian's restic, and vs a current restic when built):"
           "\n           wall and CPU as stash/restic (lower is better for stash),"
           "\n           MB/s as stash throughput / restic throughput (higher is better),"
           "\n           RSS as stash/restic."
+          "\ndb-backup: MB/s is of the dump; ratio-pg_dump compares with pg_dump > /dev/null alone"
+          "\n           (stash's time over pg_dump's: what backing up adds to the dump)."
           "\nprune: MB/s is of the corpus, not of the repository pruned (restic 0.14 made it,"
           "\n           about 30 % garbage; each tool prunes an identical copy).")
 

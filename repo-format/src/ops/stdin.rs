@@ -10,7 +10,7 @@
 //! metadata, which a stream does not have).
 //!
 //! The stream is chunked and deduplicated like any file, in memory bounded
-//! by the chunker's block, whatever its length. A stream that cannot be
+//! by the chunker's block and a 16 MiB read-ahead, whatever its length. A stream that cannot be
 //! read to its end — including a command that exits with an error, which
 //! the reader reports at the end of its output — writes no snapshot.
 
@@ -73,7 +73,7 @@ pub fn filename_components(name: &str) -> Result<Vec<String>> {
 /// the snapshot. The repository's index must be loaded.
 pub fn backup_stdin(
     repo: &Repository,
-    reader: impl Read,
+    reader: impl Read + Send + 'static,
     opts: &StdinOptions,
     progress: &Progress,
 ) -> Result<BackupResult> {
@@ -103,6 +103,7 @@ pub fn backup_stdin(
     progress
         .files_total
         .store(1, std::sync::atomic::Ordering::Relaxed);
+    let reader = ReadAhead::start(reader);
     let (content, size) = match save_content(repo, reader, repo.key().chunker_seed(), 0, progress) {
         Ok(r) => r,
         Err(ContentError::Repository(e)) => return Err(e),
@@ -176,6 +177,79 @@ pub fn backup_stdin(
         snapshot,
         errors: Vec::new(),
     })
+}
+
+/// Pieces read ahead of the chunker, at most.
+const AHEAD_PIECES: usize = 16;
+/// Size of one piece read ahead.
+const PIECE: usize = 1 << 20;
+
+/// Reads the stream in a thread of its own, up to [`AHEAD_PIECES`] ×
+/// [`PIECE`] (16 MiB) ahead of the chunker, so the producer (`pg_dump`
+/// writing into a 64 KiB pipe) keeps running while a block is hashed,
+/// compressed and encrypted, instead of waiting for each block in turn.
+struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    piece: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    fn start(mut reader: impl Read + Send + 'static) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_PIECES);
+        std::thread::spawn(move || loop {
+            let mut buf = Vec::with_capacity(PIECE);
+            match (&mut reader).take(PIECE as u64).read_to_end(&mut buf) {
+                // A dropped receiver (the backup stopped) ends the thread;
+                // the reader is dropped with it (a command is killed).
+                Ok(0) => {
+                    let _ = tx.send(Ok(buf));
+                    return;
+                }
+                Ok(_) => {
+                    if tx.send(Ok(buf)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        });
+        ReadAhead {
+            rx,
+            piece: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.piece.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(piece)) => {
+                    self.done = piece.is_empty();
+                    self.piece = piece;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(std::io::Error::other("the stream's reader thread ended"));
+                }
+            }
+        }
+        let n = buf.len().min(self.piece.len() - self.pos);
+        buf[..n].copy_from_slice(&self.piece[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 fn save_tree(repo: &Repository, nodes: Vec<Node>) -> Result<crate::Id> {
