@@ -10,7 +10,7 @@
 //! metadata, which a stream does not have).
 //!
 //! The stream is chunked and deduplicated like any file, in memory bounded
-//! by the chunker's block and a 16 MiB read-ahead, whatever its length. A stream that cannot be
+//! by the chunker's block and an 8 MiB read-ahead, whatever its length. A stream that cannot be
 //! read to its end — including a command that exits with an error, which
 //! the reader reports at the end of its output — writes no snapshot.
 
@@ -180,12 +180,12 @@ pub fn backup_stdin(
 }
 
 /// Pieces read ahead of the chunker, at most.
-const AHEAD_PIECES: usize = 16;
+const AHEAD_PIECES: usize = 8;
 /// Size of one piece read ahead.
 const PIECE: usize = 1 << 20;
 
 /// Reads the stream in a thread of its own, up to [`AHEAD_PIECES`] ×
-/// [`PIECE`] (16 MiB) ahead of the chunker, so the producer (`pg_dump`
+/// [`PIECE`] (8 MiB, plus the piece in hand) ahead of the chunker, so the producer (`pg_dump`
 /// writing into a 64 KiB pipe) keeps running while a block is hashed,
 /// compressed and encrypted, instead of waiting for each block in turn.
 struct ReadAhead {
@@ -199,16 +199,36 @@ impl ReadAhead {
     fn start(mut reader: impl Read + Send + 'static) -> ReadAhead {
         let (tx, rx) = std::sync::mpsc::sync_channel(AHEAD_PIECES);
         std::thread::spawn(move || loop {
-            let mut buf = Vec::with_capacity(PIECE);
-            match (&mut reader).take(PIECE as u64).read_to_end(&mut buf) {
+            // A piece of exactly PIECE bytes (read_to_end would grow the
+            // buffer past it), short only at the end of the stream.
+            let mut buf = vec![0u8; PIECE];
+            let mut filled = 0;
+            let res = loop {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == PIECE {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(filled);
+            let end = filled < PIECE;
+            match res {
                 // A dropped receiver (the backup stopped) ends the thread;
                 // the reader is dropped with it (a command is killed).
-                Ok(0) => {
-                    let _ = tx.send(Ok(buf));
-                    return;
-                }
-                Ok(_) => {
+                Ok(()) => {
                     if tx.send(Ok(buf)).is_err() {
+                        return;
+                    }
+                    if end {
+                        if filled > 0 {
+                            let _ = tx.send(Ok(Vec::new()));
+                        }
                         return;
                     }
                 }
@@ -261,6 +281,36 @@ fn save_tree(repo: &Repository, nodes: Vec<Node>) -> Result<crate::Id> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The read-ahead yields the stream unchanged at every length around
+    /// its piece size, and passes a read error on.
+    #[test]
+    fn read_ahead_is_transparent_and_passes_errors_on() {
+        for len in [0, 1, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut out = Vec::new();
+            ReadAhead::start(std::io::Cursor::new(data.clone()))
+                .read_to_end(&mut out)
+                .unwrap();
+            assert!(out == data, "length {len}");
+        }
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("exited with exit status: 3"));
+                }
+                let n = buf.len().min(self.0);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        let e = ReadAhead::start(Failing(PIECE + 10))
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert!(e.to_string().contains("exit status: 3"), "{e}");
+    }
 
     #[test]
     fn filenames_are_split_and_cleaned() {
