@@ -285,7 +285,7 @@ fn check_clean(restic: &Restic, args: &[&str], orphans_allowed: bool, what: &str
     let bad: Vec<&str> = text
         .lines()
         .map(str::trim)
-        .filter(|l| !routine_line(l) && !(orphans_allowed && orphan_line(l)))
+        .filter(|l| !(routine_line(l) || (orphans_allowed && orphan_line(l))))
         .collect();
     assert!(
         out.status.success() && bad.is_empty() && text.contains("no errors were found"),
@@ -310,7 +310,7 @@ fn ms(d: Duration) -> u128 {
 /// written within milliseconds of each other.
 fn delay_for(g: &mut SplitMix64, i: usize, run: Duration) -> Duration {
     let t = ms(run) as u64;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Duration::from_millis(g.below(t + 1))
     } else {
         Duration::from_millis(t * 85 / 100 + g.below(t * 20 / 100 + 1))
