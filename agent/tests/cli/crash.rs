@@ -219,17 +219,19 @@ enum State {
 }
 
 /// Starts `cmd`, SIGKILLs it after `delay` (unless it ended first) and
-/// reaps it, so that its pid is gone. Returns whether it ended first.
-fn kill_after(mut cmd: Command, delay: Duration) -> bool {
+/// reaps it, so that its pid is gone. Returns how long it ran if it ended
+/// first.
+fn kill_after(mut cmd: Command, delay: Duration) -> Option<Duration> {
     let mut child: Child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start stash");
-    let deadline = Instant::now() + delay;
+    let start = Instant::now();
+    let deadline = start + delay;
     loop {
         if child.try_wait().expect("try_wait").is_some() {
-            return true;
+            return Some(start.elapsed());
         }
         let now = Instant::now();
         if now >= deadline {
@@ -239,7 +241,7 @@ fn kill_after(mut cmd: Command, delay: Duration) -> bool {
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
-    false
+    None
 }
 
 /// Lines restic prints on a clean check, for either version.
@@ -318,14 +320,15 @@ fn delay_for(g: &mut SplitMix64, i: usize, run: Duration) -> Duration {
 }
 
 /// One backup killed at a random instant and re-run; returns the state
-/// hit and prints a line of figures.
+/// hit (and how long the run took if it ended before its kill) and prints
+/// a line of figures.
 fn backup_kill_once(
     t: &Target,
     src: &Path,
     full: &serde_json::Value,
     delay: Duration,
     label: &str,
-) -> State {
+) -> (State, Option<Duration>) {
     t.stash_ok(&["init"]);
     let args = [
         "backup",
@@ -336,7 +339,7 @@ fn backup_kill_once(
     ];
     let ended = kill_after(t.stash(&args), delay);
     let (packs, indexes, snaps) = (t.count("data"), t.count("index"), t.snapshots());
-    let state = if ended {
+    let state = if ended.is_some() {
         State::Finished
     } else if snaps > 0 {
         State::SnapshotWritten
@@ -374,7 +377,7 @@ fn backup_kill_once(
         full_packed as f64 / MIB as f64,
         ms(took)
     );
-    state
+    (state, ended)
 }
 
 /// Calibration: an unkilled backup of `src` into a fresh repository; its
@@ -396,7 +399,7 @@ fn backup_kills(
     let seed = seed(test);
     let src = env.path("src");
     build_source(&src, seed);
-    let (full, run) = unkilled_backup(&make("calibrate"), &src);
+    let (full, mut run) = unkilled_backup(&make("calibrate"), &src);
     eprintln!(
         "{test}: an unkilled backup adds {:.1} MiB ({} bytes read) in {} ms",
         full["data_added_packed"].as_u64().unwrap() as f64 / MIB as f64,
@@ -410,13 +413,13 @@ fn backup_kills(
         let delay = delay_for(&mut g, i, run);
         let name = format!("kill-{i}");
         let t = make(&name);
-        states.push(backup_kill_once(
-            &t,
-            &src,
-            &full,
-            delay,
-            &format!("{test} #{i}"),
-        ));
+        let (state, ended) = backup_kill_once(&t, &src, &full, delay, &format!("{test} #{i}"));
+        states.push(state);
+        // The machine's load changes (other tests run alongside): a run
+        // that ended before its kill is the better measure of the next.
+        if let Some(took) = ended {
+            run = took;
+        }
         last = Some(t);
     }
     // The oldest restic reads every byte of the last repository, and the
@@ -483,7 +486,7 @@ fn restore_killed_at_random_instants_then_rerun_completes() {
     let t = Target::local(&env, "repo");
     t.stash_ok(&["init"]);
     let id = t.backup(&src)["snapshot_id"].as_str().unwrap().to_string();
-    let run = {
+    let mut run = {
         let target = env.path("calibrate");
         let start = Instant::now();
         t.stash_ok(&["restore", &id, "--target", target.to_str().unwrap()]);
@@ -496,7 +499,10 @@ fn restore_killed_at_random_instants_then_rerun_completes() {
         let target = env.path(&format!("target-{i}"));
         let args = ["restore", &id, "--target", target.to_str().unwrap()];
         let ended = kill_after(t.stash(&args), delay);
-        ended_first += usize::from(ended);
+        ended_first += usize::from(ended.is_some());
+        if let Some(took) = ended {
+            run = took;
+        }
         let partial = stash_testkit::compare::compare_trees(
             &src,
             &restored(&target, &src),
@@ -511,7 +517,11 @@ fn restore_killed_at_random_instants_then_rerun_completes() {
         eprintln!(
             "{test} #{i}: kill after {:>5} ms ({}; {partial} differences left); re-run took {} ms",
             ms(delay),
-            if ended { "had ended" } else { "killed" },
+            if ended.is_some() {
+                "had ended"
+            } else {
+                "killed"
+            },
             ms(took)
         );
         std::fs::remove_dir_all(&target).unwrap();
@@ -558,13 +568,16 @@ fn forget_prune_killed_at_random_instants_minio() {
     prepare(&calibrate);
     let start = Instant::now();
     calibrate.stash_ok(&prune);
-    let run = start.elapsed();
+    let mut run = start.elapsed();
     for i in 0..PRUNE_KILLS {
         let t = Target::minio(&env, &server, &format!("kill-{i}"));
         prepare(&t);
         let before = (t.count("data"), t.count("index"), t.snapshots());
         let delay = delay_for(&mut g, i, run);
         let ended = kill_after(t.stash(&prune), delay);
+        if let Some(took) = ended {
+            run = took;
+        }
         let after = (t.count("data"), t.count("index"), t.snapshots());
         let newest = restic_new();
         check_clean(&t.restic(Some(&newest)), &["--no-lock"], true, test);
@@ -581,7 +594,7 @@ fn forget_prune_killed_at_random_instants_minio() {
             "{test} #{i}: kill after {:>5} ms of {} ({}): (packs, index files, snapshots) {before:?} -> {after:?}; re-run took {} ms",
             ms(delay),
             ms(run),
-            if ended { "had ended" } else { "killed" },
+            if ended.is_some() { "had ended" } else { "killed" },
             ms(took)
         );
         if i + 1 == PRUNE_KILLS {
