@@ -284,6 +284,11 @@ impl Repository {
         self.index.read().expect("index lock")
     }
 
+    /// Adds the blobs of an index file just written to the in-memory index.
+    pub(crate) fn add_index_file(&self, f: &IndexFile) {
+        self.index.write().expect("index lock").add_file(f);
+    }
+
     /// Where a blob is stored.
     pub fn blob_location(&self, tpe: BlobType, id: &Id) -> Option<BlobLocation> {
         self.index().get(tpe, id)

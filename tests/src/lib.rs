@@ -8,13 +8,15 @@
 //! - [`servers`] starts the real storage servers (rest-server, MinIO,
 //!   Azurite, fake-gcs-server, toxiproxy) that `hack/test-servers.sh` builds;
 //! - [`faults`] is an HTTP proxy that answers some requests with 503;
-//! - [`postgres`] runs a real PostgreSQL server (Debian's package).
+//! - [`postgres`] runs a real PostgreSQL server (Debian's package);
+//! - [`prng`] is the deterministic generator behind fixture content, for
+//!   tests that draw random choices from a printed seed.
 
 pub mod compare;
 pub mod faults;
 pub mod fixture;
 pub mod postgres;
-mod prng;
+pub mod prng;
 pub mod restic;
 pub mod servers;
 

@@ -7,19 +7,19 @@
 
 /// A SplitMix64 generator.
 #[derive(Debug, Clone)]
-pub(crate) struct SplitMix64 {
+pub struct SplitMix64 {
     /// The whole state; advanced by the golden-ratio increment on every draw.
     state: u64,
 }
 
 impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> SplitMix64 {
+    pub fn new(seed: u64) -> SplitMix64 {
         SplitMix64 { state: seed }
     }
 
     /// A generator for one named part of a fixture, so that adding or
     /// reordering parts does not shift the content of the others.
-    pub(crate) fn derive(seed: u64, label: &[u8]) -> SplitMix64 {
+    pub fn derive(seed: u64, label: &[u8]) -> SplitMix64 {
         // FNV-1a over the label, then mixed with the seed.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for &b in label {
@@ -31,7 +31,7 @@ impl SplitMix64 {
         g
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -41,12 +41,12 @@ impl SplitMix64 {
 
     /// A value in `0..n`; `n` must be non-zero. The modulo bias is
     /// irrelevant for test data.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "SplitMix64::below(0)");
         self.next_u64() % n
     }
 
-    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
+    pub fn fill(&mut self, buf: &mut [u8]) {
         let mut chunks = buf.chunks_exact_mut(8);
         for chunk in &mut chunks {
             chunk.copy_from_slice(&self.next_u64().to_le_bytes());

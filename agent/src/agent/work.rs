@@ -711,6 +711,7 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
     let repo = p.repo.open()?;
     let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
+    repo_format::ops::repair::reuse_interrupted_uploads(&repo, &lock);
     let res = backup_with_progress(
         &repo,
         &BackupOptions {

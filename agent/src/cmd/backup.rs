@@ -39,6 +39,7 @@ pub fn run(g: &GlobalArgs, a: &BackupArgs) -> Result<u8> {
     let stream = stream_source(g, a)?;
     let lock = RepoLock::acquire_with(r.clone(), false, LockTiming::default(), Some(on_lost))?;
     r.load_index().context("loading the index")?;
+    repo_format::ops::repair::reuse_interrupted_uploads(&r, &lock);
     if let Some((source_name, reader)) = stream {
         let opts = StdinOptions {
             filename: a.stdin_filename.clone(),

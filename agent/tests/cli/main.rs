@@ -5,6 +5,7 @@
 mod adopt;
 mod backends;
 mod bad_input;
+mod crash;
 mod database;
 mod forget;
 mod interop;

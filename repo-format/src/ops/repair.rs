@@ -22,6 +22,7 @@ use crate::format::crypto::OVERHEAD;
 use crate::format::id::Id;
 use crate::format::repofile::pack::header_from_bytes;
 use crate::format::repofile::{IndexBlob, IndexFile, IndexPack, PackHeaderEntry};
+use crate::repository::lock::RepoLock;
 use crate::repository::Repository;
 
 /// What a repair did.
@@ -108,6 +109,113 @@ pub fn read_pack_header(repo: &Repository, pack: &Id, size: u64) -> Result<Vec<P
         ));
     }
     Ok(entries)
+}
+
+/// What [`index_orphan_packs`] found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OrphanPacks {
+    /// Packs no index file named, now indexed.
+    pub packs: u64,
+    /// Their size in bytes.
+    pub bytes: u64,
+    /// Packs whose header could not be read, with the reason (left alone).
+    pub unreadable: Vec<String>,
+}
+
+/// Indexes the packs that no index file names: what an interrupted
+/// operation (a killed backup) uploaded before it could write its index.
+/// A backup that calls this after the load of the index reuses that data
+/// instead of uploading it again; restic would upload it again, and leave
+/// the orphans for prune.
+///
+/// Only call it when no other process can be writing: a live writer's
+/// packs are orphans until its own index file comes, and indexing them here
+/// too would name them twice (harmless, but restic check reports it). The
+/// backup calls it when its lock removed a stale lock and no other live
+/// lock was held. The in-memory index must be loaded.
+pub fn index_orphan_packs(repo: &Repository) -> Result<OrphanPacks> {
+    let mut out = OrphanPacks::default();
+    let named: std::collections::HashSet<Id> = repo.index().packs().iter().copied().collect();
+    let mut orphans: Vec<(Id, u64)> = repo
+        .backend()
+        .list(FileType::Pack)?
+        .into_iter()
+        .filter_map(|f| Id::from_hex(&f.name).map(|id| (id, f.size)))
+        .filter(|(id, _)| !named.contains(id))
+        .collect();
+    orphans.sort();
+    let read: Vec<(Id, u64, Result<Vec<PackHeaderEntry>>)> = orphans
+        .par_iter()
+        .map(|(id, size)| (*id, *size, read_pack_header(repo, id, *size)))
+        .collect();
+    let mut cur = IndexFile::default();
+    let mut blobs = 0usize;
+    let save = |f: &IndexFile| -> Result<()> {
+        repo.save_unpacked(FileType::Index, &f.to_json())?;
+        repo.add_index_file(f);
+        Ok(())
+    };
+    for (id, size, r) in read {
+        match r {
+            Ok(entries) => {
+                out.packs += 1;
+                out.bytes += size;
+                blobs += entries.len();
+                cur.packs.push(IndexPack {
+                    id,
+                    blobs: entries
+                        .into_iter()
+                        .map(|e| IndexBlob {
+                            id: e.id,
+                            tpe: e.tpe,
+                            offset: e.offset,
+                            length: e.length,
+                            uncompressed_length: e.uncompressed_length,
+                        })
+                        .collect(),
+                });
+                if blobs >= 50_000 {
+                    save(&std::mem::take(&mut cur))?;
+                    blobs = 0;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pack = %id, error = %e, "cannot read the header of a pack no index names; left alone");
+                out.unreadable.push(format!("pack {id}: {e}"));
+            }
+        }
+    }
+    if !cur.packs.is_empty() {
+        save(&cur)?;
+    }
+    Ok(out)
+}
+
+/// For a backup that has just taken `lock` and loaded the index: when
+/// taking the lock removed a stale lock (an operation was interrupted) and
+/// no other live lock was held, indexes the orphan packs
+/// ([`index_orphan_packs`]) so that this backup reuses them. Never fails
+/// the backup: an error is logged, and the data is uploaded again.
+pub fn reuse_interrupted_uploads(repo: &Repository, lock: &RepoLock) -> Option<OrphanPacks> {
+    if lock.stale_removed().is_empty() || lock.others_held() {
+        return None;
+    }
+    match index_orphan_packs(repo) {
+        Ok(o) => {
+            if o.packs > 0 {
+                tracing::info!(
+                    packs = o.packs,
+                    bytes = o.bytes,
+                    "indexed the packs an interrupted operation left: their data is reused"
+                );
+            }
+            Some(o)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not index the packs an interrupted operation left; uploading their data again");
+            None
+        }
+    }
 }
 
 /// Rebuilds the index; see the module documentation.
@@ -211,4 +319,49 @@ pub fn repair_index(repo: &Repository, read_all_packs: bool) -> Result<RepairInd
     }
     repo.clear_index();
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::local::LocalBackend;
+    use crate::format::repofile::BlobType;
+    use crate::KdfParams;
+
+    /// Packs whose index file is gone (a backup killed before writing it)
+    /// are indexed again, and a later save of the same blobs adds nothing.
+    #[test]
+    fn orphan_packs_are_indexed_and_their_blobs_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let b: Arc<dyn crate::Backend> = Arc::new(LocalBackend::new(d.path()));
+        let r = Repository::init(b.clone(), b"pw", 2, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let blobs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10_000 + usize::from(i)]).collect();
+        for blob in &blobs {
+            r.save_blob(BlobType::Data, blob).unwrap();
+        }
+        r.flush().unwrap();
+        for id in r.list_ids(FileType::Index).unwrap() {
+            b.remove(FileType::Index, &id.to_hex()).unwrap();
+        }
+        let packs = r.list_ids(FileType::Pack).unwrap().len() as u64;
+        assert!(packs >= 1);
+
+        let r = Repository::open(b.clone(), b"pw").unwrap();
+        r.load_index().unwrap();
+        assert!(r.index().is_empty());
+        let found = index_orphan_packs(&r).unwrap();
+        assert_eq!(found.packs, packs);
+        assert!(found.unreadable.is_empty(), "{:?}", found.unreadable);
+        for blob in &blobs {
+            let (_, new) = r.save_blob(BlobType::Data, blob).unwrap();
+            assert!(!new, "a blob in an orphan pack was stored again");
+        }
+        // Written down: a fresh open sees them, and nothing is left over.
+        let r = Repository::open(b, b"pw").unwrap();
+        r.load_index().unwrap();
+        assert_eq!(r.index().count(BlobType::Data), blobs.len());
+        assert_eq!(index_orphan_packs(&r).unwrap().packs, 0);
+    }
 }

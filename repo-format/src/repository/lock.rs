@@ -58,6 +58,10 @@ pub struct RepoLock {
     lost: Arc<AtomicBool>,
     stop: Option<mpsc::Sender<()>>,
     refresher: Option<JoinHandle<()>>,
+    /// Stale locks removed when this one was taken.
+    stale_removed: Vec<LockFile>,
+    /// Live locks of others seen when this one was taken.
+    live_others: usize,
 }
 
 impl std::fmt::Debug for RepoLock {
@@ -95,11 +99,24 @@ fn new_lock_file(exclusive: bool) -> LockFile {
     }
 }
 
-/// Looks for a live lock that conflicts with taking one of kind
-/// `exclusive` (ignoring the lock named `ours`).
-fn conflicting(repo: &Repository, exclusive: bool, ours: Option<&str>) -> Result<Option<LockFile>> {
+/// What a look at `locks/` found.
+#[derive(Debug, Default)]
+struct LockScan {
+    /// A live lock that conflicts with the one wanted.
+    conflict: Option<LockFile>,
+    /// Stale locks: of a process of this host that no longer exists, or
+    /// not refreshed for [`crate::format::repofile::lock::STALE_AFTER`].
+    stale: Vec<(String, LockFile)>,
+    /// Live locks besides ours (conflicting or not).
+    live_others: usize,
+}
+
+/// Reads every lock but `ours` and sorts them into conflicting, stale and
+/// live ones, for taking a lock of kind `exclusive`.
+fn scan(repo: &Repository, exclusive: bool, ours: Option<&str>) -> Result<LockScan> {
     let (_, host) = whoami();
     let now = chrono::Local::now().fixed_offset();
+    let mut out = LockScan::default();
     for id in repo.list_ids(FileType::Lock)? {
         let name = id.to_hex();
         if Some(name.as_str()) == ours {
@@ -115,13 +132,15 @@ fn conflicting(repo: &Repository, exclusive: bool, ours: Option<&str>) -> Result
             }
         };
         if lock.is_stale(now, &host, pid_alive) {
+            out.stale.push((name, lock));
             continue;
         }
-        if exclusive || lock.exclusive {
-            return Ok(Some(lock));
+        out.live_others += 1;
+        if out.conflict.is_none() && (exclusive || lock.exclusive) {
+            out.conflict = Some(lock);
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 impl RepoLock {
@@ -144,15 +163,33 @@ impl RepoLock {
             kind: if l.exclusive { "exclusively" } else { "" },
             holder: l.describe(),
         };
-        if let Some(l) = conflicting(&repo, exclusive, None)? {
+        if let Some(l) = scan(&repo, exclusive, None)?.conflict {
             return Err(locked(l));
         }
         let id = repo.save_unpacked(FileType::Lock, &new_lock_file(exclusive).to_json())?;
         let name = id.to_hex();
         // Someone may have locked between our check and our write: look again.
-        if let Some(l) = conflicting(&repo, exclusive, Some(&name))? {
+        let found = scan(&repo, exclusive, Some(&name))?;
+        if let Some(l) = found.conflict {
             let _ = repo.backend().remove(FileType::Lock, &name);
             return Err(locked(l));
+        }
+        // Stale locks are removed, as `restic unlock` does: restic does not
+        // skip them when it locks, so a lock left by a killed process would
+        // otherwise stop every later restic prune or check until someone
+        // unlocks by hand. Their holders are gone (or, 30 minutes without a
+        // refresh, have given their lock up themselves).
+        let mut stale_removed = Vec::new();
+        for (stale, l) in found.stale {
+            match repo.backend().remove(FileType::Lock, &stale) {
+                Ok(()) | Err(Error::NotFound { .. }) => {
+                    tracing::info!(lock = %stale, holder = %l.describe(), "removed a stale lock");
+                    stale_removed.push(l);
+                }
+                Err(e) => {
+                    tracing::warn!(lock = %stale, error = %e, "could not remove a stale lock");
+                }
+            }
         }
         let name = Arc::new(Mutex::new(name));
         let lost = Arc::new(AtomicBool::new(false));
@@ -168,12 +205,26 @@ impl RepoLock {
             lost,
             stop: Some(tx),
             refresher: Some(refresher),
+            stale_removed,
+            live_others: found.live_others,
         })
     }
 
     /// The current lock file's name.
     pub fn name(&self) -> String {
         self.name.lock().expect("lock name").clone()
+    }
+
+    /// The stale locks (of dead processes, or too old) removed when this
+    /// lock was taken: evidence that an operation was interrupted.
+    pub fn stale_removed(&self) -> &[LockFile] {
+        &self.stale_removed
+    }
+
+    /// Whether a live lock of another process existed when this one was
+    /// taken (after the stale ones were set aside).
+    pub fn others_held(&self) -> bool {
+        self.live_others > 0
     }
 
     /// Whether the lock could not be refreshed in time: others may soon
@@ -274,5 +325,59 @@ mod tests {
         let x = RepoLock::acquire(r.clone(), true).unwrap();
         assert!(RepoLock::acquire(r.clone(), false).is_err());
         drop(x);
+    }
+
+    fn lock_of(pid: u32, exclusive: bool) -> Vec<u8> {
+        LockFile {
+            pid: i64::from(pid),
+            ..new_lock_file(exclusive)
+        }
+        .to_json()
+    }
+
+    /// A lock left by a killed process of this host (its pid gone) neither
+    /// blocks an exclusive lock nor survives it; a live process's lock
+    /// does block, and is kept.
+    #[test]
+    fn stale_lock_of_a_dead_process_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let b: Arc<dyn crate::Backend> = Arc::new(LocalBackend::new(d.path()));
+        let r = Arc::new(Repository::init(b, b"pw", 2, KdfParams::INSECURE_FOR_TESTS).unwrap());
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        assert!(!pid_alive(i64::from(dead_pid)));
+        let stale = r
+            .save_unpacked(FileType::Lock, &lock_of(dead_pid, true))
+            .unwrap();
+
+        let x = RepoLock::acquire(r.clone(), true).unwrap();
+        assert_eq!(x.stale_removed().len(), 1);
+        assert_eq!(x.stale_removed()[0].pid, i64::from(dead_pid));
+        assert!(!x.others_held());
+        let left = r.list_ids(FileType::Lock).unwrap();
+        assert_eq!(left.len(), 1, "only our own lock is left");
+        assert_ne!(left[0], stale);
+        drop(x);
+
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let held = r
+            .save_unpacked(FileType::Lock, &lock_of(live.id(), false))
+            .unwrap();
+        let e = RepoLock::acquire(r.clone(), true).unwrap_err();
+        assert!(e.to_string().contains("already locked"), "{e}");
+        let shared = RepoLock::acquire(r.clone(), false).unwrap();
+        assert!(shared.stale_removed().is_empty());
+        assert!(shared.others_held());
+        drop(shared);
+        assert_eq!(r.list_ids(FileType::Lock).unwrap(), vec![held]);
+        live.kill().unwrap();
+        live.wait().unwrap();
+        // Now dead: taken over.
+        let x = RepoLock::acquire(r.clone(), true).unwrap();
+        assert_eq!(x.stale_removed().len(), 1);
     }
 }
