@@ -947,7 +947,7 @@ fn repack_one(
 /// Writes index files naming every pack the old ones name, except
 /// `drop`; returns how many were written.
 fn rewrite_index(repo: &Repository, old: &[Id], drop: &HashSet<Id>) -> Result<u64> {
-    const MAX_BLOBS: usize = 50_000;
+    const MAX_BLOBS: usize = crate::format::repofile::index::INDEX_FILE_MAX_BLOBS;
     let mut written = 0u64;
     let mut seen: HashSet<Id> = HashSet::new();
     let mut cur = IndexFile::default();

@@ -20,6 +20,7 @@ use crate::backend::FileType;
 use crate::error::{Error, Result};
 use crate::format::crypto::OVERHEAD;
 use crate::format::id::Id;
+use crate::format::repofile::index::INDEX_FILE_MAX_BLOBS;
 use crate::format::repofile::pack::header_from_bytes;
 use crate::format::repofile::{IndexBlob, IndexFile, IndexPack, PackHeaderEntry};
 use crate::repository::lock::RepoLock;
@@ -163,18 +164,9 @@ pub fn index_orphan_packs(repo: &Repository) -> Result<OrphanPacks> {
                 blobs += entries.len();
                 cur.packs.push(IndexPack {
                     id,
-                    blobs: entries
-                        .into_iter()
-                        .map(|e| IndexBlob {
-                            id: e.id,
-                            tpe: e.tpe,
-                            offset: e.offset,
-                            length: e.length,
-                            uncompressed_length: e.uncompressed_length,
-                        })
-                        .collect(),
+                    blobs: entries.iter().map(IndexBlob::from).collect(),
                 });
-                if blobs >= 50_000 {
+                if blobs >= INDEX_FILE_MAX_BLOBS {
                     save(&std::mem::take(&mut cur))?;
                     blobs = 0;
                 }
@@ -278,16 +270,7 @@ pub fn repair_index(repo: &Repository, read_all_packs: bool) -> Result<RepairInd
         match r {
             Ok(entries) => {
                 stats.packs_read += 1;
-                let blobs = entries
-                    .into_iter()
-                    .map(|e| IndexBlob {
-                        id: e.id,
-                        tpe: e.tpe,
-                        offset: e.offset,
-                        length: e.length,
-                        uncompressed_length: e.uncompressed_length,
-                    })
-                    .collect();
+                let blobs = entries.iter().map(IndexBlob::from).collect();
                 known.insert(id, IndexPack { id, blobs });
             }
             Err(e) => stats.packs_unreadable.push(format!("pack {id}: {e}")),
@@ -301,7 +284,7 @@ pub fn repair_index(repo: &Repository, read_all_packs: bool) -> Result<RepairInd
     for p in packs {
         blobs += p.blobs.len();
         cur.packs.push(p);
-        if blobs >= 50_000 {
+        if blobs >= INDEX_FILE_MAX_BLOBS {
             repo.save_unpacked(FileType::Index, &std::mem::take(&mut cur).to_json())?;
             stats.index_files_written += 1;
             blobs = 0;

@@ -92,7 +92,7 @@ impl Default for WriteOptions {
         WriteOptions {
             pack_size: 16 << 20,
             compression: Compression::Auto,
-            index_max_blobs: 50_000,
+            index_max_blobs: crate::format::repofile::index::INDEX_FILE_MAX_BLOBS,
             upload_threads: 2,
         }
     }
@@ -224,17 +224,7 @@ impl Shared {
         tracing::debug!(pack = %name, blobs = f.entries.len(), bytes = size, %tpe, "wrote pack");
         let ipack = IndexPack {
             id: f.id,
-            blobs: f
-                .entries
-                .iter()
-                .map(|e| IndexBlob {
-                    id: e.id,
-                    tpe: e.tpe,
-                    offset: e.offset,
-                    length: e.length,
-                    uncompressed_length: e.uncompressed_length,
-                })
-                .collect(),
+            blobs: f.entries.iter().map(IndexBlob::from).collect(),
         };
         {
             let mut idx = self.index.write().expect("index lock");

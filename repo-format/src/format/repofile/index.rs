@@ -42,6 +42,23 @@ pub struct IndexBlob {
     pub uncompressed_length: Option<u32>,
 }
 
+/// Blobs an index file holds at most before the writer starts another, as
+/// restic does (its `indexMaxBlobs`).
+pub const INDEX_FILE_MAX_BLOBS: usize = 50_000;
+
+impl From<&super::PackHeaderEntry> for IndexBlob {
+    /// A pack header's entry as the index names it.
+    fn from(e: &super::PackHeaderEntry) -> IndexBlob {
+        IndexBlob {
+            id: e.id,
+            tpe: e.tpe,
+            offset: e.offset,
+            length: e.length,
+            uncompressed_length: e.uncompressed_length,
+        }
+    }
+}
+
 impl IndexFile {
     /// Parses the decrypted (and decompressed) JSON. Also reads the legacy
     /// format (a bare array of packs) of very old repositories.
