@@ -123,6 +123,13 @@ pub struct AgentArgs {
     /// This agent's pod name, for its claims (default: the host name)
     #[arg(long = "pod-name", env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// The agent's own namespace, where its maintenance Leases are (from the downward API's metadata.namespace)
+    #[arg(
+        long = "namespace",
+        env = "POD_NAMESPACE",
+        default_value = "stash-system"
+    )]
+    pub namespace: String,
     /// The kubelet's root directory as mounted in the agent (k3s, RKE, TKGI and others use other places; see deploy/README.md)
     #[arg(
         long = "kubelet-root",

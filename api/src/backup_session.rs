@@ -122,6 +122,10 @@ pub struct RetentionStatus {
     /// Snapshots of this configuration removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<i64>,
+    /// Whether this run pruned (see the Repository's `maintenance`); the
+    /// claim's message says why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<bool>,
     /// Bytes of packs the prune deleted, net of what it wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaimed_bytes: Option<i64>,

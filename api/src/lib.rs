@@ -46,6 +46,7 @@ mod backup_session;
 mod common;
 mod duration;
 pub mod identity;
+pub mod lease;
 mod notification;
 pub mod policy;
 mod repository;
@@ -65,7 +66,8 @@ pub use common::{Claim, ItemPhase, RepositoryReference, SecretKeyReference, Sess
 pub use duration::{parse_duration, DurationError};
 pub use notification::{Notification, NotificationFormat, NotifyOn};
 pub use repository::{
-    AllowedNamespaces, NamespacesFrom, Repository, RepositorySpec, RepositoryStatus, UsagePolicy,
+    AllowedNamespaces, Maintenance, MaintenanceWindow, NamespacesFrom, PruneDecision, Repository,
+    RepositorySpec, RepositoryStatus, UsagePolicy, DEFAULT_PRUNE_INTERVAL,
 };
 pub use restore_session::{
     OverwritePolicy, PrivilegedContent, RestoreItem, RestoreSession, RestoreSessionSpec,

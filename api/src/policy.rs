@@ -282,6 +282,7 @@ mod tests {
                 usage_policy: Some(UsagePolicy {
                     allowed_namespaces: AllowedNamespaces { from, selector },
                 }),
+                maintenance: None,
             },
         );
         r.metadata.namespace = Some(ns.into());

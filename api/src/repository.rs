@@ -1,5 +1,6 @@
 //! `Repository`: a restic-format repository and who may use it.
 
+use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,127 @@ pub struct RepositorySpec {
     /// this repository; only its own namespace when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_policy: Option<UsagePolicy>,
+    /// When the repository is pruned. One maintenance run (forget and
+    /// prune) at a time runs per repository URL, across all agents and all
+    /// namespaces using it; backups wait for a running prune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+}
+
+/// When a Repository's unreferenced data is pruned.
+///
+/// Retention (forgetting snapshots) runs after every session; pruning, which
+/// rewrites packs under the exclusive lock, runs at most every
+/// `pruneInterval`, and only inside `window` when one is given.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// Prune at most this often, e.g. `24h` (the default), `7d`; `0s` prunes
+    /// after every retention run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("pruneInterval must be a duration such as \"12h\", \"7d\" or \"0s\""))]
+    #[schemars(length(min = 2, max = 32))]
+    pub prune_interval: Option<String>,
+    /// A daily window (UTC) outside which no prune starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<MaintenanceWindow>,
+}
+
+/// A daily time window, in UTC.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// When it opens, `HH:MM` in UTC.
+    #[x_kube(validation = Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')").message("start must be a time of day HH:MM (UTC), e.g. \"02:00\""))]
+    #[schemars(length(min = 5, max = 5))]
+    pub start: String,
+    /// How long it stays open, e.g. `4h` (at most `24h`).
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhd])+$')").message("duration must be a duration such as \"4h\" or \"90m\""))]
+    #[schemars(length(min = 2, max = 32))]
+    pub duration: String,
+}
+
+/// The prune interval when a Repository gives none.
+pub const DEFAULT_PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether a prune may start now, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PruneDecision {
+    /// Prune now.
+    Due,
+    /// Not now: the reason, for the status.
+    NotDue(String),
+}
+
+impl Maintenance {
+    /// Whether a prune may start at `now`, after the last one at `last`
+    /// (`None`: never pruned). An invalid setting is an error (the schema
+    /// refuses them; this guards objects written before it did).
+    pub fn prune_decision(
+        &self,
+        last: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<PruneDecision, String> {
+        let interval = match &self.prune_interval {
+            Some(s) => {
+                crate::parse_duration(s).map_err(|e| format!("maintenance.pruneInterval: {e}"))?
+            }
+            None => DEFAULT_PRUNE_INTERVAL,
+        };
+        if let Some(w) = &self.window {
+            let (open, close) = w.around(now)?;
+            if now < open || now >= close {
+                return Ok(PruneDecision::NotDue(format!(
+                    "outside the maintenance window ({} UTC for {}); the next opens at {}",
+                    w.start,
+                    w.duration,
+                    if now < open {
+                        open
+                    } else {
+                        open + chrono::Duration::days(1)
+                    }
+                    .format("%Y-%m-%dT%H:%M:%SZ")
+                )));
+            }
+        }
+        if let Some(last) = last {
+            let next = last + chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+            if now < next {
+                return Ok(PruneDecision::NotDue(format!(
+                    "last pruned at {}; pruneInterval {} allows the next prune after {}",
+                    last.format("%Y-%m-%dT%H:%M:%SZ"),
+                    self.prune_interval.as_deref().unwrap_or("24h"),
+                    next.format("%Y-%m-%dT%H:%M:%SZ")
+                )));
+            }
+        }
+        Ok(PruneDecision::Due)
+    }
+}
+
+impl MaintenanceWindow {
+    /// The opening and closing of the window that opened last at or before
+    /// `now` (it may have closed already).
+    fn around(&self, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+        let start = chrono::NaiveTime::parse_from_str(&self.start, "%H:%M")
+            .map_err(|_| format!("maintenance.window.start {:?} is not HH:MM", self.start))?;
+        let length = crate::parse_duration(&self.duration)
+            .map_err(|e| format!("maintenance.window.duration: {e}"))?;
+        if length.is_zero() || length > std::time::Duration::from_secs(24 * 3600) {
+            return Err(format!(
+                "maintenance.window.duration {:?} must be more than 0 and at most 24h",
+                self.duration
+            ));
+        }
+        let today = now.date_naive().and_time(start).and_utc();
+        let open = if today <= now {
+            today
+        } else {
+            today - chrono::Duration::days(1)
+        };
+        let close = open + chrono::Duration::from_std(length).unwrap_or(chrono::Duration::MAX);
+        Ok((open, close))
+    }
 }
 
 /// Who may use a Repository.
@@ -112,4 +234,94 @@ pub struct RepositoryStatus {
     /// Standard conditions (`Ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn m(interval: Option<&str>, window: Option<(&str, &str)>) -> Maintenance {
+        Maintenance {
+            prune_interval: interval.map(str::to_owned),
+            window: window.map(|(start, duration)| MaintenanceWindow {
+                start: start.into(),
+                duration: duration.into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_interval_counts_from_the_last_prune() {
+        let d = Maintenance::default();
+        let now = at("2026-12-03T12:00:00Z");
+        assert_eq!(d.prune_decision(None, now), Ok(PruneDecision::Due));
+        let r = d
+            .prune_decision(Some(at("2026-12-03T00:00:00Z")), now)
+            .unwrap();
+        let PruneDecision::NotDue(why) = r else {
+            panic!("due 12 h after the last prune with the default of 24 h")
+        };
+        assert!(why.contains("2026-12-04T00:00:00Z"), "{why}");
+        assert_eq!(
+            d.prune_decision(Some(at("2026-12-02T12:00:00Z")), now),
+            Ok(PruneDecision::Due)
+        );
+        let every = m(Some("0s"), None);
+        assert_eq!(every.prune_decision(Some(now), now), Ok(PruneDecision::Due));
+        let weekly = m(Some("7d"), None);
+        assert!(matches!(
+            weekly.prune_decision(Some(at("2026-11-27T12:00:01Z")), now),
+            Ok(PruneDecision::NotDue(_))
+        ));
+        assert_eq!(
+            weekly.prune_decision(Some(at("2026-11-26T12:00:00Z")), now),
+            Ok(PruneDecision::Due)
+        );
+    }
+
+    #[test]
+    fn a_window_opens_daily_and_may_span_midnight() {
+        let night = m(Some("0s"), Some(("22:00", "4h")));
+        for (t, due) in [
+            ("2026-12-03T21:59:59Z", false),
+            ("2026-12-03T22:00:00Z", true),
+            ("2026-12-03T23:59:00Z", true),
+            ("2026-12-04T01:59:59Z", true),
+            ("2026-12-04T02:00:00Z", false),
+            ("2026-12-04T12:00:00Z", false),
+        ] {
+            let r = night.prune_decision(None, at(t)).unwrap();
+            assert_eq!(r == PruneDecision::Due, due, "{t}: {r:?}");
+        }
+        let PruneDecision::NotDue(why) = night
+            .prune_decision(None, at("2026-12-04T12:00:00Z"))
+            .unwrap()
+        else {
+            unreachable!()
+        };
+        assert!(why.contains("2026-12-04T22:00:00Z"), "{why}");
+        // Inside the window the interval still applies.
+        assert!(matches!(
+            m(None, Some(("22:00", "4h")))
+                .prune_decision(Some(at("2026-12-03T22:30:00Z")), at("2026-12-03T23:00:00Z")),
+            Ok(PruneDecision::NotDue(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_settings_are_errors() {
+        let now = at("2026-12-03T12:00:00Z");
+        for bad in [
+            m(Some("soon"), None),
+            m(None, Some(("25:00", "1h"))),
+            m(None, Some(("02:00", "25h"))),
+            m(None, Some(("02:00", "0s"))),
+        ] {
+            assert!(bad.prune_decision(None, now).is_err(), "{bad:?}");
+        }
+    }
 }

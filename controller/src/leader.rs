@@ -10,12 +10,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
 use kube::Client;
+use stash_api::lease::Attempt;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
@@ -41,10 +39,6 @@ pub struct LeaderElector {
     api: Api<Lease>,
     /// The parameters.
     config: LeaseConfig,
-}
-
-fn now_micro() -> MicroTime {
-    MicroTime(Timestamp::now())
 }
 
 impl LeaderElector {
@@ -115,91 +109,24 @@ impl LeaderElector {
 
     /// One attempt: take the Lease if it is free, expired or ours.
     async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let lease_err = |source| Error::Lease {
-            lease: self.lease_name(),
-            source,
-        };
-        let me = &self.config.identity;
-        let seconds =
-            i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let current = self
-            .api
-            .get_opt(&self.config.name)
-            .await
-            .map_err(lease_err)?;
-        let Some(mut lease) = current else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.config.name.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(me.clone()),
-                    lease_duration_seconds: Some(seconds),
-                    acquire_time: Some(now_micro()),
-                    renew_time: Some(now_micro()),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-                Err(e) => Err(lease_err(e)),
-            };
-        };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        let holder = spec.holder_identity.clone().unwrap_or_default();
-        let ours = holder == *me;
-        if !ours && !holder.is_empty() {
-            let duration = i64::from(spec.lease_duration_seconds.unwrap_or(seconds)) * 1000;
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .map(|t| t.0.as_millisecond())
-                .unwrap_or(0);
-            if renewed + duration > Utc::now().timestamp_millis() {
-                return Ok(false);
-            }
-        }
-        if !ours {
-            spec.holder_identity = Some(me.clone());
-            spec.acquire_time = Some(now_micro());
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-        }
-        spec.lease_duration_seconds = Some(seconds);
-        spec.renew_time = Some(now_micro());
-        // replace carries the resourceVersion read above: a concurrent
-        // writer makes this fail with 409 instead of both winning.
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
+        let c = &self.config;
+        match stash_api::lease::take_or_renew(&self.api, &c.name, &c.identity, c.lease_duration)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(lease_err(e)),
+            Ok(Attempt::Held(_)) => Ok(true),
+            Ok(Attempt::Busy { .. }) => Ok(false),
+            Err(source) => Err(Error::Lease {
+                lease: self.lease_name(),
+                source,
+            }),
         }
     }
 
     /// Gives the Lease up, so another replica takes over without waiting
     /// for it to expire. Best effort.
     async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
-            return;
-        };
-        let Some(spec) = lease.spec.as_mut() else {
-            return;
-        };
-        if spec.holder_identity.as_deref() != Some(&self.config.identity) {
-            return;
-        }
-        spec.holder_identity = None;
-        if let Err(e) = self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+        let c = &self.config;
+        if let Err(e) = stash_api::lease::release(&self.api, &c.name, &c.identity, |_| {}).await {
             tracing::warn!(error = %e, "cannot release the Lease");
         }
     }

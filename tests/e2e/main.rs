@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -358,7 +359,9 @@ async fn setup() -> World {
         &client,
         None,
         json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository", "metadata": {"name": "main"},
-               "spec": {"url": url, "credentialsSecret": "repo-creds", "passwordSecret": {"name": "repo-password"}}}),
+               "spec": {"url": url, "credentialsSecret": "repo-creds", "passwordSecret": {"name": "repo-password"},
+                        // Prune after every retention run, as this test expects.
+                        "maintenance": {"pruneInterval": "0s"}}}),
     )
     .await;
     // The agents run with the permissions deploy/ gives them, no more.
@@ -997,6 +1000,281 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
 
     // After everything, restic still finds the repository sound.
     check_read_data(&w.restic);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+}
+
+/// The maintenance Leases the agents created in their namespace.
+async fn maintenance_leases(c: &Client) -> Vec<Lease> {
+    let api: Api<Lease> = Api::namespaced(c.clone(), "stash-system");
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|l| l.name_any().starts_with("stash-maintenance-"))
+        .collect()
+}
+
+fn retention_of(s: &BackupSession) -> stash_api::RetentionStatus {
+    s.status
+        .as_ref()
+        .and_then(|st| st.retention.clone())
+        .unwrap_or_else(|| panic!("no retention in {:?}", s.status))
+}
+
+/// Issue 14, failure 4: on a repository two configurations share, one
+/// maintenance run at a time (a Lease per repository), prune at most every
+/// `pruneInterval`, and a backup waits for a running prune's exclusive lock
+/// instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maintenance_is_serialised_per_repository_and_pruned_at_most_every_interval() {
+    let w = setup().await;
+    let shutdown = CancellationToken::new();
+    let controller = start_controller(w.client.clone(), shutdown.clone());
+    let c = w.client.clone();
+    let repos: Api<Repository> = Api::namespaced(c.clone(), NS);
+    // The default interval: 24 h.
+    repos
+        .patch(
+            "main",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maintenance": null}})),
+        )
+        .await
+        .unwrap();
+    let uid = running_pod(
+        &c,
+        NS,
+        "app",
+        "node-a",
+        json!({"app": "tenant"}),
+        json!({"stash.rs/backup-volumes": "data"}),
+        json!([{"name": "data", "emptyDir": {}}]),
+    )
+    .await;
+    let dir = w
+        .nodes
+        .iter()
+        .find(|n| n.name == "node-a")
+        .unwrap()
+        .pod_volumes(&uid)
+        .join("kubernetes.io~empty-dir/data");
+    fs::create_dir_all(&dir).unwrap();
+    for cfg in ["team-a", "team-b"] {
+        create::<BackupConfiguration>(
+            &c,
+            None,
+            json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": cfg},
+                   "spec": {"schedule": "0 0 1 1 *", "target": {"selector": {"matchLabels": {"app": "tenant"}}},
+                            "repository": {"name": "main"}, "retention": {"keepLast": 1}}}),
+        )
+        .await;
+    }
+    let sessions: Api<BackupSession> = Api::namespaced(c.clone(), NS);
+    let mut n = 0u64;
+    let mut run = |cfg: &'static str| {
+        n += 1;
+        write_random_file(&dir.join(format!("f{n}")), 300_000, n).unwrap();
+        let name = format!("{cfg}-{n}");
+        let s: BackupSession = serde_json::from_value(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {(stash_api::LABEL_CONFIGURATION): cfg}},
+            "spec": {"backupConfiguration": cfg}
+        }))
+        .unwrap();
+        let sessions = sessions.clone();
+        async move {
+            sessions.create(&PostParams::default(), &s).await.unwrap();
+            name
+        }
+    };
+    let done = |name: String| move |s: &BackupSession| s.name_any() == name && finished_ok(s);
+
+    // 1. The first retention run on the repository prunes, and the Lease
+    // records when.
+    let name = run("team-a").await;
+    let first = wait_session(
+        &w,
+        "team-a",
+        "the first session",
+        Duration::from_secs(90),
+        done(name),
+    )
+    .await;
+    let r = retention_of(&first);
+    assert_eq!(r.pruned, Some(true), "{r:?}");
+    assert!(r.reclaimed_bytes.is_some(), "{r:?}");
+    let leases = maintenance_leases(&c).await;
+    assert_eq!(leases.len(), 1, "one Lease per repository: {leases:?}");
+    let lease = &leases[0];
+    assert!(
+        lease.spec.as_ref().unwrap().holder_identity.is_none(),
+        "released: {lease:?}"
+    );
+    let annotations = lease.metadata.annotations.clone().unwrap_or_default();
+    assert!(annotations.contains_key("stash.rs/last-prune"), "{lease:?}");
+    assert_eq!(
+        annotations
+            .get("stash.rs/last-repository")
+            .map(String::as_str),
+        Some("shop/main")
+    );
+    let lease_name = lease.name_any();
+
+    // 2. Another configuration's retention on the same repository
+    // forgets, but does not prune again within the interval.
+    let name = run("team-b").await;
+    let second = wait_session(
+        &w,
+        "team-b",
+        "the second session",
+        Duration::from_secs(90),
+        done(name),
+    )
+    .await;
+    let r = retention_of(&second);
+    assert_eq!(r.pruned, Some(false), "{r:?}");
+    assert!(r.reclaimed_bytes.is_none(), "{r:?}");
+    let msg = r.claim.message.clone().unwrap_or_default();
+    assert!(msg.contains("not pruned: last pruned at"), "{msg}");
+    assert!(msg.contains("pruneInterval 24h"), "{msg}");
+    assert_eq!(
+        r.removed,
+        Some(0),
+        "keepLast 1 of team-b's single snapshot: {r:?}"
+    );
+
+    // 3. While someone else holds the maintenance Lease, a retention run
+    // waits for it (saying so), and runs once it is released.
+    let leases_api: Api<Lease> = Api::namespaced(c.clone(), "stash-system");
+    let held = stash_api::lease::take_or_renew(
+        &leases_api,
+        &lease_name,
+        "test-holder",
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(held, stash_api::lease::Attempt::Held(_)),
+        "{held:?}"
+    );
+    let name = run("team-a").await;
+    let waiting = wait_session(
+        &w,
+        "team-a",
+        "the retention run to wait for the Lease",
+        Duration::from_secs(90),
+        |s| {
+            s.name_any() == name
+                && s.status
+                    .as_ref()
+                    .and_then(|st| st.retention.as_ref())
+                    .is_some_and(|r| {
+                        r.claim.message.as_deref().unwrap_or_default().contains(
+                            "waiting for the maintenance run of test-holder on this repository",
+                        )
+                    })
+        },
+    )
+    .await;
+    assert_eq!(retention_of(&waiting).phase, ItemPhase::Running);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let still = sessions.get(&name).await.unwrap();
+    assert_eq!(
+        retention_of(&still).phase,
+        ItemPhase::Running,
+        "{:?}",
+        still.status
+    );
+    assert!(
+        stash_api::lease::release(&leases_api, &lease_name, "test-holder", |_| {})
+            .await
+            .unwrap()
+    );
+    let third = wait_session(
+        &w,
+        "team-a",
+        "the waiting retention to finish",
+        Duration::from_secs(60),
+        done(name),
+    )
+    .await;
+    let r = retention_of(&third);
+    assert_eq!(r.removed, Some(1), "team-a keeps 1 of its 2: {r:?}");
+    assert_eq!(r.pruned, Some(false), "{r:?}");
+
+    // 4. A backup waits for an exclusive lock (a prune elsewhere) as long
+    // as its holder refreshes it, and completes once it is gone.
+    let repo = repos.get("main").await.unwrap();
+    let url = repo.spec.url.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || {
+        let creds = repo_format::backend::object_store::Credentials::from_env(|k| match k {
+            "AWS_ACCESS_KEY_ID" => Some(servers::MINIO_USER.to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some(servers::MINIO_PASSWORD.to_owned()),
+            _ => None,
+        });
+        let location = repo_format::backend::Location::parse(&url).unwrap();
+        let backend = repo_format::backend::open(
+            &location,
+            &repo_format::backend::OpenOptions {
+                credentials: creds,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let repo = std::sync::Arc::new(
+            repo_format::Repository::open(backend, PASSWORD.as_bytes()).unwrap(),
+        );
+        let lock = repo_format::repository::lock::RepoLock::acquire(repo, true).unwrap();
+        held_tx.send(()).unwrap();
+        rx.recv().unwrap();
+        drop(lock);
+    });
+    held_rx.await.unwrap();
+    let name = run("team-b").await;
+    let waited_from = Instant::now();
+    let blocked = wait_session(
+        &w,
+        "team-b",
+        "the backup to start",
+        Duration::from_secs(60),
+        |s| {
+            s.name_any() == name
+                && s.status
+                    .as_ref()
+                    .is_some_and(|st| st.items.iter().any(|i| i.phase == ItemPhase::Running))
+        },
+    )
+    .await;
+    assert!(blocked.status.as_ref().unwrap().retention.is_none());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let s = sessions.get(&name).await.unwrap();
+    let i = &s.status.as_ref().unwrap().items[0];
+    assert_eq!(i.phase, ItemPhase::Running, "waits for the lock: {i:?}");
+    assert!(i.bytes_done.unwrap_or(0) == 0, "{i:?}");
+    tx.send(()).unwrap();
+    holder.await.unwrap();
+    let fourth = wait_session(
+        &w,
+        "team-b",
+        "the backup after the lock",
+        Duration::from_secs(60),
+        done(name),
+    )
+    .await;
+    assert!(waited_from.elapsed() > Duration::from_secs(8));
+    assert!(
+        w.logs().contains("waiting for the repository lock"),
+        "{}",
+        w.logs()
+    );
+    assert_eq!(retention_of(&fourth).phase, ItemPhase::Succeeded);
+    check_read_data(&w.restic);
+
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
 }

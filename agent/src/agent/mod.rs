@@ -11,6 +11,7 @@
 //! `--takeover-after`, so in-flight work is completed.
 
 mod claim;
+mod maintenance;
 pub mod metrics;
 mod repository;
 pub mod volumes;
@@ -48,6 +49,8 @@ pub struct Ctx {
     pub node: String,
     /// This agent process: `<node>/<pod>/<nonce>`.
     pub instance: String,
+    /// The agent's own namespace (its maintenance Leases live there).
+    pub namespace: String,
     /// The kubelet's root directory as mounted in the agent.
     pub kubelet_root: PathBuf,
     /// The host's `/` as mounted in the agent (for hostPath volumes).
@@ -137,6 +140,7 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         client: client.clone(),
         node: args.node_name.clone(),
         instance: format!("{}/{pod}/{nonce}", args.node_name),
+        namespace: args.namespace.clone(),
         kubelet_root: args.kubelet_root.clone(),
         host_root: args.host_root.clone(),
         host_paths,

@@ -21,6 +21,8 @@ pub struct RepoAccess {
     pub name: String,
     /// The backend location.
     pub location: Location,
+    /// When the repository may be pruned.
+    pub maintenance: stash_api::Maintenance,
     /// The password.
     password: Vec<u8>,
     /// Backend credentials.
@@ -139,6 +141,7 @@ pub async fn fetch(
     Ok(RepoAccess {
         name,
         location,
+        maintenance: repo.spec.maintenance.clone().unwrap_or_default(),
         password,
         credentials,
         confinement,
@@ -232,6 +235,7 @@ mod tests {
         Ok(RepoAccess {
             name: "team/main".into(),
             location,
+            maintenance: Default::default(),
             password: b"pw".to_vec(),
             credentials,
             confinement,
@@ -366,6 +370,7 @@ mod tests {
             let a = RepoAccess {
                 name: "team/main".into(),
                 location: Location::parse(&repo).unwrap(),
+                maintenance: Default::default(),
                 password: b"pw".to_vec(),
                 credentials: credentials(env_map).unwrap(),
                 confinement: policy.for_namespace("team"),

@@ -24,11 +24,12 @@ use serde_json::{json, Map, Value};
 use stash_api::identity::{self, TAG_CONFIG, TAG_NAMESPACE};
 use stash_api::time::{from_time, to_time};
 use stash_api::{
-    BackupConfiguration, BackupSession, OverwritePolicy, PrivilegedContent, RestoreSession,
-    RetentionPolicy,
+    BackupConfiguration, BackupSession, OverwritePolicy, PrivilegedContent, PruneDecision,
+    RestoreSession, RetentionPolicy,
 };
 
 use super::claim::{self, Previous, Slot};
+use super::maintenance::{MaintenanceLease, Taken, LEASE_DURATION};
 use super::repository::{fetch, RepoAccess};
 use super::volumes::{self, PvLocation, VolumeKind};
 use super::{Ctx, Work};
@@ -37,8 +38,11 @@ use super::{Ctx, Work};
 /// `stash restore-wait`.
 pub const RESTORE_MARKER: &str = ".stash-restore-done";
 
-/// How long a command waits for a repository lock held by others.
-const LOCK_WAIT: Duration = Duration::from_secs(600);
+/// How often a wait for a repository lock is logged.
+const LOCK_WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// The longest pause between two attempts to take a repository lock (the
+/// wait notices a cancellation within it).
+const LOCK_WAIT_MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// The fraction of unreadable entries at which a backup item fails
 /// instead of writing its snapshot ("most or all of the volume").
@@ -599,21 +603,51 @@ async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan
 async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
     let progress = Arc::new(Progress::default());
     let lost = Arc::new(AtomicBool::new(false));
+    // A retention run first takes its repository's maintenance Lease: one
+    // forget/prune per repository at a time, whoever's session it is.
+    let (maintenance, last_prune) = match &p {
+        Prepared::Retention(r) => {
+            let (lease, last) = take_maintenance(c, r).await?;
+            (Some((lease, r.repo.name.clone())), last)
+        }
+        _ => (None, None),
+    };
     let work = {
         let (progress, lost) = (progress.clone(), lost.clone());
         tokio::task::spawn_blocking(move || match p {
             Prepared::Backup(b) => run_backup(&b, &progress),
             Prepared::Restore(r) => run_restore(&r, &progress),
-            Prepared::Retention(r) => run_retention(&r, &lost, &progress),
+            Prepared::Retention(r) => run_retention(&r, &lost, &progress, last_prune),
         })
     };
     tokio::pin!(work);
     let mut tick = tokio::time::interval(c.ctx.progress_every);
     tick.tick().await;
+    let mut renewed = Instant::now();
     let result = loop {
         tokio::select! {
             r = &mut work => break r,
             _ = tick.tick() => {
+                if let Some((lease, _)) = &maintenance {
+                    if renewed.elapsed() >= MAINTENANCE_RENEW_EVERY {
+                        match lease.take().await {
+                            Ok(Taken::Held { .. }) => renewed = Instant::now(),
+                            Ok(Taken::Busy(holder)) => {
+                                tracing::warn!(lease = %lease.name(), %holder, "the maintenance Lease was taken over; stopping the retention run");
+                                lost.store(true, Ordering::Relaxed);
+                                progress.cancel();
+                            }
+                            Err(e) if renewed.elapsed() + MAINTENANCE_RENEW_EVERY >= LEASE_DURATION => {
+                                // Stop before the Lease could expire and
+                                // another run start beside this one.
+                                tracing::warn!(lease = %lease.name(), error = %e, "cannot renew the maintenance Lease; stopping the retention run");
+                                lost.store(true, Ordering::Relaxed);
+                                progress.cancel();
+                            }
+                            Err(e) => tracing::info!(lease = %lease.name(), error = %e, "cannot renew the maintenance Lease (transient); retrying"),
+                        }
+                    }
+                }
                 let s = progress.snapshot();
                 // A retention run reports only its heartbeat.
                 let mut f = Map::new();
@@ -636,10 +670,60 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
             }
         }
     };
+    if let Some((lease, repository)) = maintenance {
+        let pruned = matches!(&result, Ok(Ok(d)) if d.fields.get("pruned") == Some(&json!(true)));
+        lease.release(&repository, pruned.then(Utc::now)).await;
+    }
     match result {
         Ok(Ok(done)) => Ok(done),
         Ok(Err(e)) => Err(chain(&e)),
         Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+/// How often a retention run renews its maintenance Lease.
+const MAINTENANCE_RENEW_EVERY: Duration = Duration::from_secs(15);
+
+/// Takes the maintenance Lease of a retention run's repository, waiting
+/// (with the claim's heartbeat going on, and the reason in the status)
+/// while another run holds it.
+async fn take_maintenance(
+    c: &Claimed<'_>,
+    r: &RetentionPlan,
+) -> Result<(MaintenanceLease, Option<chrono::DateTime<Utc>>), String> {
+    let ns = &c.ctx.namespace;
+    let lease = MaintenanceLease::new(
+        c.ctx.client.clone(),
+        ns,
+        &r.repo.location.to_string(),
+        &c.ctx.instance,
+    );
+    let mut said: Option<String> = None;
+    loop {
+        let wait = match lease.take().await {
+            Ok(Taken::Held { last_prune }) => return Ok((lease, last_prune)),
+            Ok(Taken::Busy(holder)) => format!(
+                "waiting for the maintenance run of {holder} on this repository to finish (Lease {ns}/{})",
+                lease.name()
+            ),
+            Err(e) => format!(
+                "cannot take the maintenance Lease {ns}/{}: {e}; retrying",
+                lease.name()
+            ),
+        };
+        let mut f = Map::new();
+        if said.as_deref() != Some(wait.as_str()) {
+            tracing::info!(session = %format!("{}/{}", c.namespace, c.name), reason = %wait, "retention waits");
+            f.insert("message".into(), json!(wait));
+            said = Some(wait);
+        }
+        if c.update(f, c.ctx.progress_every).await == Write::Lost {
+            return Err(
+                "the retention run was taken from this agent while it waited for the maintenance Lease"
+                    .into(),
+            );
+        }
+        tokio::time::sleep(c.ctx.progress_every.max(Duration::from_secs(2))).await;
     }
 }
 
@@ -677,12 +761,19 @@ fn remove_own_stale_locks(repo: &Repository) -> Result<usize> {
     Ok(removed)
 }
 
-/// Takes a lock, waiting while others hold a conflicting one. A lock that
-/// cannot be refreshed in time cancels `progress` (see
+/// Takes a lock, waiting while others hold a conflicting one: a backup
+/// waits for a running prune (which holds the exclusive lock, possibly for
+/// hours) and a retention run for running backups, as long as it takes,
+/// with backoff. A holder that died is no obstacle for long: its lock goes
+/// stale and is removed (see `repository::lock`). The wait ends when
+/// `progress` is cancelled: the item's deadline passed or the claim was
+/// lost. A lock that cannot be refreshed in time cancels `progress` (see
 /// [`RepoLock::is_lost`]).
 fn lock(repo: &Arc<Repository>, exclusive: bool, progress: &Arc<Progress>) -> Result<RepoLock> {
-    let deadline = Instant::now() + LOCK_WAIT;
+    let started = Instant::now();
     let mut cleaned = false;
+    let mut pause = Duration::from_secs(1);
+    let mut said = Duration::ZERO;
     loop {
         let p = progress.clone();
         let on_lost: repo_format::repository::lock::OnLost = Box::new(move || p.cancel());
@@ -692,15 +783,34 @@ fn lock(repo: &Arc<Repository>, exclusive: bool, progress: &Arc<Progress>) -> Re
             LockTiming::default(),
             Some(on_lost),
         ) {
-            Ok(l) => return Ok(l),
+            Ok(l) => {
+                if !said.is_zero() {
+                    tracing::info!(
+                        waited_s = started.elapsed().as_secs(),
+                        "repository lock taken"
+                    );
+                }
+                return Ok(l);
+            }
             Err(repo_format::Error::Locked { .. }) if !cleaned => {
                 cleaned = true;
                 if remove_own_stale_locks(repo)? == 0 {
-                    std::thread::sleep(Duration::from_secs(2));
+                    std::thread::sleep(pause);
                 }
             }
-            Err(repo_format::Error::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_secs(2));
+            Err(e @ repo_format::Error::Locked { .. }) => {
+                if progress.is_cancelled() {
+                    return Err(e).context(format!(
+                        "locking the repository: gave up after {} s (the item was cancelled or reached its deadline)",
+                        started.elapsed().as_secs()
+                    ));
+                }
+                if started.elapsed() >= said {
+                    tracing::info!(error = %e, waited_s = started.elapsed().as_secs(), "waiting for the repository lock");
+                    said = started.elapsed() + LOCK_WAIT_LOG_EVERY;
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(LOCK_WAIT_MAX_PAUSE);
             }
             Err(e) => return Err(e).context("locking the repository"),
         }
@@ -973,10 +1083,16 @@ fn policy(p: &RetentionPolicy) -> Result<Policy> {
     })
 }
 
-fn run_retention(p: &RetentionPlan, lost: &AtomicBool, progress: &Arc<Progress>) -> Result<Done> {
+fn run_retention(
+    p: &RetentionPlan,
+    lost: &AtomicBool,
+    progress: &Arc<Progress>,
+    last_prune: Option<chrono::DateTime<Utc>>,
+) -> Result<Done> {
     let repo = p.repo.open()?;
     let mut f = Map::new();
     let mut removed = 0u64;
+    let mut pruning = String::new();
     if let Some(rp) = p.policy.as_ref() {
         let policy = policy(rp)?;
         if !policy.is_empty() {
@@ -1012,7 +1128,19 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool, progress: &Arc<Progress>)
             }
             f.insert("kept".into(), json!(kept));
             f.insert("removed".into(), json!(removed));
-            if rp.prune != Some(false) {
+            let decision = if rp.prune == Some(false) {
+                PruneDecision::NotDue("retention.prune is false".into())
+            } else {
+                p.repo
+                    .maintenance
+                    .prune_decision(last_prune, Utc::now())
+                    .map_err(|e| anyhow!("Repository {}: {e}", p.repo.name))?
+            };
+            f.insert("pruned".into(), json!(decision == PruneDecision::Due));
+            if let PruneDecision::NotDue(why) = &decision {
+                pruning = format!("; not pruned: {why}");
+            }
+            if decision == PruneDecision::Due {
                 if lost.load(Ordering::Relaxed) {
                     bail!("the retention run was taken from this agent; stopped before pruning");
                 }
@@ -1034,7 +1162,7 @@ fn run_retention(p: &RetentionPlan, lost: &AtomicBool, progress: &Arc<Progress>)
     f.insert("totalSize".into(), json!(size));
     f.insert(
         "message".into(),
-        json!(format!("{removed} snapshot(s) removed; the repository holds {snapshots} snapshot(s) in {size} bytes of packs")),
+        json!(format!("{removed} snapshot(s) removed{pruning}; the repository holds {snapshots} snapshot(s) in {size} bytes of packs")),
     );
     Ok(Done {
         fields: f,

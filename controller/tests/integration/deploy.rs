@@ -464,8 +464,30 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("get", "", "persistentvolumes", None),
             ("create", "events.k8s.io", "events", None),
             ("patch", "events.k8s.io", "events", None),
+            // Maintenance Leases, one per repository (names not known in
+            // advance: see deploy/agent-rbac.yaml for what this leaves).
+            (
+                "get",
+                "coordination.k8s.io",
+                "leases",
+                Some("stash-maintenance-0123"),
+            ),
+            ("create", "coordination.k8s.io", "leases", None),
+            (
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                Some("stash-maintenance-0123"),
+            ),
         ],
         &[
+            ("list", "coordination.k8s.io", "leases", None),
+            (
+                "delete",
+                "coordination.k8s.io",
+                "leases",
+                Some("stash-maintenance-0123"),
+            ),
             ("list", "", "secrets", None),
             ("watch", "", "secrets", None),
             ("create", "", "secrets", None),
@@ -487,12 +509,6 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("list", "stash.rs", "backupconfigurations", None),
             ("patch", "stash.rs", "backupconfigurations", None),
             ("list", "", "namespaces", None),
-            (
-                "get",
-                "coordination.k8s.io",
-                "leases",
-                Some("stash-controller"),
-            ),
         ],
     )
     .await;
