@@ -5,6 +5,7 @@ pub mod backup;
 pub mod beneath;
 pub mod check;
 pub mod copy;
+pub mod depth;
 pub mod dump;
 pub mod filter;
 pub mod forget;

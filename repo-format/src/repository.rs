@@ -512,6 +512,7 @@ pub(crate) fn open_blob(
     };
     let mut plain = key.decrypt(ct, &what)?;
     if let Some(u) = loc.uncompressed_length {
+        check_blob_size(tpe, u, &what)?;
         plain = crate::format::compress::decompress(&plain, u as usize).map_err(|source| {
             Error::Compression {
                 what: what(),
@@ -538,13 +539,58 @@ pub(crate) fn open_blob(
 
 /// Interprets a decrypted unpacked file: `0x02 ‖ zstd` (version 2) or
 /// plain JSON (`{` / `[`).
+/// The largest a repository file other than a pack may be once
+/// decompressed. restic's biggest are index files of at most 50 000 blobs
+/// (about 10 MiB of JSON); a crafted file that inflates past this (a zstd
+/// bomb) is refused instead of exhausting memory.
+pub const MAX_UNPACKED_SIZE: u64 = 256 << 20;
+
+/// The largest a data blob may be decompressed: chunks are at most 8 MiB.
+pub const MAX_DATA_BLOB_SIZE: u32 = 64 << 20;
+
+/// The largest a tree blob may be decompressed (a directory of about a
+/// million entries).
+pub const MAX_TREE_BLOB_SIZE: u32 = 512 << 20;
+
+/// Refuses a blob whose index entry declares more than its type's bound
+/// (the memory a decompression may take).
+pub(crate) fn check_blob_size(tpe: BlobType, u: u32, what: &dyn Fn() -> String) -> Result<()> {
+    let max = match tpe {
+        BlobType::Data => MAX_DATA_BLOB_SIZE,
+        BlobType::Tree => MAX_TREE_BLOB_SIZE,
+    };
+    if u > max {
+        return Err(Error::format(
+            what(),
+            format!("the index says it decompresses to {u} bytes, more than the {max} a {tpe} blob may have"),
+        ));
+    }
+    Ok(())
+}
+
 fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
     match plain.first() {
         Some(b'{') | Some(b'[') => Ok(plain),
-        Some(2) => zstd::stream::decode_all(&plain[1..]).map_err(|source| Error::Compression {
-            what: what.into(),
-            source,
-        }),
+        Some(2) => {
+            use std::io::Read;
+            let compression = |source| Error::Compression {
+                what: what.into(),
+                source,
+            };
+            let mut out = Vec::new();
+            zstd::stream::Decoder::new(&plain[1..])
+                .map_err(compression)?
+                .take(MAX_UNPACKED_SIZE + 1)
+                .read_to_end(&mut out)
+                .map_err(compression)?;
+            if out.len() as u64 > MAX_UNPACKED_SIZE {
+                return Err(Error::format(
+                    what,
+                    format!("decompresses to more than {MAX_UNPACKED_SIZE} bytes (the limit for a file other than a pack)"),
+                ));
+            }
+            Ok(out)
+        }
         Some(b) => Err(Error::format(
             what,
             format!("unknown content version byte 0x{b:02x}"),

@@ -702,6 +702,8 @@ fn a_mostly_unreadable_source_yields_no_snapshot() {
 
 #[path = "engine/crafted.rs"]
 mod crafted;
+#[path = "engine/poison.rs"]
+mod poison;
 #[path = "engine/races.rs"]
 mod races;
 

@@ -89,6 +89,13 @@ impl Node {
         self.agent = Some(child);
     }
 
+    /// Whether the agent process still runs (it did not crash).
+    fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL: the agent gets no chance to release anything.
     fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {
@@ -1212,23 +1219,7 @@ async fn maintenance_is_serialised_per_repository_and_pruned_at_most_every_inter
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
     let holder = tokio::task::spawn_blocking(move || {
-        let creds = repo_format::backend::object_store::Credentials::from_env(|k| match k {
-            "AWS_ACCESS_KEY_ID" => Some(servers::MINIO_USER.to_owned()),
-            "AWS_SECRET_ACCESS_KEY" => Some(servers::MINIO_PASSWORD.to_owned()),
-            _ => None,
-        });
-        let location = repo_format::backend::Location::parse(&url).unwrap();
-        let backend = repo_format::backend::open(
-            &location,
-            &repo_format::backend::OpenOptions {
-                credentials: creds,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let repo = std::sync::Arc::new(
-            repo_format::Repository::open(backend, PASSWORD.as_bytes()).unwrap(),
-        );
+        let repo = tenant_repository(&url);
         let lock = repo_format::repository::lock::RepoLock::acquire(repo, true).unwrap();
         held_tx.send(()).unwrap();
         rx.recv().unwrap();
@@ -1274,6 +1265,144 @@ async fn maintenance_is_serialised_per_repository_and_pruned_at_most_every_inter
     );
     assert_eq!(retention_of(&fourth).phase, ItemPhase::Succeeded);
     check_read_data(&w.restic);
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+}
+
+/// Opens the World's repository with repo-format, as a tenant holding the
+/// password could (blocking: call from a blocking thread).
+fn tenant_repository(url: &str) -> std::sync::Arc<repo_format::Repository> {
+    let creds = repo_format::backend::object_store::Credentials::from_env(|k| match k {
+        "AWS_ACCESS_KEY_ID" => Some(servers::MINIO_USER.to_owned()),
+        "AWS_SECRET_ACCESS_KEY" => Some(servers::MINIO_PASSWORD.to_owned()),
+        _ => None,
+    });
+    let location = repo_format::backend::Location::parse(url).unwrap();
+    let backend = repo_format::backend::open(
+        &location,
+        &repo_format::backend::OpenOptions {
+            credentials: creds,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::sync::Arc::new(repo_format::Repository::open(backend, PASSWORD.as_bytes()).unwrap())
+}
+
+/// Issue 14, failure 5: a volume built to crash its reader (a directory
+/// chain deeper than any stack) and a repository holding a poison snapshot
+/// file (a zstd bomb) fail or degrade only their own work, with the reason;
+/// the agent process survives and the other items complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_volumes_and_snapshots_cost_only_their_own_work_never_the_agent() {
+    let mut w = setup().await;
+    let shutdown = CancellationToken::new();
+    let controller = start_controller(w.client.clone(), shutdown.clone());
+    let c = w.client.clone();
+    let mut dirs = Vec::new();
+    for pod in ["deep", "plain"] {
+        let uid = running_pod(
+            &c,
+            NS,
+            pod,
+            "node-a",
+            json!({"app": "mixed"}),
+            json!({"stash.rs/backup-volumes": "data"}),
+            json!([{"name": "data", "emptyDir": {}}]),
+        )
+        .await;
+        let d = w
+            .node("node-a")
+            .pod_volumes(&uid)
+            .join("kubernetes.io~empty-dir/data");
+        fs::create_dir_all(&d).unwrap();
+        for i in 0..5u64 {
+            write_random_file(&d.join(format!("f{i}")), 100_000, i).unwrap();
+        }
+        dirs.push(d);
+    }
+    // Deeper than any stack took before the bound (about 1 000 levels in a
+    // debug build): created through fds, as the path outgrows PATH_MAX.
+    let levels = repo_format::ops::depth::MAX_DEPTH + 200;
+    {
+        use std::os::fd::AsRawFd;
+        let mut cur = fs::File::open(&dirs[0]).unwrap();
+        for _ in 0..levels {
+            let here = format!("/proc/self/fd/{}", cur.as_raw_fd());
+            fs::create_dir(format!("{here}/d")).unwrap();
+            cur = fs::File::open(format!("{here}/d")).unwrap();
+        }
+    }
+    create::<BackupConfiguration>(
+        &c,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": "mixed"},
+               "spec": {"schedule": "0 0 1 1 *", "target": {"selector": {"matchLabels": {"app": "mixed"}}},
+                        "repository": {"name": "main"}}}),
+    )
+    .await;
+    let sessions: Api<BackupSession> = Api::namespaced(c.clone(), NS);
+    let session = |name: &str| {
+        serde_json::from_value::<BackupSession>(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {(stash_api::LABEL_CONFIGURATION): "mixed"}},
+            "spec": {"backupConfiguration": "mixed"}
+        }))
+        .unwrap()
+    };
+    sessions
+        .create(&PostParams::default(), &session("mixed-1"))
+        .await
+        .unwrap();
+    let first = wait_session(&w, "mixed", "mixed-1", Duration::from_secs(120), |s| {
+        s.name_any() == "mixed-1" && finished_ok(s)
+    })
+    .await;
+    assert!(w.node("node-a").agent_running(), "{}", w.logs());
+    let deep = item(&first, "deep", "data");
+    let msg = deep.claim.message.clone().unwrap_or_default();
+    assert!(msg.contains("deeper than"), "the cut is reported: {deep:?}");
+    assert!(item(&first, "plain", "data").snapshot_id.is_some());
+
+    // A tenant holding the password writes a snapshot file that inflates
+    // to 300 MiB.
+    let repo: Repository = Api::namespaced(c.clone(), NS).get("main").await.unwrap();
+    let url = repo.spec.url.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let r = tenant_repository(&url);
+        let mut z = vec![2u8];
+        zstd::stream::copy_encode(std::io::repeat(0).take(300 << 20), &mut z, 1).unwrap();
+        let ct = r.key().encrypt(&z);
+        r.backend()
+            .write(
+                repo_format::FileType::Snapshot,
+                &repo_format::Id::hash(&ct).to_hex(),
+                &ct,
+            )
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    sessions
+        .create(&PostParams::default(), &session("mixed-2"))
+        .await
+        .unwrap();
+    let second = wait_session(&w, "mixed", "mixed-2", Duration::from_secs(120), |s| {
+        s.name_any() == "mixed-2" && finished_ok(s)
+    })
+    .await;
+    assert!(w.node("node-a").agent_running(), "{}", w.logs());
+    // The parent is still found past the poison file: little is added.
+    let plain = item(&second, "plain", "data");
+    assert_eq!(
+        plain.parent_snapshot_id,
+        item(&first, "plain", "data").snapshot_id,
+        "{plain:?}"
+    );
+    assert!(w.logs().contains("skipping a snapshot that cannot be read"));
+    assert!(!w.logs().contains("overflowed its stack"), "{}", w.logs());
 
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;

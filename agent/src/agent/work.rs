@@ -900,8 +900,14 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
         }
         return Ok((id, snap));
     }
-    let mut candidates: Vec<(Id, repo_format::Snapshot)> = repo
-        .snapshots()?
+    // A snapshot file that cannot be read costs only itself (as in
+    // restic's listings): a poison file must not block every restore.
+    let all = repo.snapshots_readable()?;
+    for (id, e) in &all.unreadable {
+        tracing::warn!(snapshot = %id, error = %e, "skipping a snapshot that cannot be read");
+    }
+    let mut candidates: Vec<(Id, repo_format::Snapshot)> = all
+        .snapshots
         .into_iter()
         .filter(|(_, s)| s.paths == [want_path.clone()])
         .filter(|(_, s)| p.source_hosts.is_empty() || p.source_hosts.contains(&s.hostname))

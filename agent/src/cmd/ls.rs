@@ -81,6 +81,8 @@ fn node_json(n: &Node, path: &str) -> String {
     serde_json::to_string(&v).expect("node json")
 }
 
+/// Lists a tree depth-first, each directory followed by its content, with
+/// a stack of its own: a crafted snapshot's depth cannot exhaust ours.
 fn walk(
     r: &repo_format::Repository,
     tree: &Id,
@@ -88,20 +90,24 @@ fn walk(
     json: bool,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
-    let t = r.load_tree(tree)?;
-    for n in &t.nodes {
-        let mut path = prefix.to_vec();
+    let mut stack = vec![(r.load_tree(tree)?.nodes.into_iter(), prefix.to_vec())];
+    while let Some((nodes, prefix)) = stack.last_mut() {
+        let Some(n) = nodes.next() else {
+            stack.pop();
+            continue;
+        };
+        let mut path = prefix.clone();
         path.push(b'/');
         path.extend_from_slice(&n.name);
         let shown = String::from_utf8_lossy(&path);
         if json {
-            let v = node_json(n, &shown);
+            let v = node_json(&n, &shown);
             writeln!(out, "{v}")?;
         } else {
             writeln!(out, "{shown}")?;
         }
         if let (NodeType::Dir, Some(st)) = (n.node_type, n.subtree) {
-            walk(r, &st, &path, json, out)?;
+            stack.push((r.load_tree(&st)?.nodes.into_iter(), path));
         }
     }
     Ok(())

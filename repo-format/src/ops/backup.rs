@@ -28,9 +28,9 @@ use crate::format::repofile::tree::gomode;
 use crate::format::repofile::{
     BlobType, ExtendedAttribute, Node, NodeType, Snapshot, SnapshotSummary, Tree,
 };
-use crate::ops::beneath;
 use crate::ops::filter::Patterns;
 use crate::ops::progress::Progress;
+use crate::ops::{beneath, depth};
 use crate::repository::{whoami, Repository};
 
 /// What to back up and how to label it.
@@ -354,6 +354,10 @@ impl Archiver<'_> {
         };
         match beneath::kind(&st) {
             libc::S_IFDIR => {
+                if depth::of_path(path) > depth::MAX_DEPTH {
+                    self.record_error(path, depth::too_deep());
+                    return Ok(None);
+                }
                 let fd = match beneath::open_dir_at(dir, fs_name) {
                     Ok(fd) => fd,
                     Err(e) => {
@@ -669,7 +673,10 @@ fn xattrs(list: Vec<(String, Vec<u8>)>) -> Vec<ExtendedAttribute> {
         .collect()
 }
 
-/// Finds the latest snapshot with the same host and paths.
+/// Finds the latest snapshot with the same host and paths. A snapshot file
+/// that cannot be read (damaged, or crafted to fail) is skipped with a
+/// warning: the parent only saves reading unchanged files again, so a
+/// poison snapshot must not stop every backup into the repository.
 pub fn find_parent(
     repo: &Repository,
     host: &str,
@@ -677,7 +684,11 @@ pub fn find_parent(
 ) -> Result<Option<(Id, Snapshot)>> {
     let mut want: Vec<&String> = paths.iter().collect();
     want.sort();
-    Ok(repo.snapshots()?.into_iter().rev().find(|(_, s)| {
+    let all = repo.snapshots_readable()?;
+    for (id, e) in &all.unreadable {
+        tracing::warn!(snapshot = %id, error = %e, "skipping a snapshot that cannot be read while looking for the parent");
+    }
+    Ok(all.snapshots.into_iter().rev().find(|(_, s)| {
         let mut have: Vec<&String> = s.paths.iter().collect();
         have.sort();
         s.hostname == host && have == want
@@ -770,7 +781,15 @@ pub fn backup_with_progress(
             .collect::<Result<_>>()?;
         let stop = &stop_scan;
         scope.spawn(move || scan(&targets, &scan_excludes, progress, stop));
-        let r = a.save_trie(&trie, parent.as_ref().map(|(_, s)| s.tree));
+        // The archiver recurses once per directory level, through rayon:
+        // on threads whose stack holds depth::MAX_DEPTH levels.
+        let parent_tree = parent.as_ref().map(|(_, s)| s.tree);
+        let r = match depth::pool(rayon::current_num_threads()) {
+            Ok(pool) => pool.install(|| a.save_trie(&trie, parent_tree)),
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "cannot start the walker threads: {e}"
+            ))),
+        };
         stop_scan.store(true, Ordering::Relaxed);
         r
     })?;

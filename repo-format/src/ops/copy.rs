@@ -196,6 +196,7 @@ fn copy_blob(src: &Repository, dst: &Repository, tpe: BlobType, id: &Id) -> Resu
     let payload = src.key().decrypt(&ct, &what)?;
     match loc.uncompressed_length {
         Some(u) => {
+            crate::repository::check_blob_size(tpe, u, &what)?;
             let plain =
                 crate::format::compress::decompress(&payload, u as usize).map_err(|source| {
                     Error::Compression {

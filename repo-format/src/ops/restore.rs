@@ -44,9 +44,9 @@ use crate::error::{Error, Result};
 use crate::format::id::Id;
 use crate::format::repofile::tree::gomode;
 use crate::format::repofile::{BlobType, Node, NodeType};
-use crate::ops::beneath;
 use crate::ops::filter::Patterns;
 use crate::ops::progress::Progress;
+use crate::ops::{beneath, depth};
 use crate::repository::index::BlobLocation;
 use crate::repository::Repository;
 
@@ -448,6 +448,10 @@ impl Planner<'_> {
             );
             return Ok(false);
         };
+        if depth::of_snapshot_path(&snap_path) > depth::MAX_DEPTH {
+            self.fail(&snap_path, depth::too_deep());
+            return Ok(false);
+        }
         let (fd, created) = match prepare_dir(parent.as_fd(), &node.name) {
             Ok(c) => c,
             Err(e) => {
@@ -1114,7 +1118,9 @@ pub fn restore_with_progress(
         dirs: Vec::new(),
         result: RestoreResult::default(),
     };
-    p.walk(tree, &root, &target, b"/")?;
+    // One level of recursion per directory: on a stack that holds
+    // depth::MAX_DEPTH of them, whatever the caller's thread has.
+    depth::on_deep_stack(|| p.walk(tree, &root, &target, b"/"))?;
     progress
         .files_total
         .store(p.files.len() as u64, Ordering::Relaxed);

@@ -17,26 +17,41 @@ use serde_json::{json, Value};
 use super::new_repo;
 
 /// An independent writer: one pack of the given blobs, its index, a snapshot.
-struct Crafter {
-    repo: Repository,
+pub(super) struct Crafter {
+    pub(super) repo: Repository,
     blobs: Vec<(u8, Id, Vec<u8>)>,
+    /// Declared uncompressed lengths, by blob id (blobs stored compressed).
+    declared: std::collections::HashMap<Id, u64>,
 }
 
 impl Crafter {
-    fn new(dir: &Path) -> Crafter {
+    pub(super) fn new(dir: &Path) -> Crafter {
         Crafter {
             repo: new_repo(dir),
             blobs: Vec::new(),
+            declared: Default::default(),
         }
     }
 
-    fn data(&mut self, content: &[u8]) -> String {
+    /// A tree blob stored compressed, whose index entry declares
+    /// `declared` bytes uncompressed.
+    pub(super) fn compressed_tree(&mut self, nodes: Value, declared: u64) -> String {
+        let mut plain = serde_json::to_vec(&json!({ "nodes": nodes })).unwrap();
+        plain.push(b'\n');
+        let id = Id::hash(&plain);
+        let z = zstd::bulk::compress(&plain, 1).unwrap();
+        self.blobs.push((1, id, self.repo.key().encrypt(&z)));
+        self.declared.insert(id, declared);
+        id.to_hex()
+    }
+
+    pub(super) fn data(&mut self, content: &[u8]) -> String {
         let id = Id::hash(content);
         self.blobs.push((0, id, self.repo.key().encrypt(content)));
         id.to_hex()
     }
 
-    fn tree(&mut self, nodes: Value) -> String {
+    pub(super) fn tree(&mut self, nodes: Value) -> String {
         let mut plain = serde_json::to_vec(&json!({ "nodes": nodes })).unwrap();
         plain.push(b'\n');
         let id = Id::hash(&plain);
@@ -54,17 +69,21 @@ impl Crafter {
 
     /// Writes pack, index and a snapshot of `root`; returns the repository
     /// opened afresh, index loaded.
-    fn finish(self, dir: &Path, root: &str) -> Repository {
+    pub(super) fn finish(self, dir: &Path, root: &str) -> Repository {
         let mut pack = Vec::new();
         let mut header = Vec::new();
         let mut index_blobs = Vec::new();
         for (tpe, id, ct) in &self.blobs {
-            index_blobs.push(json!({
+            let mut entry = json!({
                 "id": id.to_hex(),
                 "type": if *tpe == 0 { "data" } else { "tree" },
                 "offset": pack.len(),
                 "length": ct.len(),
-            }));
+            });
+            if let Some(u) = self.declared.get(id) {
+                entry["uncompressed_length"] = json!(u);
+            }
+            index_blobs.push(entry);
             header.push(*tpe);
             header.extend_from_slice(&(ct.len() as u32).to_le_bytes());
             header.extend_from_slice(&id.0);
@@ -94,7 +113,7 @@ impl Crafter {
     }
 }
 
-fn file(name: &str, content: &str, extra: Value) -> Value {
+pub(super) fn file(name: &str, content: &str, extra: Value) -> Value {
     let mut v = json!({"name": name, "type": "file", "mode": 0o644, "size": 1,
                        "content": [content], "uid": 0, "gid": 0});
     for (k, x) in extra.as_object().unwrap() {
@@ -108,7 +127,7 @@ fn symlink(name: &str, target: &Path) -> Value {
            "linktarget": target.display().to_string()})
 }
 
-fn dir(name: &str, subtree: &str) -> Value {
+pub(super) fn dir(name: &str, subtree: &str) -> Value {
     json!({"name": name, "type": "dir", "mode": 0o755 | (1u32 << 31), "subtree": subtree})
 }
 
