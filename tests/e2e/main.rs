@@ -1407,3 +1407,251 @@ async fn poison_volumes_and_snapshots_cost_only_their_own_work_never_the_agent()
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
 }
+
+/// Polls `get` until `pred` holds, for at most `timeout`.
+async fn wait_for<T: std::fmt::Debug>(
+    w: &World,
+    what: &str,
+    timeout: Duration,
+    mut get: impl AsyncFnMut() -> T,
+    pred: impl Fn(&T) -> bool,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let v = get().await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}: {v:?}\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Issue 12, hole 6, against the real apiserver: a tenant who may patch
+/// session status rewrites an item's `host` (a backup) or `sourceHosts` (a
+/// restore) to another workload's snapshot identity. The agent derives
+/// both from the pod and the spec, so the snapshot written keeps the
+/// attacker's identity and the restore reads only the attacker's own
+/// snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tampered_item_status_never_chooses_the_snapshot_identity() {
+    let mut w = setup().await;
+    let shutdown = CancellationToken::new();
+    let controller = start_controller(w.client.clone(), shutdown.clone());
+    let c = w.client.clone();
+    let sessions: Api<BackupSession> = Api::namespaced(c.clone(), NS);
+    let session = |name: &str, cfg: &str| {
+        serde_json::from_value::<BackupSession>(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+            "metadata": {"name": name, "labels": {(stash_api::LABEL_CONFIGURATION): cfg}},
+            "spec": {"backupConfiguration": cfg}
+        }))
+        .unwrap()
+    };
+    for (cfg, app) in [("victim", "victim"), ("attacker", "attacker")] {
+        create::<BackupConfiguration>(
+            &c,
+            None,
+            json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": cfg},
+                   "spec": {"schedule": "0 0 1 1 *", "target": {"selector": {"matchLabels": {"app": app}}},
+                            "repository": {"name": "main"}}}),
+        )
+        .await;
+    }
+    // The victim's snapshot.
+    let victim_uid = running_pod(
+        &c,
+        NS,
+        "victim",
+        "node-a",
+        json!({"app": "victim"}),
+        json!({"stash.rs/backup-volumes": "data"}),
+        json!([{"name": "data", "emptyDir": {}}]),
+    )
+    .await;
+    let victim_dir = w
+        .node("node-a")
+        .pod_volumes(&victim_uid)
+        .join("kubernetes.io~empty-dir/data");
+    fs::create_dir_all(&victim_dir).unwrap();
+    fs::write(victim_dir.join("secret.txt"), b"the victim's data").unwrap();
+    sessions
+        .create(&PostParams::default(), &session("victim-1", "victim"))
+        .await
+        .unwrap();
+    let v = wait_session(&w, "victim", "victim-1", Duration::from_secs(90), |s| {
+        s.name_any() == "victim-1" && finished_ok(s)
+    })
+    .await;
+    let victim_host = item(&v, "victim", "data").host.clone().unwrap();
+
+    // The attacker's pod is not running yet, so its item waits.
+    let attacker: Pod = create(
+        &c,
+        None,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "attacker", "labels": {"app": "attacker"},
+                            "annotations": {"stash.rs/backup-volumes": "data"}},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "busybox"}],
+                        "volumes": [{"name": "data", "emptyDir": {}}]}}),
+    )
+    .await;
+    set_pod_phase(&c, NS, "attacker", "Pending").await;
+    let attacker_dir = w
+        .node("node-a")
+        .pod_volumes(&attacker.uid().unwrap())
+        .join("kubernetes.io~empty-dir/data");
+    fs::create_dir_all(&attacker_dir).unwrap();
+    fs::write(attacker_dir.join("mine.txt"), b"the attacker's data").unwrap();
+    sessions
+        .create(&PostParams::default(), &session("attacker-1", "attacker"))
+        .await
+        .unwrap();
+    let waiting = wait_session(
+        &w,
+        "attacker",
+        "the attacker's item to wait",
+        Duration::from_secs(60),
+        |s| {
+            s.name_any() == "attacker-1"
+                && s.status.as_ref().is_some_and(|st| {
+                    st.items.iter().any(|i| {
+                        i.claim
+                            .message
+                            .as_deref()
+                            .unwrap_or_default()
+                            .contains("not Running")
+                    })
+                })
+        },
+    )
+    .await;
+    let own_host = item(&waiting, "attacker", "data").host.clone().unwrap();
+    assert_ne!(own_host, victim_host);
+    // The tenant rewrites the item's host to the victim's identity.
+    sessions
+        .patch_status(
+            "attacker-1",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "test", "path": "/status/items/0/pod", "value": "attacker"},
+                    {"op": "replace", "path": "/status/items/0/host", "value": victim_host},
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    set_pod_phase(&c, NS, "attacker", "Running").await;
+    let a = wait_session(&w, "attacker", "attacker-1", Duration::from_secs(90), |s| {
+        s.name_any() == "attacker-1" && finished_ok(s)
+    })
+    .await;
+    let written = item(&a, "attacker", "data").snapshot_id.clone().unwrap();
+    let snaps = restic_snapshots(&w.restic);
+    let snap = snaps
+        .iter()
+        .find(|s| s["id"].as_str() == Some(written.as_str()))
+        .expect("the attacker's snapshot");
+    assert_eq!(snap["hostname"].as_str(), Some(own_host.as_str()), "{snap}");
+    let victims = snaps
+        .iter()
+        .filter(|s| s["hostname"].as_str() == Some(victim_host.as_str()))
+        .count();
+    assert_eq!(
+        victims, 1,
+        "nothing added under the victim's identity: {snaps:?}"
+    );
+
+    // A restore of the attacker's own workload, whose item's sourceHosts the
+    // tenant rewrites to the victim's, before the target volume is there.
+    let copy: Pod = create(
+        &c,
+        None,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "attacker-copy"},
+               "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "busybox"}],
+                        "volumes": [{"name": "data", "emptyDir": {}}]}}),
+    )
+    .await;
+    set_pod_phase(&c, NS, "attacker-copy", "Running").await;
+    create::<RestoreSession>(
+        &c,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession", "metadata": {"name": "steal"},
+               "spec": {"repository": {"name": "main"}, "snapshot": "latest",
+                        "source": {"namespace": NS, "name": "attacker"},
+                        "target": {"pod": "attacker-copy"},
+                        "volumes": [{"source": "data", "target": "data"}]}}),
+    )
+    .await;
+    let restores: Api<RestoreSession> = Api::namespaced(c.clone(), NS);
+    let r = wait_for(
+        &w,
+        "the restore item to wait for its volume",
+        Duration::from_secs(60),
+        async || restores.get("steal").await.unwrap(),
+        |r| {
+            r.status.as_ref().is_some_and(|st| {
+                st.items.iter().any(|i| {
+                    i.claim
+                        .message
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("not mounted")
+                })
+            })
+        },
+    )
+    .await;
+    let sources = r.status.as_ref().unwrap().items[0].source_hosts.clone();
+    assert!(
+        sources.contains(&own_host) && !sources.contains(&victim_host),
+        "the controller's source: {sources:?}"
+    );
+    restores
+        .patch_status(
+            "steal",
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "test", "path": "/status/items/0/pod", "value": "attacker-copy"},
+                    {"op": "replace", "path": "/status/items/0/sourceHosts", "value": [victim_host]},
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let copy_dir = w
+        .node("node-a")
+        .pod_volumes(&copy.uid().unwrap())
+        .join("kubernetes.io~empty-dir/data");
+    fs::create_dir_all(&copy_dir).unwrap();
+    let done = wait_for(
+        &w,
+        "the restore to finish",
+        Duration::from_secs(90),
+        async || restores.get("steal").await.unwrap(),
+        |r| r.status.as_ref().is_some_and(|s| s.phase.is_finished()),
+    )
+    .await;
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}");
+    assert_eq!(st.items[0].snapshot_id.as_deref(), Some(written.as_str()));
+    assert_eq!(
+        fs::read(copy_dir.join("mine.txt")).unwrap(),
+        b"the attacker's data"
+    );
+    assert!(
+        !copy_dir.join("secret.txt").exists(),
+        "the victim's data must not be restored"
+    );
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+}
