@@ -223,7 +223,11 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     )
     .await;
     let (webhook_stop, webhook) = start_webhook(&client, listener);
-    let (shutdown, handle, _m) = start_controller(&client, settings());
+    let rollouts = stash_controller::Settings {
+        rollout_restores: true,
+        ..settings()
+    };
+    let (shutdown, handle, _m) = start_controller(&client, rollouts);
 
     // The controller generated the CA into its Secret and made the
     // apiserver trust it.
