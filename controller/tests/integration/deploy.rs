@@ -289,15 +289,8 @@ async fn every_manifest_passes_a_server_side_dry_run() {
         "the agent must tolerate every taint"
     );
     let c = &agent["containers"][0];
-    assert_eq!(c["securityContext"]["privileged"], true);
     assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
-    let host = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"] == "/host")
-        .expect("the host root mount");
-    assert_eq!(host["readOnly"], true, "the host root is mounted read-only");
+    assert_agent_least_privilege(&rendered);
     let controller =
         &object(&rendered, "Deployment", "stash-controller")["spec"]["template"]["spec"];
     assert_eq!(controller["securityContext"]["runAsNonRoot"], true);
@@ -378,6 +371,87 @@ async fn every_manifest_passes_a_server_side_dry_run() {
             out.status
         );
     }
+}
+
+/// Issue 12, hole 9: the agent DaemonSet of a rendering (`{"items": ...}`)
+/// is not privileged, has only the capabilities it needs, the runtime's
+/// seccomp profile, no host `/`, stays off control-plane nodes, and serves
+/// /metrics on its pod IP behind a NetworkPolicy.
+fn assert_agent_least_privilege(list: &Value) {
+    let pod = &object(list, "DaemonSet", "stash-agent")["spec"]["template"]["spec"];
+    assert_ne!(pod["hostNetwork"], true);
+    assert_ne!(pod["hostPID"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true, "the agent runs privileged");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!([
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID"
+        ])
+    );
+    let seccomp = if sc["seccompProfile"].is_null() {
+        &pod["securityContext"]["seccompProfile"]
+    } else {
+        &sc["seccompProfile"]
+    };
+    assert_eq!(seccomp["type"], "RuntimeDefault");
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert!(
+        !host_paths
+            .iter()
+            .any(|p| p.trim_end_matches('/').is_empty()),
+        "the host's / is mounted: {host_paths:?}"
+    );
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let kubelet = mounts.iter().find(|m| m["name"] == "kubelet-root").unwrap();
+    assert_eq!(kubelet["mountPropagation"], "HostToContainer");
+    assert_ne!(kubelet["readOnly"], true, "restores write into pod volumes");
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"],
+        json!([{"matchExpressions": [
+            {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]),
+        "the agent must stay off control-plane nodes"
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--metrics-addr=$(POD_IP):9464"), "{args:?}");
+    let pod_ip = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("a POD_IP env");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let np = &object(list, "NetworkPolicy", "stash-agent-metrics")["spec"];
+    assert_eq!(
+        np["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "stash-agent"
+    );
+    assert_eq!(np["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["ingress"],
+        json!([{"from": [{"namespaceSelector": {"matchLabels": {
+                   "kubernetes.io/metadata.name": "monitoring"}}}],
+                "ports": [{"port": 9464, "protocol": "TCP"}]}])
+    );
 }
 
 /// Whether ServiceAccount `sa` of stash-system may `verb` the `resource`
@@ -1101,6 +1175,33 @@ async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
             "{args:?}"
         );
     }
+    // Each allowed directory, and only it, mounted read-write at /host/DIR.
+    let pod = &object(&list, "DaemonSet", "stash-agent")["spec"]["template"]["spec"];
+    let host_volumes: Vec<(String, String)> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] != "kubelet-root")
+        .filter_map(|v| {
+            let path = v["hostPath"]["path"].as_str()?;
+            let mount = agent["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == v["name"])
+                .expect("each host volume is mounted");
+            assert_ne!(mount["readOnly"], true);
+            assert_eq!(mount["mountPropagation"], "HostToContainer");
+            Some((path.to_owned(), mount["mountPath"].as_str()?.to_owned()))
+        })
+        .collect();
+    assert_eq!(
+        host_volumes,
+        [
+            ("/srv/data".to_owned(), "/host/srv/data".to_owned()),
+            ("/mnt/shared".to_owned(), "/host/mnt/shared".to_owned())
+        ]
+    );
     assert_eq!(controller["replicas"], 3);
     assert_eq!(agent["image"], "registry.example.com/stash-agent:1.2.3");
     assert_eq!(agent["resources"]["limits"]["memory"], "4Gi");
@@ -1137,6 +1238,32 @@ async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
             "-f",
             file.path().to_str().unwrap(),
         ],
+    );
+
+    // Opt-ins: control-plane nodes, more capabilities, no NetworkPolicy.
+    let rendered = helm_template(&[
+        "--set",
+        "agent.runOnControlPlane=true",
+        "--set",
+        "agent.extraCapabilities={MKNOD}",
+        "--set",
+        "agent.metrics.networkPolicy=false",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let objs = objects(&rendered);
+    assert!(!objs.contains_key("NetworkPolicy/stash-agent-metrics"));
+    let pod = &objs["DaemonSet/stash-agent"]["spec"]["template"]["spec"];
+    assert!(pod["affinity"].is_null(), "{}", pod["affinity"]);
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["capabilities"]["add"],
+        json!([
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "MKNOD"
+        ])
     );
 
     // A relative kubelet root is refused with the reason.
