@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use stash_controller::agent_secrets::AgentAccount;
-use stash_controller::certs::{self, CertSettings};
+use stash_controller::certs::CertSettings;
 use stash_controller::webhook::{self, RestoreWaitImage, WebhookSettings};
 use stash_controller::{metrics, HostPathAllowList, LeaseConfig, Metrics, Settings};
 use tokio_util::sync::CancellationToken;
@@ -151,13 +151,12 @@ async fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.webhook_addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.webhook_addr))?;
-        let certs = CertSettings {
-            namespace: args.lease_namespace.clone(),
-            secret: args.webhook_secret.clone(),
-            dns_names: certs::service_dns_names(&args.webhook_service, &args.lease_namespace),
-            webhook_configuration: Some(args.webhook_configuration.clone())
-                .filter(|c| !c.is_empty()),
-        };
+        let certs = CertSettings::new(
+            &args.lease_namespace,
+            &args.webhook_secret,
+            &args.webhook_service,
+            Some(args.webhook_configuration.clone()).filter(|c| !c.is_empty()),
+        );
         let settings = WebhookSettings {
             restore_wait_image: image,
             host_paths: host_paths.clone(),

@@ -755,7 +755,9 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         ("create", None, true),
         ("get", Some("stash-webhook-tls"), true),
         ("list", None, false),
-        ("update", Some("stash-webhook-tls"), false),
+        // Renewal before expiry replaces it.
+        ("update", Some("stash-webhook-tls"), true),
+        ("update", Some("repo-password"), false),
     ] {
         assert_eq!(
             allowed(
