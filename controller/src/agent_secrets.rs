@@ -27,7 +27,6 @@ use kube::ResourceExt;
 use stash_api::Repository;
 
 use crate::error::{kube_err, Result};
-use crate::finalizers::IN_USE;
 use crate::Context;
 
 /// Name of the Role and the RoleBinding in each namespace with Repositories.
@@ -64,12 +63,6 @@ pub fn secret_names(repo: &Repository) -> impl Iterator<Item = &str> {
     std::iter::once(repo.spec.password_secret.name.as_str())
         .chain(repo.spec.credentials_secret.as_deref())
         .filter(|n| !n.is_empty())
-}
-
-/// Whether `repo` still needs its Secrets: it is not being deleted, or its
-/// `stash.rs/in-use` finalizer still holds it.
-fn needs_secrets(repo: &Repository) -> bool {
-    repo.metadata.deletion_timestamp.is_none() || repo.finalizers().iter().any(|f| f == IN_USE)
 }
 
 /// The Role for `names` in `ns`, owned by `owners`.
@@ -133,10 +126,15 @@ fn owner(repo: &Repository) -> OwnerReference {
 }
 
 /// Makes the Role and RoleBinding [`ROLE`] of `ns` grant the agents `get`
-/// on the Secrets the Repositories of `ns` name, leaving out Repository
-/// `leaving` (one whose finalizer is being removed), and deletes both when
-/// no name is left. Does nothing without [`crate::Settings::agent_account`].
-pub async fn sync(ctx: &Context, ns: &str, leaving: Option<&str>) -> Result<()> {
+/// on the Secrets named by the Repositories of `ns` (in the cache) that
+/// `needs_secrets` (the caller, [`crate::finalizers`], knows which still
+/// do), and deletes both when no name is left. Does nothing without
+/// [`crate::Settings::agent_account`].
+pub async fn sync(
+    ctx: &Context,
+    ns: &str,
+    needs_secrets: impl Fn(&Repository) -> bool,
+) -> Result<()> {
     let Some(agent) = &ctx.settings.agent_account else {
         return Ok(());
     };
@@ -146,7 +144,7 @@ pub async fn sync(ctx: &Context, ns: &str, leaving: Option<&str>) -> Result<()> 
         .state()
         .into_iter()
         .filter(|r| r.namespace().as_deref() == Some(ns))
-        .filter(|r| Some(r.name_any().as_str()) != leaving && needs_secrets(r))
+        .filter(|r| needs_secrets(r))
         .collect();
     let names: BTreeSet<String> = repos
         .iter()

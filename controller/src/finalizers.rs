@@ -100,17 +100,17 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
         if !set(&api, &repo, IN_USE, true).await? {
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
-        agent_secrets::sync(&ctx, &ns, None).await?;
+        agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, None)).await?;
         return Ok(Action::await_change());
     }
     if !repo.finalizers().iter().any(|f| f == IN_USE) {
-        agent_secrets::sync(&ctx, &ns, Some(&name)).await?;
+        agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, Some(&name))).await?;
         return Ok(Action::await_change());
     }
     let users = users_of(&ctx, &repo).await?;
     if users.is_empty() {
         // Its names leave the agents' Role before the Repository goes.
-        agent_secrets::sync(&ctx, &ns, Some(&name)).await?;
+        agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, Some(&name))).await?;
         set(&api, &repo, IN_USE, false).await?;
         return Ok(Action::await_change());
     }
@@ -140,6 +140,15 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
         publish(&ctx, repo.as_ref(), EventType::Warning, "InUse", &message).await;
     }
     Ok(Action::requeue(RECHECK))
+}
+
+/// Whether `repo` still needs the agents to read its Secrets: it is not
+/// `leaving` (the one whose finalizer this reconcile removes), and it is not
+/// being deleted or [`IN_USE`] still holds it (its last sessions run).
+fn needs_secrets(repo: &Repository, leaving: Option<&str>) -> bool {
+    Some(repo.name_any().as_str()) != leaving
+        && (repo.metadata.deletion_timestamp.is_none()
+            || repo.finalizers().iter().any(|f| f == IN_USE))
 }
 
 /// The BackupConfigurations (also those being deleted: their last sessions
