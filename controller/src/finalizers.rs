@@ -16,6 +16,9 @@
 //!   RestoreSession refers to it. (Deleting the object never deletes the
 //!   repository's data.)
 //!
+//! Each reconcile of a Repository also brings the agents' Secrets Role of
+//! its namespace up to date ([`crate::agent_secrets`]).
+//!
 //! Finalizer lists are written with the object's `resourceVersion` as a
 //! precondition, so a concurrent change is never lost.
 
@@ -37,7 +40,7 @@ use stash_api::{BackupConfiguration, Repository, RestoreSession};
 
 use crate::error::{kube_err, Error, Result};
 use crate::events::publish;
-use crate::{conditions, Context};
+use crate::{agent_secrets, conditions, Context};
 use stash_api::time::to_time;
 
 /// Finalizer on BackupConfigurations: their running sessions finish first.
@@ -92,17 +95,22 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
     let name = repo.name_any();
     let api: Api<Repository> = Api::namespaced(ctx.client.clone(), &ns);
     if repo.metadata.deletion_timestamp.is_none() {
-        return Ok(if set(&api, &repo, IN_USE, true).await? {
-            Action::await_change()
-        } else {
-            Action::requeue(Duration::from_millis(200))
-        });
+        // The finalizer first: a Repository whose Secrets the agents may
+        // read is always one whose deletion passes through here.
+        if !set(&api, &repo, IN_USE, true).await? {
+            return Ok(Action::requeue(Duration::from_millis(200)));
+        }
+        agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, None)).await?;
+        return Ok(Action::await_change());
     }
     if !repo.finalizers().iter().any(|f| f == IN_USE) {
+        agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, Some(&name))).await?;
         return Ok(Action::await_change());
     }
     let users = users_of(&ctx, &repo).await?;
     if users.is_empty() {
+        // Its names leave the agents' Role before the Repository goes.
+        agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, Some(&name))).await?;
         set(&api, &repo, IN_USE, false).await?;
         return Ok(Action::await_change());
     }
@@ -132,6 +140,15 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
         publish(&ctx, repo.as_ref(), EventType::Warning, "InUse", &message).await;
     }
     Ok(Action::requeue(RECHECK))
+}
+
+/// Whether `repo` still needs the agents to read its Secrets: it is not
+/// `leaving` (the one whose finalizer this reconcile removes), and it is not
+/// being deleted or [`IN_USE`] still holds it (its last sessions run).
+fn needs_secrets(repo: &Repository, leaving: Option<&str>) -> bool {
+    Some(repo.name_any().as_str()) != leaving
+        && (repo.metadata.deletion_timestamp.is_none()
+            || repo.finalizers().iter().any(|f| f == IN_USE))
 }
 
 /// The BackupConfigurations (also those being deleted: their last sessions

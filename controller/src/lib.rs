@@ -17,6 +17,9 @@
 //!   session's timeout, aggregates item phases;
 //! - [`auto_backup`] turns `stash.rs/backup-schedule` pod annotations into
 //!   BackupConfigurations owned by the pod's workload;
+//! - [`agent_secrets`] keeps, in each namespace with Repositories, the Role
+//!   that lets the node agents `get` exactly the Secrets those Repositories
+//!   name;
 //! - [`finalizers`] hold back the deletion of a BackupConfiguration while
 //!   its sessions run, and of a Repository while configurations use it;
 //! - [`leader`] elects one scheduling replica with a Lease;
@@ -31,6 +34,7 @@
 //! [`run`] ties them together; `main.rs` only parses flags and builds the
 //! client, listener and shutdown token it passes in.
 
+pub mod agent_secrets;
 pub mod auto_backup;
 pub mod certs;
 pub mod clock;
@@ -88,12 +92,24 @@ pub struct Settings {
     /// `PodGone` or `NodeNotReady`, so its session finishes and the next
     /// tick runs (`--lost-item-grace`).
     pub lost_item_grace: std::time::Duration,
+    /// The agents' ServiceAccount, bound in each namespace with Repositories
+    /// to the Role [`agent_secrets::ROLE`]; `None` leaves the agents'
+    /// Secret access to the cluster admin (`--agent-service-account ''`).
+    pub agent_account: Option<agent_secrets::AgentAccount>,
+    /// Whether RestoreSessions with `spec.rollout` may patch (restart)
+    /// their workload (`--rollout-restores`; the RBAC is deploy/rollout/).
+    pub rollout_restores: bool,
+    /// The controller's own namespace: rollout restores never patch a
+    /// workload there.
+    pub own_namespace: String,
 }
 
 impl Settings {
     /// The defaults of the command line for the replica `identity`: no
     /// hostPath allowed, 4 objects of a kind at once, notifications as
-    /// [`notify::NotifySettings::default`], [`DEFAULT_LOST_ITEM_GRACE`].
+    /// [`notify::NotifySettings::default`], [`DEFAULT_LOST_ITEM_GRACE`],
+    /// the agents' Secrets Roles bound to `stash-system/stash-agent`, no
+    /// rollout restores, own namespace `stash-system`.
     /// Change single fields with struct update syntax.
     pub fn new(identity: impl Into<String>) -> Settings {
         Settings {
@@ -102,6 +118,9 @@ impl Settings {
             concurrency: 4,
             notify: notify::NotifySettings::default(),
             lost_item_grace: DEFAULT_LOST_ITEM_GRACE,
+            agent_account: Some(agent_secrets::AgentAccount::default()),
+            rollout_restores: false,
+            own_namespace: "stash-system".into(),
         }
     }
 }
@@ -138,6 +157,8 @@ pub struct Context {
     /// session UID, item and reason (see [`session`]); lost on restart,
     /// which only restarts the grace period.
     pub lost_since: session::LostSince,
+    /// Serialises the agents' Secrets Roles ([`agent_secrets::sync`]).
+    pub agent_secrets: agent_secrets::SyncLock,
 }
 
 /// How many changed objects a shared watch holds for its slowest
@@ -261,6 +282,7 @@ pub async fn run_controllers(
         firing: clock::Firing::default(),
         notifier: notify::Notifier::default(),
         lost_since: session::LostSince::default(),
+        agent_secrets: agent_secrets::SyncLock::default(),
     });
     let config = controller::Config::default().concurrency(concurrency);
     let stop = shutdown.clone();

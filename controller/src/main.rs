@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stash_controller::certs::{self, CertSettings};
+use stash_controller::agent_secrets::AgentAccount;
+use stash_controller::certs::CertSettings;
 use stash_controller::webhook::{self, RestoreWaitImage, WebhookSettings};
 use stash_controller::{metrics, HostPathAllowList, LeaseConfig, Metrics, Settings};
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,17 @@ struct Args {
     /// injector sets it).
     #[arg(long, default_value = "stash-controller")]
     webhook_configuration: String,
+    /// The node agents' ServiceAccount (in the controller's namespace): in
+    /// each namespace with Repositories it is bound to a Role granting `get`
+    /// on exactly the Secrets they name. Empty: make no such Roles (the
+    /// admin grants the agents their Secrets otherwise).
+    #[arg(long, default_value = "stash-agent")]
+    agent_service_account: String,
+    /// Let RestoreSessions with `spec.rollout` restart their workload (the
+    /// controller then needs deploy/rollout/'s RBAC). Never in the
+    /// controller's own namespace.
+    #[arg(long)]
+    rollout_restores: bool,
     /// Let notifications go to loopback addresses (development only: the
     /// controller's own metrics and webhook ports are there).
     #[arg(long)]
@@ -139,13 +151,12 @@ async fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.webhook_addr)
             .await
             .with_context(|| format!("cannot listen on {}", args.webhook_addr))?;
-        let certs = CertSettings {
-            namespace: args.lease_namespace.clone(),
-            secret: args.webhook_secret.clone(),
-            dns_names: certs::service_dns_names(&args.webhook_service, &args.lease_namespace),
-            webhook_configuration: Some(args.webhook_configuration.clone())
-                .filter(|c| !c.is_empty()),
-        };
+        let certs = CertSettings::new(
+            &args.lease_namespace,
+            &args.webhook_secret,
+            &args.webhook_service,
+            Some(args.webhook_configuration.clone()).filter(|c| !c.is_empty()),
+        );
         let settings = WebhookSettings {
             restore_wait_image: image,
             host_paths: host_paths.clone(),
@@ -168,6 +179,14 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         lost_item_grace: Duration::from_secs(args.lost_item_grace.max(1)),
+        agent_account: Some(args.agent_service_account)
+            .filter(|a| !a.is_empty())
+            .map(|name| AgentAccount {
+                namespace: args.lease_namespace.clone(),
+                name,
+            }),
+        rollout_restores: args.rollout_restores,
+        own_namespace: args.lease_namespace.clone(),
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace,

@@ -649,6 +649,16 @@ async fn start_rollout(
 ) -> Result<std::result::Result<String, String>> {
     let name = rs.name_any();
     let workload = format!("{:?} {ns}/{}", w.kind, w.name);
+    if !ctx.settings.rollout_restores {
+        return Ok(Err(format!(
+            "rollout restores are not enabled in this cluster, so the controller may not restart              {workload}: the cluster admin enables them with the controller's --rollout-restores              flag and the RBAC of deploy/rollout/ (Helm: rollout.enabled=true); or restore the              pods' volumes without spec.rollout"
+        )));
+    }
+    if ns == ctx.settings.own_namespace {
+        return Ok(Err(format!(
+            "the controller never restarts workloads in its own namespace {ns} (its own and the              agents'): {workload} is not restored with a rollout"
+        )));
+    }
     if name.len() > 63 {
         return Ok(Err(format!(
             "a rollout restore's name becomes the {LABEL_RESTORE_SESSION} pod label, at most 63 \

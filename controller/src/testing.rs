@@ -44,6 +44,7 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         firing: crate::clock::Firing::default(),
         notifier: crate::notify::Notifier::default(),
         lost_since: crate::session::LostSince::default(),
+        agent_secrets: crate::agent_secrets::SyncLock::default(),
     };
     (Arc::new(ctx), handle)
 }

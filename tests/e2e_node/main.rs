@@ -181,6 +181,8 @@ patches:
       - {{op: replace, path: /spec/template/spec/containers/0/volumeMounts/0/mountPath, value: "{root}"}}
       - {{op: replace, path: /spec/template/spec/containers/0/env/2/value, value: "{root}"}}
       - {{op: add, path: /spec/template/spec/containers/0/args/-, value: "--allow-host-path={allow}"}}
+      - {{op: add, path: /spec/template/spec/volumes/-, value: {{name: host-srv, hostPath: {{path: "{allow}", type: Directory}}}}}}
+      - {{op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {{name: host-srv, mountPath: "/host{allow}", mountPropagation: HostToContainer}}}}
       - {{op: add, path: /spec/template/spec/containers/0/args/-, value: "--takeover-after=6s"}}
       - {{op: add, path: /spec/template/spec/containers/0/args/-, value: "--progress-interval=1s"}}
       - {{op: add, path: /spec/template/spec/terminationGracePeriodSeconds, value: 2}}
@@ -273,6 +275,7 @@ async fn setup() -> World {
         "e2e-node: Stash installed and rolled out in {:.1} s",
         start.elapsed().as_secs_f64()
     );
+    assert_agent_unprivileged();
 
     w.kubectl(&["create", "namespace", NS]);
     w.kubectl(&[
@@ -304,6 +307,63 @@ async fn setup() -> World {
                "spec": {"url": url, "credentialsSecret": "repo-creds", "passwordSecret": {"name": "repo-password"}}}),
     );
     w
+}
+
+/// Issue 12, hole 9: the agent process the real runtime started from
+/// deploy/agent.yaml has exactly CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH,
+/// FOWNER and FSETID (bits 0-4), no way to gain more, and a seccomp filter:
+/// read from the host's /proc, where the test runs.
+fn assert_agent_unprivileged() {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let dir = entry.path();
+        let Ok(cmdline) = fs::read(dir.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_agent = args.len() > 1
+            && args[0].ends_with(b"stash")
+            && args[1] == b"agent"
+            && args.iter().any(|a| a.starts_with(b"--metrics-addr="));
+        // Only the DaemonSet's (a pod's cgroup), not an agent some other
+        // test runs on this machine.
+        let in_pod = fs::read_to_string(dir.join("cgroup")).is_ok_and(|c| c.contains("kubepods"));
+        if !is_agent || !in_pod {
+            continue;
+        }
+        let Ok(status) = fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        found.push((
+            field("CapEff:"),
+            field("CapBnd:"),
+            field("NoNewPrivs:"),
+            field("Seccomp:"),
+        ));
+    }
+    assert!(!found.is_empty(), "no agent process found in /proc");
+    for (eff, bnd, nnp, seccomp) in found {
+        assert_eq!(
+            eff, "000000000000001f",
+            "the agent's effective capabilities"
+        );
+        assert_eq!(
+            bnd, "000000000000001f",
+            "the agent's capability bounding set"
+        );
+        assert_eq!(
+            nnp, "1",
+            "the agent may gain privileges (no_new_privs unset)"
+        );
+        assert_eq!(seccomp, "2", "the agent runs without a seccomp filter");
+    }
 }
 
 fn stash_kubectl(w: &World) -> PathBuf {
@@ -834,5 +894,78 @@ async fn stash_on_a_real_node() {
 
     let _ = pods
         .delete("web-copy", &DeleteParams::default().grace_period(0))
+        .await;
+
+    // 4. Restore into an allow-listed hostPath: the agent writes through its
+    // read-write /host/DIR mount (the host's / is no longer mounted).
+    let host_copy = w.host_dir.parent().unwrap().join("web-host-copy");
+    fs::create_dir_all(&host_copy).unwrap();
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web-host-copy", "namespace": NS},
+               "spec": {"terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "app", "image": "stash-test/busybox:1", "imagePullPolicy": "Never",
+                                        "command": ["/bin/sh", "-c", "sleep 100000"],
+                                        "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
+                        "volumes": [{"name": "host", "hostPath": {"path": host_copy, "type": "Directory"}}]}}),
+    );
+    let start = Instant::now();
+    loop {
+        let p = pods.get("web-host-copy").await.unwrap();
+        if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "web-host-copy not Running: {:?}\n{}",
+            p.status,
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    apply(
+        &w,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession",
+               "metadata": {"name": "host-copy", "namespace": NS},
+               "spec": {"repository": {"name": "main"}, "snapshot": "latest",
+                        "source": {"namespace": NS, "name": "web"},
+                        "target": {"pod": "web-host-copy"},
+                        "volumes": [{"source": "host", "target": "host"}]}}),
+    );
+    let start = Instant::now();
+    let done = loop {
+        let r = restores.get("host-copy").await.unwrap();
+        if r.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "hostPath restore not finished: {:?}\n{}",
+            r.status,
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}\n{}", w.logs());
+    for e in fs::read_dir(&host_copy).unwrap().flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".stash-restore-done")
+        {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    assert_trees_equal(
+        &w.host_dir,
+        &host_copy,
+        &CompareOptions {
+            check_root_metadata: false,
+            ..CompareOptions::default()
+        },
+    );
+    let _ = pods
+        .delete("web-host-copy", &DeleteParams::default().grace_period(0))
         .await;
 }

@@ -111,6 +111,21 @@ async fn run_async(args: AgentArgs) -> Result<()> {
     note_start();
     let host_paths = HostPathAllowList::parse(args.allow_host_paths.iter().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("--allow-host-path: {e}"))?;
+    // The host's / is not mounted (deploy/agent.yaml): each allowed
+    // directory must be, at --host-root/DIR, or its volumes fail later.
+    for spec in &args.allow_host_paths {
+        let dir = spec.split_once('=').map_or(spec.as_str(), |(_, d)| d);
+        let seen = args.host_root.join(dir.trim_start_matches('/'));
+        if !seen.is_dir() {
+            tracing::warn!(
+                "--allow-host-path {spec}: {} is not a directory here; mount the host's {dir} \
+                 at {} (deploy/agent.yaml), or its hostPath volumes cannot be backed up or \
+                 restored",
+                seen.display(),
+                seen.display()
+            );
+        }
+    }
     for p in &args.allow_local_repositories {
         anyhow::ensure!(
             p.is_absolute(),

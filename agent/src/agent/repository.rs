@@ -99,7 +99,7 @@ pub async fn fetch(
     let pw_secret = secrets
         .get_opt(&pw_ref.name)
         .await
-        .with_context(|| format!("reading Secret {repo_ns}/{}", pw_ref.name))?
+        .map_err(|e| secret_error(e, repo_ns, &pw_ref.name))?
         .ok_or_else(|| {
             anyhow!(
                 "the password Secret {repo_ns}/{} of Repository {name} does not exist",
@@ -122,7 +122,7 @@ pub async fn fetch(
         let s = secrets
             .get_opt(c)
             .await
-            .with_context(|| format!("reading Secret {repo_ns}/{c}"))?
+            .map_err(|e| secret_error(e, repo_ns, c))?
             .ok_or_else(|| {
                 anyhow!("the credentials Secret {repo_ns}/{c} of Repository {name} does not exist")
             })?;
@@ -146,6 +146,21 @@ pub async fn fetch(
         credentials,
         confinement,
     })
+}
+
+/// The error of reading Secret `ns/name` by name (the agent never lists
+/// Secrets). A refusal means the controller has not (yet) granted it: the
+/// Role `stash-agent-secrets` of the namespace lists only Secrets that
+/// Repositories name.
+fn secret_error(e: kube::Error, ns: &str, name: &str) -> anyhow::Error {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => anyhow!(
+            "the agent may not read Secret {ns}/{name}: the controller grants the agents only \
+             the Secrets that Repositories name, through the Role stash-agent-secrets of \
+             namespace {ns} (is the controller running, and does a Repository name it?): {e}"
+        ),
+        _ => anyhow::Error::new(e).context(format!("reading Secret {ns}/{name}")),
+    }
 }
 
 fn secret_data(s: &Secret) -> BTreeMap<String, Vec<u8>> {

@@ -169,7 +169,7 @@ fn kustomization_lists_every_manifest_and_crd() {
     let listed: BTreeSet<String> = kustomization_resources().into_iter().collect();
     let files: BTreeSet<String> = manifest_files()
         .into_iter()
-        .filter(|f| !f.starts_with("kubelet-root/"))
+        .filter(|f| !is_component(f))
         .collect();
     let orphans: Vec<&String> = files.difference(&listed).collect();
     assert!(
@@ -204,6 +204,30 @@ fn kustomization_lists_every_manifest_and_crd() {
         stray.is_empty(),
         "a kubelet-root component directory holds only its kustomization.yaml: {stray:?}"
     );
+
+    // The rollout component lists every manifest of its directory.
+    let text = std::fs::read_to_string(deploy_dir().join("rollout/kustomization.yaml")).unwrap();
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let listed: BTreeSet<String> = doc["resources"]
+        .as_sequence()
+        .expect("rollout/kustomization.yaml has resources")
+        .iter()
+        .map(|r| format!("rollout/{}", r.as_str().unwrap()))
+        .collect();
+    let files: BTreeSet<String> = manifest_files()
+        .into_iter()
+        .filter(|f| f.starts_with("rollout/"))
+        .collect();
+    assert_eq!(
+        listed, files,
+        "deploy/rollout/ and its kustomization differ"
+    );
+}
+
+/// Whether `file` (relative to deploy/) belongs to an opt-in component
+/// rather than the base.
+fn is_component(file: &str) -> bool {
+    file.starts_with("kubelet-root/") || file.starts_with("rollout/")
 }
 
 #[tokio::test]
@@ -265,15 +289,8 @@ async fn every_manifest_passes_a_server_side_dry_run() {
         "the agent must tolerate every taint"
     );
     let c = &agent["containers"][0];
-    assert_eq!(c["securityContext"]["privileged"], true);
     assert!(c["resources"]["requests"].is_object() && c["resources"]["limits"].is_object());
-    let host = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mountPath"] == "/host")
-        .expect("the host root mount");
-    assert_eq!(host["readOnly"], true, "the host root is mounted read-only");
+    assert_agent_least_privilege(&rendered);
     let controller =
         &object(&rendered, "Deployment", "stash-controller")["spec"]["template"]["spec"];
     assert_eq!(controller["securityContext"]["runAsNonRoot"], true);
@@ -354,6 +371,87 @@ async fn every_manifest_passes_a_server_side_dry_run() {
             out.status
         );
     }
+}
+
+/// Issue 12, hole 9: the agent DaemonSet of a rendering (`{"items": ...}`)
+/// is not privileged, has only the capabilities it needs, the runtime's
+/// seccomp profile, no host `/`, stays off control-plane nodes, and serves
+/// /metrics on its pod IP behind a NetworkPolicy.
+fn assert_agent_least_privilege(list: &Value) {
+    let pod = &object(list, "DaemonSet", "stash-agent")["spec"]["template"]["spec"];
+    assert_ne!(pod["hostNetwork"], true);
+    assert_ne!(pod["hostPID"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true, "the agent runs privileged");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!([
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID"
+        ])
+    );
+    let seccomp = if sc["seccompProfile"].is_null() {
+        &pod["securityContext"]["seccompProfile"]
+    } else {
+        &sc["seccompProfile"]
+    };
+    assert_eq!(seccomp["type"], "RuntimeDefault");
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert!(
+        !host_paths
+            .iter()
+            .any(|p| p.trim_end_matches('/').is_empty()),
+        "the host's / is mounted: {host_paths:?}"
+    );
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let kubelet = mounts.iter().find(|m| m["name"] == "kubelet-root").unwrap();
+    assert_eq!(kubelet["mountPropagation"], "HostToContainer");
+    assert_ne!(kubelet["readOnly"], true, "restores write into pod volumes");
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"],
+        json!([{"matchExpressions": [
+            {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]),
+        "the agent must stay off control-plane nodes"
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--metrics-addr=$(POD_IP):9464"), "{args:?}");
+    let pod_ip = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("a POD_IP env");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let np = &object(list, "NetworkPolicy", "stash-agent-metrics")["spec"];
+    assert_eq!(
+        np["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "stash-agent"
+    );
+    assert_eq!(np["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["ingress"],
+        json!([{"from": [{"namespaceSelector": {"matchLabels": {
+                   "kubernetes.io/metadata.name": "monitoring"}}}],
+                "ports": [{"port": 9464, "protocol": "TCP"}]}])
+    );
 }
 
 /// Whether ServiceAccount `sa` of stash-system may `verb` the `resource`
@@ -456,7 +554,6 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("get", "stash.rs", "repositories", None),
             ("get", "stash.rs", "backupconfigurations", None),
             ("get", "", "namespaces", None),
-            ("get", "", "secrets", Some("repo-password")),
             ("get", "", "pods", None),
             ("list", "", "pods", None),
             ("watch", "", "pods", None),
@@ -488,6 +585,9 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
                 "leases",
                 Some("stash-maintenance-0123"),
             ),
+            // No Repository names it yet: no Role grants it (issue 12,
+            // hole 9; the controller's Roles are checked below).
+            ("get", "", "secrets", Some("repo-password")),
             ("list", "", "secrets", None),
             ("watch", "", "secrets", None),
             ("create", "", "secrets", None),
@@ -538,9 +638,34 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("get", "apps", "statefulsets", None),
             ("get", "apps", "daemonsets", None),
             ("get", "apps", "replicasets", None),
-            ("patch", "apps", "deployments", None),
-            ("patch", "apps", "statefulsets", None),
-            ("patch", "apps", "daemonsets", None),
+            // Notifications' Secrets, and what the agents' Roles grant.
+            ("get", "", "secrets", Some("repo-password")),
+            ("create", "rbac.authorization.k8s.io", "roles", None),
+            ("create", "rbac.authorization.k8s.io", "rolebindings", None),
+            (
+                "patch",
+                "rbac.authorization.k8s.io",
+                "roles",
+                Some("stash-agent-secrets"),
+            ),
+            (
+                "patch",
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                Some("stash-agent-secrets"),
+            ),
+            (
+                "delete",
+                "rbac.authorization.k8s.io",
+                "roles",
+                Some("stash-agent-secrets"),
+            ),
+            (
+                "delete",
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                Some("stash-agent-secrets"),
+            ),
             (
                 "get",
                 "admissionregistration.k8s.io",
@@ -570,8 +695,31 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ),
         ],
         &[
-            ("get", "", "secrets", Some("repo-password")),
             ("list", "", "secrets", None),
+            ("watch", "", "secrets", None),
+            // Workloads are patched only with deploy/rollout/.
+            ("patch", "apps", "deployments", None),
+            ("patch", "apps", "statefulsets", None),
+            ("patch", "apps", "daemonsets", None),
+            // Only the agents' Secrets Role, and no way round the
+            // escalation rule.
+            ("patch", "rbac.authorization.k8s.io", "roles", Some("admin")),
+            (
+                "delete",
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                Some("admin"),
+            ),
+            ("list", "rbac.authorization.k8s.io", "roles", None),
+            ("escalate", "rbac.authorization.k8s.io", "roles", None),
+            ("bind", "rbac.authorization.k8s.io", "roles", None),
+            ("bind", "rbac.authorization.k8s.io", "clusterroles", None),
+            (
+                "create",
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                None,
+            ),
             ("create", "", "pods", None),
             ("create", "", "pods/exec", None),
             ("delete", "", "pods", None),
@@ -580,7 +728,6 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("update", "apps", "deployments", None),
             ("delete", "apps", "statefulsets", None),
             ("patch", "apps", "replicasets", None),
-            ("get", "", "secrets", Some("stash-webhook-tls")),
             (
                 "patch",
                 "admissionregistration.k8s.io",
@@ -619,13 +766,14 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         ],
     )
     .await;
-    // The webhook's Secret: create, and get by name, in stash-system only.
+    // The webhook's Secret: create it in stash-system only, get by name.
     for (verb, name, want) in [
         ("create", None, true),
         ("get", Some("stash-webhook-tls"), true),
-        ("get", Some("repo-password"), false),
         ("list", None, false),
-        ("update", Some("stash-webhook-tls"), false),
+        // Renewal before expiry replaces it.
+        ("update", Some("stash-webhook-tls"), true),
+        ("update", Some("repo-password"), false),
     ] {
         assert_eq!(
             allowed(
@@ -642,6 +790,19 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             "{verb} secrets {name:?} in stash-system"
         );
     }
+    assert!(
+        !allowed(
+            &client,
+            "stash-controller",
+            "create",
+            "",
+            "secrets",
+            Some("team"),
+            None
+        )
+        .await,
+        "the controller creates Secrets in stash-system only"
+    );
     // The Lease rules are a Role of stash-system: nowhere else.
     assert!(
         !allowed(
@@ -701,7 +862,17 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
 
     namespace(&client, "team", &[("backup", "yes")]).await;
     namespace(&client, "vault", &[]).await;
+    namespace(&client, "elsewhere", &[]).await;
     repository(&client, "team", "main", None).await;
+    create::<stash_api::Repository>(
+        &client,
+        "team",
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+               "metadata": {"name": "spare"},
+               "spec": {"url": "s3:minio:9000/spare", "credentialsSecret": "spare-keys",
+                        "passwordSecret": {"name": "spare-password"}}}),
+    )
+    .await;
     repository(
         &client,
         "vault",
@@ -790,6 +961,55 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         });
         done = resolved("local") && resolved("remote") && scheduled_event && ca_bundle;
     }
+    // Issue 12, hole 9: the agent gets exactly the Secrets that Repositories
+    // name, in their namespaces, once the controller (under its own RBAC:
+    // the escalation rule) has made the Roles; never a list.
+    let agent_may = |verb: &'static str, ns: &'static str, name: Option<&'static str>| {
+        let client = client.clone();
+        async move { allowed(&client, "stash-agent", verb, "", "secrets", Some(ns), name).await }
+    };
+    let granted = tokio::time::timeout(Duration::from_secs(20), async {
+        while !(agent_may("get", "team", Some("repo-password")).await
+            && agent_may("get", "team", Some("spare-keys")).await
+            && agent_may("get", "team", Some("spare-password")).await
+            && agent_may("get", "vault", Some("repo-password")).await)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let mut wrong = Vec::new();
+    for (verb, ns, name) in [
+        ("get", "team", Some("not-named")),
+        ("get", "vault", Some("spare-keys")),
+        ("get", "elsewhere", Some("repo-password")),
+        ("get", "stash-system", Some("repo-password")),
+        ("list", "team", None),
+        ("watch", "team", None),
+        ("list", "vault", None),
+    ] {
+        if agent_may(verb, ns, name).await {
+            wrong.push(format!("{verb} secrets {name:?} in {ns}"));
+        }
+    }
+    // A Repository deleted: its Secrets leave the Role, the others stay.
+    Api::<stash_api::Repository>::namespaced(client.clone(), "team")
+        .delete("spare", &Default::default())
+        .await
+        .unwrap();
+    let revoked = tokio::time::timeout(Duration::from_secs(20), async {
+        while agent_may("get", "team", Some("spare-keys")).await
+            || agent_may("get", "team", Some("spare-password")).await
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let kept = agent_may("get", "team", Some("repo-password")).await;
+    let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), "team")
+        .get_opt("stash-agent-secrets")
+        .await
+        .unwrap();
     let _ = controller.kill();
     let _ = controller.wait();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -808,6 +1028,29 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         text.contains("acquired the leadership Lease"),
         "no leadership in the log:\n{text}"
     );
+    assert!(
+        granted.is_ok(),
+        "within 20 s the agent was not granted the Secrets Repositories name; log:\n{tail}"
+    );
+    assert!(wrong.is_empty(), "the agent may: {wrong:?}");
+    assert!(
+        revoked.is_ok(),
+        "the Secrets of a deleted Repository are still granted"
+    );
+    assert!(kept, "the Secret of a remaining Repository was revoked");
+    let role = role.expect("the Role stays while a Repository of team names a Secret");
+    assert_eq!(
+        role.rules.unwrap()[0].resource_names.as_deref(),
+        Some(&["repo-password".to_owned()][..])
+    );
+    let owners: Vec<String> = role
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| format!("{}/{}", o.kind, o.name))
+        .collect();
+    assert_eq!(owners, ["Repository/main"]);
 }
 
 /// The `helm` that `hack/helm.sh` builds (`$STASH_HELM` to use another).
@@ -908,33 +1151,9 @@ async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
         String::from_utf8_lossy(&lint.stdout)
     );
 
-    // With the defaults: the kustomize base's objects, less the Namespace
-    // (Helm installs into an existing or --create-namespace one), plus
-    // Helm's own labels.
-    let mut from_helm = objects(&helm_template(&[]).unwrap_or_else(|e| panic!("{e}")));
-    for o in from_helm.values_mut() {
-        if let Some(labels) = o
-            .pointer_mut("/metadata/labels")
-            .and_then(Value::as_object_mut)
-        {
-            assert_eq!(
-                labels.remove("app.kubernetes.io/managed-by"),
-                Some(json!("Helm"))
-            );
-            labels.remove("helm.sh/chart");
-        }
-    }
+    // With the defaults: the kustomize base's objects.
     let deploy = deploy_dir();
-    let mut from_kustomize = objects(&kubectl_ok(None, &["kustomize", deploy.to_str().unwrap()]));
-    assert!(from_kustomize.remove("Namespace/stash-system").is_some());
-    let keys =
-        |m: &std::collections::BTreeMap<String, Value>| m.keys().cloned().collect::<Vec<_>>();
-    assert_eq!(keys(&from_helm), keys(&from_kustomize));
-    for (key, k) in &from_kustomize {
-        if let Some(diff) = first_difference(&from_helm[key], k, "") {
-            panic!("{key} differs between deploy/helm/stash and deploy/ at {diff}");
-        }
-    }
+    assert_helm_renders_kustomize(&[], &deploy);
 
     // The values land where they must.
     let root = "/var/snap/microk8s/common/var/lib/kubelet";
@@ -974,6 +1193,33 @@ async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
             "{args:?}"
         );
     }
+    // Each allowed directory, and only it, mounted read-write at /host/DIR.
+    let pod = &object(&list, "DaemonSet", "stash-agent")["spec"]["template"]["spec"];
+    let host_volumes: Vec<(String, String)> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["name"] != "kubelet-root")
+        .filter_map(|v| {
+            let path = v["hostPath"]["path"].as_str()?;
+            let mount = agent["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == v["name"])
+                .expect("each host volume is mounted");
+            assert_ne!(mount["readOnly"], true);
+            assert_eq!(mount["mountPropagation"], "HostToContainer");
+            Some((path.to_owned(), mount["mountPath"].as_str()?.to_owned()))
+        })
+        .collect();
+    assert_eq!(
+        host_volumes,
+        [
+            ("/srv/data".to_owned(), "/host/srv/data".to_owned()),
+            ("/mnt/shared".to_owned(), "/host/mnt/shared".to_owned())
+        ]
+    );
     assert_eq!(controller["replicas"], 3);
     assert_eq!(agent["image"], "registry.example.com/stash-agent:1.2.3");
     assert_eq!(agent["resources"]["limits"]["memory"], "4Gi");
@@ -1012,70 +1258,254 @@ async fn helm_chart_renders_the_kustomize_objects_and_its_values() {
         ],
     );
 
+    // Opt-ins: control-plane nodes, more capabilities, no NetworkPolicy.
+    let rendered = helm_template(&[
+        "--set",
+        "agent.runOnControlPlane=true",
+        "--set",
+        "agent.extraCapabilities={MKNOD}",
+        "--set",
+        "agent.metrics.networkPolicy=false",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let objs = objects(&rendered);
+    assert!(!objs.contains_key("NetworkPolicy/stash-agent-metrics"));
+    let pod = &objs["DaemonSet/stash-agent"]["spec"]["template"]["spec"];
+    assert!(pod["affinity"].is_null(), "{}", pod["affinity"]);
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["capabilities"]["add"],
+        json!([
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "DAC_READ_SEARCH",
+            "FOWNER",
+            "FSETID",
+            "MKNOD"
+        ])
+    );
+
     // A relative kubelet root is refused with the reason.
     let err = helm_template(&["--set", "kubeletRoot=var/lib/kubelet"]).unwrap_err();
     assert!(err.contains("is not an absolute path"), "{err}");
 }
 
-/// The controller ClusterRole's rules as `kubectl kustomize DIR` renders them.
-fn controller_rules(dir: &Path) -> Vec<Value> {
-    let yaml = kubectl_ok(None, &["kustomize", dir.to_str().unwrap()]);
-    for doc in serde_yaml::Deserializer::from_str(&yaml) {
-        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == "stash-controller" {
-            return v["rules"].as_array().unwrap().clone();
+/// `helm template` with `args` renders the objects `kubectl kustomize dir`
+/// does, less the Namespace (Helm installs into an existing or
+/// --create-namespace one), plus Helm's own labels.
+fn assert_helm_renders_kustomize(args: &[&str], dir: &Path) {
+    let mut from_helm = objects(&helm_template(args).unwrap_or_else(|e| panic!("{e}")));
+    for o in from_helm.values_mut() {
+        if let Some(labels) = o
+            .pointer_mut("/metadata/labels")
+            .and_then(Value::as_object_mut)
+        {
+            assert_eq!(
+                labels.remove("app.kubernetes.io/managed-by"),
+                Some(json!("Helm"))
+            );
+            labels.remove("helm.sh/chart");
         }
     }
-    panic!("no ClusterRole stash-controller in {}", dir.display());
+    let mut from_kustomize = objects(&kubectl_ok(None, &["kustomize", dir.to_str().unwrap()]));
+    assert!(from_kustomize.remove("Namespace/stash-system").is_some());
+    let keys =
+        |m: &std::collections::BTreeMap<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&from_helm), keys(&from_kustomize), "helm {args:?}");
+    for (key, k) in &from_kustomize {
+        if let Some(diff) = first_difference(&from_helm[key], k, "") {
+            panic!(
+                "{key} differs between deploy/helm/stash {args:?} and {} at {diff}",
+                dir.display()
+            );
+        }
+    }
 }
 
-#[test]
-fn the_notifications_component_adds_get_on_secrets_and_nothing_else() {
+/// A kustomize overlay in `scratch` of deploy/ with `components`.
+fn overlay(scratch: &Path, components: &[&str]) -> PathBuf {
     let deploy = deploy_dir();
-    let base = controller_rules(&deploy);
-    let reads_secrets = |rules: &[Value]| {
-        rules.iter().any(|r| {
-            r["resources"]
-                .as_array()
-                .is_some_and(|x| x.iter().any(|x| x == "secrets"))
-        })
-    };
-    assert!(
-        !reads_secrets(&base),
-        "without the component the controller has no cluster-wide Secret access"
-    );
-    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let rel = relative(scratch.path(), &deploy);
+    let rel = relative(scratch, &deploy);
+    let list: Vec<String> = components
+        .iter()
+        .map(|c| format!("{}/{c}", rel.display()))
+        .collect();
     std::fs::write(
-        scratch.path().join("kustomization.yaml"),
+        scratch.join("kustomization.yaml"),
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources: [{base}]\ncomponents: [{base}/notifications]\n",
-            base = rel.display()
+             resources: [{}]\ncomponents: [{}]\n",
+            rel.display(),
+            list.join(", ")
         ),
     )
     .unwrap();
-    let with = controller_rules(scratch.path());
-    assert_eq!(with.len(), base.len() + 1);
-    assert_eq!(&with[..base.len()], &base[..]);
-    assert_eq!(
-        with[base.len()],
-        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
-    );
+    scratch.to_owned()
+}
 
-    // The chart's notifications.readSecrets renders the same rules, and
-    // without it the same as the base.
-    let helm_rules = |args: &[&str]| -> Vec<Value> {
-        let rendered = helm_template(args).unwrap_or_else(|e| panic!("{e}"));
-        let list = json!({"items": objects(&rendered).into_values().collect::<Vec<_>>()});
-        object(&list, "ClusterRole", "stash-controller")["rules"]
-            .as_array()
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(helm_rules(&[]), base);
-    assert_eq!(
-        helm_rules(&["--set", "notifications.readSecrets=true"]),
-        with
+/// Every rule of every ClusterRole and Role bound to the controller's
+/// ServiceAccount that lets it change workloads.
+fn workload_patch_rules(dir: &Path) -> Vec<String> {
+    let yaml = kubectl_ok(None, &["kustomize", dir.to_str().unwrap()]);
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] != "ClusterRole" && v["kind"] != "Role" {
+            continue;
+        }
+        for r in v["rules"].as_array().into_iter().flatten() {
+            let has = |field: &str, x: &str| {
+                r[field]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|y| y == x || y == "*"))
+            };
+            if has("apiGroups", "apps")
+                && ["deployments", "statefulsets", "daemonsets"]
+                    .iter()
+                    .any(|k| has("resources", k))
+                && ["patch", "update"].iter().any(|k| has("verbs", k))
+            {
+                out.push(format!(
+                    "{} {}: {r}",
+                    v["kind"].as_str().unwrap(),
+                    v["metadata"]["name"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The controller container's args of a `kubectl kustomize` rendering.
+fn controller_args(dir: &Path) -> Vec<String> {
+    let list = json!({"items": objects(&kubectl_ok(None, &["kustomize", dir.to_str().unwrap()]))
+        .into_values()
+        .collect::<Vec<_>>()});
+    object(&list, "Deployment", "stash-controller")["spec"]["template"]["spec"]["containers"][0]
+        ["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Issue 12, hole 9: no permission to change workloads without the rollout
+/// component; with it (kustomize or Helm alike) the flag, the grant, and the
+/// policy keeping the controller out of its own namespace.
+#[test]
+fn workloads_are_patched_only_with_the_rollout_component() {
+    let deploy = deploy_dir();
+    assert_eq!(workload_patch_rules(&deploy), Vec::<String>::new());
+    assert!(!controller_args(&deploy).contains(&"--rollout-restores".to_owned()));
+
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let with = overlay(scratch.path(), &["rollout"]);
+    let rules = workload_patch_rules(&with);
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert!(
+        rules[0].starts_with("ClusterRole stash-controller-rollout:"),
+        "{rules:?}"
     );
+    assert!(controller_args(&with).contains(&"--rollout-restores".to_owned()));
+    let rendered = objects(&kubectl_ok(None, &["kustomize", with.to_str().unwrap()]));
+    for key in [
+        "ClusterRoleBinding/stash-controller-rollout",
+        "ValidatingAdmissionPolicy/stash-controller-not-in-own-namespace",
+        "ValidatingAdmissionPolicyBinding/stash-controller-not-in-own-namespace",
+    ] {
+        assert!(rendered.contains_key(key), "the component lacks {key}");
+    }
+
+    // The chart's rollout.enabled renders the same objects.
+    assert_helm_renders_kustomize(&["--set", "rollout.enabled=true"], &with);
+}
+
+/// Issue 12, hole 9, on the real apiserver: with the rollout component the
+/// controller's ServiceAccount may restart a workload of a tenant, but the
+/// apiserver refuses any change by it to a workload in stash-system.
+#[tokio::test]
+async fn with_rollouts_the_controller_still_cannot_change_its_own_namespace() {
+    let env = Envtest::start().await;
+    let client = env.client().await;
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let with = overlay(scratch.path(), &["rollout"]);
+    kubectl_ok(
+        Some(&env),
+        &["apply", "--server-side", "-k", with.to_str().unwrap()],
+    );
+    namespace(&client, "team", &[]).await;
+    let deployment = |name: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}},
+                                     "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
+    };
+    create::<k8s_openapi::api::apps::v1::Deployment>(&client, "team", deployment("web")).await;
+    // stash-controller exists in stash-system already (the manifests).
+    let patch = r#"{"spec":{"template":{"metadata":{"labels":{"stash.rs/restore-session":"r"}}}}}"#;
+    let as_controller = |ns: &str, name: &str| {
+        kubectl(
+            Some(&env),
+            &[
+                "--as=system:serviceaccount:stash-system:stash-controller",
+                "patch",
+                "deployment",
+                name,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+        )
+    };
+    let out = as_controller("team", "web");
+    assert!(
+        out.status.success(),
+        "the rollout RBAC does not let the controller patch a tenant's Deployment: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The policy takes effect once the apiserver has compiled it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        let out = as_controller("stash-system", "stash-controller");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            break stderr;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller's ServiceAccount patched its own Deployment for 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        refusal.contains("never changes workloads in its own namespace"),
+        "{refusal}"
+    );
+    for (kind, name) in [
+        ("daemonset", "stash-agent"),
+        ("deployment", "stash-controller"),
+    ] {
+        let out = kubectl(
+            Some(&env),
+            &[
+                "--as=system:serviceaccount:stash-system:stash-controller",
+                "patch",
+                kind,
+                name,
+                "-n",
+                "stash-system",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+        );
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("never changes workloads"),
+            "the controller patched {kind} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod deploy;
 mod finalizers;
 mod leader;
 mod notifications;
+mod privileges;
 mod restore;
 mod retention;
 mod schedule;

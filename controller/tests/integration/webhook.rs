@@ -66,10 +66,13 @@ fn start_webhook(
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let shutdown = CancellationToken::new();
     let certs = CertSettings {
-        namespace: "stash-system".into(),
-        secret: "stash-webhook-tls".into(),
         dns_names: vec!["127.0.0.1".into()],
-        webhook_configuration: Some("stash-controller".into()),
+        ..CertSettings::new(
+            "stash-system",
+            "stash-webhook-tls",
+            "unused",
+            Some("stash-controller".into()),
+        )
     };
     let settings = WebhookSettings {
         restore_wait_image: webhook::RestoreWaitImage::Fixed(IMAGE.into()),
@@ -223,7 +226,11 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     )
     .await;
     let (webhook_stop, webhook) = start_webhook(&client, listener);
-    let (shutdown, handle, _m) = start_controller(&client, settings());
+    let rollouts = stash_controller::Settings {
+        rollout_restores: true,
+        ..settings()
+    };
+    let (shutdown, handle, _m) = start_controller(&client, rollouts);
 
     // The controller generated the CA into its Secret and made the
     // apiserver trust it.
@@ -520,4 +527,162 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     webhook_stop.cancel();
     webhook.await.unwrap();
     stop_controller(shutdown, handle).await;
+}
+
+/// The certificate the webhook at `port` presents to a client that trusts
+/// exactly `ca_bundle` (PEM, as the apiserver does), as PEM; Err when the
+/// handshake fails.
+async fn served_certificate(port: u16, ca_bundle: &[u8]) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_bundle) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    Ok(pem_of(&der))
+}
+
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----",
+        lines.join("\n")
+    )
+}
+
+/// The certificates of a PEM bundle, normalised by [`pem_of`].
+fn pems(bundle: &[u8]) -> Vec<String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(bundle)
+        .map(|c| pem_of(&c.unwrap()))
+        .collect()
+}
+
+/// Issue 12, hole 9: a generated webhook certificate is renewed two thirds
+/// into its validity (not before), the caBundle then trusts the new CA (and
+/// the old, for replicas not yet switched), and the webhook serves the new
+/// certificate: checked with a real TLS handshake trusting only the
+/// caBundle the apiserver would use.
+#[tokio::test]
+async fn the_webhook_certificate_is_renewed_before_it_expires() {
+    let (_env, client) = control_plane().await;
+    namespace(&client, "stash-system", &[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    webhook_configuration(
+        &client,
+        &format!("https://127.0.0.1:{port}{MUTATE_PODS_PATH}"),
+    )
+    .await;
+    let certs = CertSettings {
+        dns_names: vec!["127.0.0.1".into()],
+        validity: Duration::from_secs(9),
+        recheck: Duration::from_millis(300),
+        ..CertSettings::new(
+            "stash-system",
+            "stash-webhook-tls",
+            "unused",
+            Some("stash-controller".into()),
+        )
+    };
+    let settings = WebhookSettings {
+        restore_wait_image: webhook::RestoreWaitImage::Fixed(IMAGE.into()),
+        host_paths: HostPathAllowList::default(),
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(webhook::run(
+        client.clone(),
+        certs,
+        settings,
+        Metrics::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    let secrets = Api::<Secret>::namespaced(client.clone(), "stash-system");
+    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let ca_bundle = || async {
+        configs.get("stash-controller").await.ok()?.webhooks?[0]
+            .client_config
+            .ca_bundle
+            .clone()
+            .map(|b| b.0)
+    };
+    let first_bundle = eventually(Duration::from_secs(20), "the first caBundle", ca_bundle).await;
+    let first = secrets.get("stash-webhook-tls").await.unwrap();
+    let first_leaf = pems(&first.data.as_ref().unwrap()["tls.crt"].0);
+    let first_ca = pems(&first_bundle);
+    assert_eq!(first_ca.len(), 1);
+    let served = eventually(Duration::from_secs(10), "the webhook serving", || async {
+        served_certificate(port, &first_bundle).await.ok()
+    })
+    .await;
+    assert_eq!(vec![served], first_leaf);
+
+    // Not renewed early: a third into its life it is still the first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = secrets.get("stash-webhook-tls").await.unwrap();
+    assert_eq!(pems(&now.data.as_ref().unwrap()["tls.crt"].0), first_leaf);
+
+    // Renewed at two thirds (6 s), well before it expires (9 s).
+    let renewed = eventually(Duration::from_secs(6), "the renewed Secret", || async {
+        let s = secrets.get("stash-webhook-tls").await.ok()?;
+        let leaf = pems(&s.data.as_ref()?["tls.crt"].0);
+        (leaf != first_leaf).then_some(s)
+    })
+    .await;
+    let data = renewed.data.as_ref().unwrap();
+    let new_ca = pems(&data["ca.crt"].0);
+    assert_eq!(new_ca.len(), 2, "the new CA and the previous one");
+    assert_ne!(new_ca[0], first_ca[0]);
+    assert_eq!(new_ca[1], first_ca[0]);
+    let new_leaf = pems(&data["tls.crt"].0);
+    let bundle = eventually(Duration::from_secs(5), "the new caBundle", || async {
+        let b = ca_bundle().await?;
+        (pems(&b) == new_ca).then_some(b)
+    })
+    .await;
+    // The apiserver's view: only the new caBundle, and the webhook serves
+    // the new certificate under it. Without the old CA it would not trust
+    // the first certificate any more.
+    let served = eventually(
+        Duration::from_secs(5),
+        "the new certificate served",
+        || async {
+            let s = served_certificate(port, &bundle).await.ok()?;
+            (vec![s.clone()] == new_leaf).then_some(s)
+        },
+    )
+    .await;
+    assert_ne!(vec![served], first_leaf);
+    let only_new_ca = new_ca[0].clone().into_bytes();
+    assert!(
+        served_certificate(port, &only_new_ca).await.is_ok(),
+        "the new certificate is signed by the new CA"
+    );
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
 }
