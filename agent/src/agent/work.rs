@@ -31,7 +31,7 @@ use stash_api::{
 use super::claim::{self, Previous, Slot};
 use super::repository::{fetch, RepoAccess};
 use super::volumes::{self, PvLocation, VolumeKind};
-use super::{Ctx, Work};
+use super::{Ctx, Scope, Work};
 
 /// The marker a finished restore leaves in the volume's root for
 /// `stash restore-wait`.
@@ -235,6 +235,11 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         .observe(started.elapsed().as_secs_f64());
     let mut fields = Map::new();
     fields.insert("endTime".into(), json!(now()));
+    if matches!(ctx.scope, Scope::Job { .. }) {
+        // Which node the Job's pod ran on; the retention run goes to that
+        // node's agent.
+        fields.insert("node".into(), json!(ctx.node));
+    }
     match result {
         Ok(done) => {
             ctx.metrics
@@ -303,6 +308,10 @@ struct BackupPlan {
     dir: PathBuf,
     host: String,
     as_path: String,
+    /// Use the path of the latest snapshot of `host` instead of `as_path`
+    /// when there is one (a Job's item: the claim's snapshots keep the
+    /// path the pods that mounted it gave them, so parents carry over).
+    path_of_latest: bool,
     tags: Vec<String>,
 }
 
@@ -439,9 +448,57 @@ async fn volume_dir(ctx: &Ctx, pod: &Pod, volume: &str) -> Result<PathBuf, NotRe
     }
 }
 
+/// A Job executor's volume: its own mount of the claim it was started for
+/// (from its command line, never from status).
+fn job_volume(
+    ctx: &Ctx,
+    session_ns: &str,
+    ns: &str,
+    volume: &str,
+) -> Option<Result<(String, PathBuf), NotReady>> {
+    let Scope::Job { claim, mount, .. } = &ctx.scope else {
+        return None;
+    };
+    if ns != session_ns || volume != claim {
+        return Some(Err(NotReady::Refuse(format!(
+            "the item names {ns}/{volume}, not this Job's PersistentVolumeClaim {session_ns}/{claim}: refused"
+        ))));
+    }
+    Some(match std::fs::metadata(mount) {
+        Ok(m) if m.is_dir() => Ok((claim.clone(), mount.clone())),
+        _ => Err(NotReady::Refuse(format!(
+            "PersistentVolumeClaim {ns}/{claim} is not mounted at {} in this Job's pod",
+            mount.display()
+        ))),
+    })
+}
+
 async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<BackupPlan, NotReady> {
     let session_ns = s.namespace().unwrap_or_default();
     let (ns, pod_name, volume) = slot_identity(slot);
+    if let Some(found) = job_volume(ctx, &session_ns, ns, volume) {
+        let (claim, dir) = found?;
+        let cfg_name = &s.spec.backup_configuration;
+        let cfg = backup_configuration(ctx, &session_ns, cfg_name).await?;
+        let user = format!("BackupSession {session_ns}/{}", s.name_any());
+        let repo = fetch(
+            &ctx.client,
+            &ctx.tenants,
+            &ctx.secrets,
+            &session_ns,
+            &user,
+            &cfg.spec.repository,
+        )
+        .await?;
+        return Ok(BackupPlan {
+            repo,
+            dir,
+            host: format!("{ns}/{claim}"),
+            as_path: identity::snapshot_path(&claim),
+            path_of_latest: true,
+            tags: identity::snapshot_tags(ns, job_pod(ctx), &claim, &s.name_any(), cfg_name),
+        });
+    }
     let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
     let phase = pod
         .status
@@ -454,25 +511,13 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
         )));
     }
     let dir = volume_dir(ctx, &pod, volume).await?;
-    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &session_ns);
     let cfg_name = &s.spec.backup_configuration;
-    let cfg = configs
-        .get_opt(cfg_name)
-        .await
-        .map_err(|e| {
-            NotReady::Wait(format!(
-                "cannot read BackupConfiguration {session_ns}/{cfg_name}: {e}"
-            ))
-        })?
-        .ok_or_else(|| {
-            NotReady::Refuse(format!(
-                "BackupConfiguration {session_ns}/{cfg_name} does not exist"
-            ))
-        })?;
+    let cfg = backup_configuration(ctx, &session_ns, cfg_name).await?;
     let user = format!("BackupSession {session_ns}/{}", s.name_any());
     let repo = fetch(
         &ctx.client,
         &ctx.tenants,
+        &ctx.secrets,
         &session_ns,
         &user,
         &cfg.spec.repository,
@@ -489,8 +534,29 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
         dir,
         host,
         as_path: identity::snapshot_path(volume),
+        path_of_latest: false,
         tags: identity::snapshot_tags(ns, pod_name, volume, &s.name_any(), cfg_name),
     })
+}
+
+fn job_pod(ctx: &Ctx) -> &str {
+    match &ctx.scope {
+        Scope::Job { pod, .. } => pod,
+        Scope::Node => "",
+    }
+}
+
+async fn backup_configuration(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<BackupConfiguration, NotReady> {
+    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), ns);
+    configs
+        .get_opt(name)
+        .await
+        .map_err(|e| NotReady::Wait(format!("cannot read BackupConfiguration {ns}/{name}: {e}")))?
+        .ok_or_else(|| NotReady::Refuse(format!("BackupConfiguration {ns}/{name} does not exist")))
 }
 
 async fn prepare_restore(
@@ -506,6 +572,7 @@ async fn prepare_restore(
     let repo = fetch(
         &ctx.client,
         &ctx.tenants,
+        &ctx.secrets,
         &session_ns,
         &user,
         &s.spec.repository,
@@ -585,7 +652,15 @@ async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan
             ))
         })?;
     let user = format!("BackupSession {ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &ctx.tenants, &ns, &user, &cfg.spec.repository).await?;
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &ctx.secrets,
+        &ns,
+        &user,
+        &cfg.spec.repository,
+    )
+    .await?;
     Ok(RetentionPlan {
         repo,
         namespace: ns,
@@ -712,11 +787,21 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
     let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
     repo_format::ops::repair::reuse_interrupted_uploads(&repo, &lock);
+    let as_path = if p.path_of_latest {
+        let latest = repo
+            .snapshots()?
+            .into_iter()
+            .filter(|(_, s)| s.hostname == p.host && s.paths.len() == 1)
+            .max_by_key(|(_, s)| s.time);
+        latest.map_or_else(|| p.as_path.clone(), |(_, s)| s.paths[0].clone())
+    } else {
+        p.as_path.clone()
+    };
     let res = backup_with_progress(
         &repo,
         &BackupOptions {
             paths: vec![p.dir.clone()],
-            as_path: Some(p.as_path.clone()),
+            as_path: Some(as_path.clone()),
             host: Some(p.host.clone()),
             tags: p.tags.clone(),
             // A volume the agent can (almost) not read fails the item with
@@ -746,7 +831,7 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
             "snapshot {} of {}:{}: {} files, {} new, {} changed",
             res.snapshot_id.short(),
             p.host,
-            p.as_path,
+            as_path,
             summary.total_files_processed,
             summary.files_new,
             summary.files_changed

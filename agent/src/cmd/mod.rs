@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Unlock { remove_all } => unlock::run(g, remove_all),
         Command::Agent(args) => crate::agent::run(args),
         Command::RestoreWait(args) => restore_wait::run(&args),
+        Command::Job(crate::cli::JobCommand::Backup(args)) => crate::agent::job::backup(args),
     }
 }
 
