@@ -38,6 +38,7 @@ pub mod conditions;
 pub mod error;
 pub mod events;
 pub mod finalizers;
+pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
@@ -88,6 +89,9 @@ pub struct Settings {
     /// `PodGone` or `NodeNotReady`, so its session finishes and the next
     /// tick runs (`--lost-item-grace`).
     pub lost_item_grace: std::time::Duration,
+    /// The image of the Jobs that back up claims no pod mounts
+    /// (`stash job backup`); `None`: such items fail saying so.
+    pub job_image: Option<webhook::RestoreWaitImage>,
 }
 
 impl Settings {
@@ -102,6 +106,7 @@ impl Settings {
             concurrency: 4,
             notify: notify::NotifySettings::default(),
             lost_item_grace: DEFAULT_LOST_ITEM_GRACE,
+            job_image: None,
         }
     }
 }

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -229,6 +229,12 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         cfg.spec.target.persistent_volume_claim.as_deref(),
         &ctx.settings.host_paths,
     );
+    let mut resolution = resolution;
+    if pods.is_empty() {
+        if let Some(claim) = cfg.spec.target.persistent_volume_claim.as_deref() {
+            resolution.items = pod_less_claim(ctx, session, &cfg, &ns, claim).await?;
+        }
+    }
     let mut notes = Vec::new();
     if !resolution.refused.is_empty() {
         let message = resolution.refused.join("; ");
@@ -255,6 +261,7 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
             .await?
             .then(Action::await_change));
     }
+    let jobs = resolution.items.iter().filter(|i| i.runs_in_job()).count();
     status.items = resolution.items;
     status.phase = SessionPhase::Running;
     let limit = limit_of(&cfg, now);
@@ -267,10 +274,18 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         "Ready",
         true,
         "Resolved",
-        format!(
-            "{} volume(s) assigned to their nodes' agents",
-            status.items.len()
-        ),
+        if jobs == 0 {
+            format!(
+                "{} volume(s) assigned to their nodes' agents",
+                status.items.len()
+            )
+        } else {
+            format!(
+                "{} volume(s): {} for their nodes' agents, {jobs} for Jobs (claims no pod mounts)",
+                status.items.len(),
+                status.items.len() - jobs
+            )
+        },
         generation,
         to_time(now),
     );
@@ -292,6 +307,49 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         .then_some(outcome.action))
 }
 
+/// The item of a PersistentVolumeClaim target that no pod mounts, for a
+/// Job: none when the claim does not exist (the session then fails with
+/// `NoVolumes`), a Failed one when a Job cannot run it.
+async fn pod_less_claim(
+    ctx: &Context,
+    session: &BackupSession,
+    cfg: &BackupConfiguration,
+    ns: &str,
+    claim: &str,
+) -> Result<Vec<stash_api::BackupItem>> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(pvc) =
+        pvcs.get_opt(claim)
+            .await
+            .map_err(kube_err("get PersistentVolumeClaim", ns, claim))?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut item = crate::targets::job_item(ns, claim);
+    item.job = Some(crate::jobs::job_name(
+        &session.uid().unwrap_or_default(),
+        claim,
+    ));
+    let repo_ns = cfg.spec.repository.namespace.as_deref().unwrap_or(ns);
+    let why = if repo_ns != ns {
+        Some(format!(
+            "PersistentVolumeClaim {ns}/{claim} is mounted by no pod, so a Job would back it up,              but a Job reads only a Repository of its own namespace ({ns}), not {repo_ns}/{}",
+            cfg.spec.repository.name
+        ))
+    } else if pvc.metadata.deletion_timestamp.is_some() {
+        Some(format!(
+            "PersistentVolumeClaim {ns}/{claim} is being deleted"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        item.phase = ItemPhase::Failed;
+        item.error = Some(why);
+    }
+    Ok(vec![item])
+}
+
 /// Follows a running session: timeouts, retention handoff, final phase.
 async fn follow(
     session: &BackupSession,
@@ -304,6 +362,36 @@ async fn follow(
     let now = Utc::now();
     let lost = lost_items(ctx, session, &status, now).await?;
     let mut notes = fail_lost(&mut status, &lost, now);
+    if status.items.iter().any(|i| i.runs_in_job()) {
+        let repo = match &cfg {
+            Some(c) => {
+                let repos: Api<Repository> = Api::namespaced(
+                    ctx.client.clone(),
+                    c.spec.repository.namespace.as_deref().unwrap_or(&ns),
+                );
+                repos
+                    .get_opt(&c.spec.repository.name)
+                    .await
+                    .map_err(kube_err("get Repository", &ns, &c.spec.repository.name))?
+            }
+            None => None,
+        };
+        let deadline = status.deadline.as_ref().map(from_time);
+        let job_notes = crate::jobs::drive(
+            ctx,
+            session,
+            &mut status.items,
+            repo.as_ref(),
+            deadline,
+            now,
+        )
+        .await?;
+        notes.extend(
+            job_notes
+                .into_iter()
+                .map(|(reason, message)| Note::new(EventType::Warning, reason, message)),
+        );
+    }
     let outcome = decide(
         &mut status,
         now,

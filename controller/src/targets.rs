@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use stash_api::annotations::opted_in_volumes;
-use stash_api::{BackupItem, BackupTarget, ItemPhase, WorkloadKind};
+use stash_api::{BackupItem, BackupTarget, Executor, ItemPhase, WorkloadKind};
 
 use crate::error::{kube_err, Result};
 use stash_api::policy::{selector_query, HostPathAllowList};
@@ -200,6 +200,7 @@ pub fn resolve_items(
                 pod_uid: pod.metadata.uid.clone(),
                 volume: volume.clone(),
                 node: node.clone(),
+                executor: Some(Executor::NodeAgent),
                 host: Some(stash_api::identity::snapshot_host(pod, &volume)),
                 ..BackupItem::default()
             };
@@ -256,6 +257,24 @@ pub fn resolve_items(
         }
     }
     out
+}
+
+/// The item of PersistentVolumeClaim `claim` in `ns` that no pod mounts:
+/// a Job backs it up (no node agent can read a volume nothing has
+/// mounted). Its identity is the claim's, as when a pod mounts it
+/// (`<ns>/<claim>`), so parents carry over between the executors; the pod
+/// is empty and the volume is the claim's name (the snapshot path the Job
+/// uses is decided by the Job: the latest snapshot's of that identity, or
+/// `/<claim>`).
+pub fn job_item(ns: &str, claim: &str) -> BackupItem {
+    BackupItem {
+        namespace: ns.to_owned(),
+        volume: claim.to_owned(),
+        executor: Some(Executor::Job),
+        persistent_volume_claim: Some(claim.to_owned()),
+        host: Some(format!("{ns}/{claim}")),
+        ..BackupItem::default()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,434 @@
+//! Jobs for the items no node agent can run: a PersistentVolumeClaim that
+//! no pod mounts.
+//!
+//! For each such item of a BackupSession the controller creates, in the
+//! session's namespace and owned by the session (so they go with it when
+//! the history limits delete it): a ServiceAccount, a Role that lets it
+//! read this session, patch this session's status and read the session's
+//! BackupConfiguration and Repository (by name, nothing else: no Secret, no
+//! pod), a RoleBinding, and a Job whose one pod runs `stash job backup`
+//! with the claim mounted read-only and the Repository's Secrets mounted
+//! into that pod only. The pod claims its item with the agents' claim
+//! protocol and writes progress and the result itself (`agent/src/agent/
+//! job.rs`). The scheduler places the pod where the volume can attach (a
+//! bound claim's PersistentVolume node affinity, e.g. a local volume's
+//! node, is part of scheduling); a claim that a pod mounts by the time the
+//! Job would be created is reported in the item and never mounted a second
+//! time. A pod that cannot start or dies fails its item with the pod's
+//! reason (`pod_failure`); the Job's `activeDeadlineSeconds` is the
+//! session's deadline, so nothing waits past it. Once the item is finished
+//! the RoleBinding is deleted: the pod's token can no longer touch the
+//! session.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use stash_api::{BackupItem, BackupSession, ItemPhase, Repository};
+
+use crate::error::{kube_err, Result};
+use crate::targets::claim_pods;
+use crate::Context;
+
+/// Label on everything made for a session's Jobs: the session's name.
+pub const LABEL_SESSION: &str = "stash.rs/backup-session";
+/// Where the Job's pod mounts the claim.
+pub const MOUNT: &str = "/var/lib/stash/volume";
+/// Where the Job's pod mounts the Repository's Secrets (one directory each).
+pub const SECRETS: &str = "/var/run/stash/secrets";
+
+/// The name of the Job (and its ServiceAccount, Role and RoleBinding) of
+/// the item of `claim` in the session with UID `session_uid`: stable, so a
+/// repeated reconciliation finds what it made, and short enough for the
+/// `job-name` label.
+pub fn job_name(session_uid: &str, claim: &str) -> String {
+    // FNV-1a: stable across releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in session_uid.bytes().chain([0]).chain(claim.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("stash-backup-{h:016x}")
+}
+
+/// Everything a Job's item needs, made from the session, the claim and the
+/// Repository alone.
+pub struct JobObjects {
+    /// The pod's identity.
+    pub service_account: ServiceAccount,
+    /// What it may do.
+    pub role: Role,
+    /// The grant.
+    pub role_binding: RoleBinding,
+    /// The Job.
+    pub job: Job,
+}
+
+/// The objects of the Job backing up `claim` for `session` into `repo`
+/// with `image`, ending at the latest `deadline_seconds` from now.
+pub fn job_objects(
+    session: &BackupSession,
+    claim: &str,
+    repo: &Repository,
+    image: &str,
+    deadline_seconds: i64,
+) -> JobObjects {
+    let ns = session.namespace().unwrap_or_default();
+    let session_name = session.name_any();
+    let name = job_name(&session.uid().unwrap_or_default(), claim);
+    let owner = session
+        .controller_owner_ref(&())
+        .map(|mut o| {
+            // Deleting the session need not wait for these.
+            o.block_owner_deletion = None;
+            o
+        })
+        .into_iter()
+        .collect::<Vec<_>>();
+    let meta = json!({
+        "name": name,
+        "namespace": ns,
+        "labels": {
+            LABEL_SESSION: session_name,
+            "app.kubernetes.io/name": "stash-job",
+            "app.kubernetes.io/part-of": "stash",
+        },
+        "ownerReferences": owner,
+    });
+    let one = |v: &str| json!([v]);
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+        "rules": [
+            {"apiGroups": ["stash.rs"], "resources": ["backupsessions"],
+             "resourceNames": one(&session_name), "verbs": ["get"]},
+            {"apiGroups": ["stash.rs"], "resources": ["backupsessions/status"],
+             "resourceNames": one(&session_name), "verbs": ["patch"]},
+            {"apiGroups": ["stash.rs"], "resources": ["backupconfigurations"],
+             "resourceNames": one(&session.spec.backup_configuration), "verbs": ["get"]},
+            {"apiGroups": ["stash.rs"], "resources": ["repositories"],
+             "resourceNames": one(&repo.name_any()), "verbs": ["get"]},
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    });
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta});
+    let mut secrets = vec![repo.spec.password_secret.name.clone()];
+    secrets.extend(repo.spec.credentials_secret.clone());
+    secrets.dedup();
+    let mut volumes = vec![
+        json!({"name": "volume", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+        json!({"name": "tmp", "emptyDir": {}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "volume", "mountPath": MOUNT, "readOnly": true}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    for (i, s) in secrets.iter().enumerate() {
+        volumes.push(json!({"name": format!("secret-{i}"), "secret": {"secretName": s}}));
+        mounts.push(json!({"name": format!("secret-{i}"), "mountPath": format!("{SECRETS}/{s}"), "readOnly": true}));
+    }
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline_seconds.max(1),
+            "template": {
+                "metadata": {"labels": {LABEL_SESSION: session_name, "app.kubernetes.io/name": "stash-job"}},
+                "spec": {
+                    "serviceAccountName": name,
+                    "restartPolicy": "Never",
+                    "enableServiceLinks": false,
+                    "volumes": volumes,
+                    "containers": [{
+                        "name": "stash",
+                        "image": image,
+                        "args": ["job", "backup", "--session", session_name, "--claim", claim,
+                                 "--mount", MOUNT, "--secrets", SECRETS, "--progress-interval", "2s"],
+                        "env": [
+                            field("NODE_NAME", "spec.nodeName"),
+                            field("POD_NAME", "metadata.name"),
+                            field("POD_NAMESPACE", "metadata.namespace"),
+                            {"name": "HOME", "value": "/tmp"},
+                        ],
+                        "volumeMounts": mounts,
+                        // Root without capabilities except reading files
+                        // whatever their owner and mode (DAC_OVERRIDE, in
+                        // Pod Security `baseline`); no privilege escalation,
+                        // a read-only root file system.
+                        "securityContext": {
+                            "runAsUser": 0,
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]},
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                    }],
+                },
+            },
+        },
+    });
+    JobObjects {
+        service_account: serde_json::from_value(sa).expect("a well-formed ServiceAccount"),
+        role: serde_json::from_value(role).expect("a well-formed Role"),
+        role_binding: serde_json::from_value(binding).expect("a well-formed RoleBinding"),
+        job: serde_json::from_value(job).expect("a well-formed Job"),
+    }
+}
+
+/// Why a Job's pod will not finish its item: `(final, reason)`. Final
+/// reasons fail the item at once (the image cannot be found, the pod's
+/// configuration is broken, the container died); the others (unschedulable,
+/// an image pull backing off) may pass, and are shown in the item's message
+/// until the session's deadline.
+pub fn pod_failure(pod: &Pod) -> Option<(bool, String)> {
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    for c in status.container_statuses.iter().flatten() {
+        let state = c.state.as_ref();
+        if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+            let reason = w.reason.clone().unwrap_or_default();
+            let message = w.message.clone().unwrap_or_default();
+            let fatal = matches!(
+                reason.as_str(),
+                "ErrImageNeverPull"
+                    | "InvalidImageName"
+                    | "CreateContainerConfigError"
+                    | "CreateContainerError"
+                    | "RunContainerError"
+            );
+            if fatal || matches!(reason.as_str(), "ImagePullBackOff" | "ErrImagePull") {
+                return Some((fatal, format!("Job pod {name}: {reason}: {message}")));
+            }
+        }
+        if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+            if t.exit_code != 0 {
+                return Some((
+                    true,
+                    format!(
+                        "Job pod {name}: container {} terminated: {} (exit code {}){}",
+                        c.name,
+                        t.reason.as_deref().unwrap_or("Error"),
+                        t.exit_code,
+                        t.message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+            return Some((
+                true,
+                format!("Job pod {name}: the executor exited without finishing the item"),
+            ));
+        }
+    }
+    let unschedulable = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unschedulable {
+        return Some((
+            false,
+            format!(
+                "Job pod {name}: {}: {}",
+                c.reason.as_deref().unwrap_or("Unschedulable"),
+                c.message.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    if status.phase.as_deref() == Some("Failed") {
+        return Some((
+            true,
+            format!(
+                "Job pod {name} failed: {}: {}",
+                status.reason.as_deref().unwrap_or("?"),
+                status.message.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    None
+}
+
+/// Why a Job ended without its item being finished, from its conditions
+/// (`Failed` with `DeadlineExceeded`, `BackoffLimitExceeded`, …).
+pub fn job_failure(job: &Job) -> Option<String> {
+    let c = job
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Failed" && c.status == "True")?;
+    Some(format!(
+        "Job {}: {}: {}",
+        job.name_any(),
+        c.reason.as_deref().unwrap_or("Failed"),
+        c.message.as_deref().unwrap_or_default()
+    ))
+}
+
+/// Drives the Job items of a running session: creates their objects, fails
+/// an item whose pod will not finish it, shows a passing reason in its
+/// message, and revokes the grant of a finished item. Returns the Events
+/// (`reason`, `message`) to publish.
+pub async fn drive(
+    ctx: &Context,
+    session: &BackupSession,
+    items: &mut [BackupItem],
+    repo: Option<&Repository>,
+    deadline: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(&'static str, String)>> {
+    let ns = session.namespace().unwrap_or_default();
+    let uid = session.uid().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut notes = Vec::new();
+    for item in items.iter_mut().filter(|i| i.runs_in_job()) {
+        let Some(claim) = item.persistent_volume_claim.clone() else {
+            continue;
+        };
+        let name = job_name(&uid, &claim);
+        if item.phase.is_finished() {
+            // The pod's token loses its grant on the session.
+            match bindings.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(kube_err("delete RoleBinding", &ns, &name)(e)),
+            }
+            continue;
+        }
+        let mut fail = |item: &mut BackupItem, reason: &'static str, error: String| {
+            item.phase = ItemPhase::Failed;
+            item.error = Some(error.clone());
+            item.claim.claimed_by = None;
+            item.end_time = Some(stash_api::time::to_time(now));
+            notes.push((reason, error));
+        };
+        let job = jobs
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("get Job", &ns, &name))?;
+        let Some(job) = job else {
+            if item.phase != ItemPhase::Pending || item.job.is_some() {
+                fail(item, "JobGone", format!("Job {ns}/{name} of PersistentVolumeClaim {claim} was deleted before it finished"));
+                continue;
+            }
+            // A pod may have started to mount the claim since the session
+            // was resolved: its node's agent is the one to read it (a
+            // second node must never attach a ReadWriteOnce volume).
+            let users = claim_pods(&ctx.client, &ns, &claim).await?;
+            if let Some(p) = users
+                .iter()
+                .find(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_else(|| "no node yet".into());
+                fail(item, "ClaimInUse", format!(
+                    "PersistentVolumeClaim {ns}/{claim} is now mounted by pod {} (on {node}): a Job does not mount a claim a pod uses; the next session backs it up through that pod",
+                    p.name_any()
+                ));
+                continue;
+            }
+            let Some(repo) = repo else {
+                fail(
+                    item,
+                    "RepositoryNotFound",
+                    format!(
+                        "the Repository of PersistentVolumeClaim {claim}'s session does not exist"
+                    ),
+                );
+                continue;
+            };
+            let image = match &ctx.settings.job_image {
+                Some(i) => i.resolve(&ctx.client).await,
+                None => Err(crate::error::Error::Webhook {
+                    what: "the Job image".into(),
+                    reason: "no --job-image and no agent DaemonSet to take it from".into(),
+                }),
+            };
+            let image = match image {
+                Ok(i) => i,
+                Err(e) => {
+                    fail(
+                        item,
+                        "NoJobImage",
+                        format!("cannot start a Job for PersistentVolumeClaim {ns}/{claim}: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let left = deadline.map_or(3600, |d| (d - now).num_seconds());
+            let objects = job_objects(session, &claim, repo, &image, left);
+            create(
+                &ctx.client,
+                &ns,
+                &objects.service_account,
+                "create ServiceAccount",
+            )
+            .await?;
+            create(&ctx.client, &ns, &objects.role, "create Role").await?;
+            create(
+                &ctx.client,
+                &ns,
+                &objects.role_binding,
+                "create RoleBinding",
+            )
+            .await?;
+            create(&ctx.client, &ns, &objects.job, "create Job").await?;
+            item.job = Some(name.clone());
+            item.claim.message = Some(format!("Job {name} created"));
+            continue;
+        };
+        item.job = Some(name.clone());
+        if let Some(why) = job_failure(&job) {
+            fail(item, "JobFailed", why);
+            continue;
+        }
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        let list = pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await
+            .map_err(kube_err("list pods", &ns, &name))?;
+        for p in &list.items {
+            match pod_failure(p) {
+                Some((true, why)) => {
+                    fail(item, "JobPodFailed", why);
+                    break;
+                }
+                Some((false, why)) if item.phase == ItemPhase::Pending => {
+                    item.claim.message = Some(format!("waiting: {why}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(notes)
+}
+
+async fn create<K>(client: &kube::Client, ns: &str, obj: &K, action: &'static str) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(action, ns, &obj.name_any())(e)),
+    }
+}
