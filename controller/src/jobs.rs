@@ -30,7 +30,7 @@ use serde_json::json;
 use stash_api::{BackupItem, BackupSession, ItemPhase, Repository};
 
 use crate::error::{kube_err, Result};
-use crate::targets::claim_pods;
+use crate::targets::{claim_pods, mounts_volumes, JOB_POD_NAME};
 use crate::Context;
 
 /// Label on everything made for a session's Jobs: the session's name.
@@ -93,7 +93,7 @@ pub fn job_objects(
         "namespace": ns,
         "labels": {
             LABEL_SESSION: session_name,
-            "app.kubernetes.io/name": "stash-job",
+            "app.kubernetes.io/name": JOB_POD_NAME,
             "app.kubernetes.io/part-of": "stash",
         },
         "ownerReferences": owner,
@@ -140,7 +140,7 @@ pub fn job_objects(
             "backoffLimit": 0,
             "activeDeadlineSeconds": deadline_seconds.max(1),
             "template": {
-                "metadata": {"labels": {LABEL_SESSION: session_name, "app.kubernetes.io/name": "stash-job"}},
+                "metadata": {"labels": {LABEL_SESSION: session_name, "app.kubernetes.io/name": JOB_POD_NAME}},
                 "spec": {
                     "serviceAccountName": name,
                     "restartPolicy": "Never",
@@ -430,5 +430,166 @@ where
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(kube_err(action, ns, &obj.name_any())(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn session() -> BackupSession {
+        serde_json::from_value(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+            "metadata": {"name": "nightly-1", "namespace": "shop", "uid": "u-1"},
+            "spec": {"backupConfiguration": "nightly"}
+        }))
+        .unwrap()
+    }
+
+    fn repo() -> Repository {
+        serde_json::from_value(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+            "metadata": {"name": "main", "namespace": "shop"},
+            "spec": {"url": "s3:http://minio/b", "passwordSecret": {"name": "pw"}, "credentialsSecret": "creds"}
+        }))
+        .unwrap()
+    }
+
+    fn pod(status: Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "stash-backup-1-abcde"}, "status": status}),
+        )
+        .unwrap()
+    }
+
+    /// The Job's objects grant exactly this session, its configuration and
+    /// Repository (no Secret, no pod), belong to the session, mount the
+    /// claim read-only and the Repository's two Secrets into the pod, and
+    /// end by the session's deadline without retries.
+    #[test]
+    fn the_job_gets_only_what_its_item_needs() {
+        let o = job_objects(&session(), "archive", &repo(), "stash-agent:1", 600);
+        let name = job_name("u-1", "archive");
+        assert_eq!(o.job.metadata.name.as_deref(), Some(name.as_str()));
+        assert!(name.len() <= 63);
+        assert_ne!(name, job_name("u-1", "archive2"));
+        assert_ne!(name, job_name("u-2", "archive"));
+        for owners in [
+            &o.job.metadata.owner_references,
+            &o.role.metadata.owner_references,
+            &o.role_binding.metadata.owner_references,
+            &o.service_account.metadata.owner_references,
+        ] {
+            let owner = &owners.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                ("BackupSession", "nightly-1", "u-1")
+            );
+            assert_eq!(owner.controller, Some(true));
+        }
+        let rules = serde_json::to_value(o.role.rules.unwrap()).unwrap();
+        assert_eq!(
+            rules,
+            json!([
+                {"apiGroups": ["stash.rs"], "resources": ["backupsessions"], "resourceNames": ["nightly-1"], "verbs": ["get"]},
+                {"apiGroups": ["stash.rs"], "resources": ["backupsessions/status"], "resourceNames": ["nightly-1"], "verbs": ["patch"]},
+                {"apiGroups": ["stash.rs"], "resources": ["backupconfigurations"], "resourceNames": ["nightly"], "verbs": ["get"]},
+                {"apiGroups": ["stash.rs"], "resources": ["repositories"], "resourceNames": ["main"], "verbs": ["get"]},
+            ])
+        );
+        let spec = o.job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+        let volumes = serde_json::to_value(pod.volumes.unwrap()).unwrap();
+        assert_eq!(
+            volumes[0]["persistentVolumeClaim"],
+            json!({"claimName": "archive", "readOnly": true})
+        );
+        let secrets: Vec<&str> = volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert_eq!(secrets, ["pw", "creds"]);
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("stash-agent:1"));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.privileged, None);
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(caps.add.as_deref(), Some(&["DAC_OVERRIDE".to_owned()][..]));
+        let mounts: Vec<(String, bool)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.mount_path.clone(), m.read_only == Some(true)))
+            .collect();
+        assert!(mounts.contains(&(MOUNT.to_owned(), true)), "{mounts:?}");
+        assert!(
+            mounts.contains(&(format!("{SECRETS}/pw"), true)),
+            "{mounts:?}"
+        );
+        // A deadline already past still gives a valid Job, which ends at once.
+        let late = job_objects(&session(), "archive", &repo(), "i", -5);
+        assert_eq!(late.job.spec.unwrap().active_deadline_seconds, Some(1));
+    }
+
+    #[test]
+    fn a_pods_reason_fails_or_annotates_the_item() {
+        let waiting = |reason: &str| {
+            pod(
+                json!({"phase": "Pending", "containerStatuses": [{"name": "stash", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"waiting": {"reason": reason, "message": "m"}}}]}),
+            )
+        };
+        let (fatal, why) = pod_failure(&waiting("ErrImageNeverPull")).unwrap();
+        assert!(fatal);
+        assert_eq!(why, "Job pod stash-backup-1-abcde: ErrImageNeverPull: m");
+        assert!(
+            pod_failure(&waiting("CreateContainerConfigError"))
+                .unwrap()
+                .0
+        );
+        let (fatal, why) = pod_failure(&waiting("ImagePullBackOff")).unwrap();
+        assert!(!fatal && why.contains("ImagePullBackOff"), "{why}");
+        assert_eq!(pod_failure(&waiting("ContainerCreating")), None);
+
+        let oom = pod(
+            json!({"phase": "Failed", "containerStatuses": [{"name": "stash", "image": "i", "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}),
+        );
+        let (fatal, why) = pod_failure(&oom).unwrap();
+        assert!(fatal);
+        assert_eq!(
+            why,
+            "Job pod stash-backup-1-abcde: container stash terminated: OOMKilled (exit code 137)"
+        );
+
+        let unschedulable = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/1 nodes are available: 1 node(s) didn't match PersistentVolume's node affinity."}]}),
+        );
+        let (fatal, why) = pod_failure(&unschedulable).unwrap();
+        assert!(!fatal);
+        assert!(why.contains("Unschedulable: 0/1 nodes"), "{why}");
+
+        let running = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": "stash", "image": "i", "imageID": "",
+            "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+        );
+        assert_eq!(pod_failure(&running), None);
+
+        let job: Job = serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"conditions": [
+            {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}}))
+        .unwrap();
+        assert_eq!(
+            job_failure(&job).as_deref(),
+            Some("Job j: DeadlineExceeded: Job was active longer than specified deadline")
+        );
     }
 }

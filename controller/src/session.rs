@@ -232,7 +232,7 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
     let mut resolution = resolution;
     if pods.is_empty() {
         if let Some(claim) = cfg.spec.target.persistent_volume_claim.as_deref() {
-            resolution.items = pod_less_claim(ctx, session, &cfg, &ns, claim).await?;
+            resolution.items = pod_less_claim(ctx, &cfg, &ns, claim).await?;
         }
     }
     let mut notes = Vec::new();
@@ -312,7 +312,6 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
 /// `NoVolumes`), a Failed one when a Job cannot run it.
 async fn pod_less_claim(
     ctx: &Context,
-    session: &BackupSession,
     cfg: &BackupConfiguration,
     ns: &str,
     claim: &str,
@@ -326,10 +325,6 @@ async fn pod_less_claim(
         return Ok(Vec::new());
     };
     let mut item = crate::targets::job_item(ns, claim);
-    item.job = Some(crate::jobs::job_name(
-        &session.uid().unwrap_or_default(),
-        claim,
-    ));
     let repo_ns = cfg.spec.repository.namespace.as_deref().unwrap_or(ns);
     let why = if repo_ns != ns {
         Some(format!(

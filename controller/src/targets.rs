@@ -18,11 +18,34 @@ use stash_api::policy::{selector_query, HostPathAllowList};
 /// A terminating pod is left out: its volumes are about to be torn down (an
 /// emptyDir with them), and the replacement its controller creates is the
 /// one whose data matters; backing up the old one would race the kubelet.
+///
+/// A pod that has ended (`Succeeded` or `Failed`) is left out too: the
+/// kubelet has unmounted its volumes, so no agent can read them, and a
+/// claim only such pods used is a claim no pod mounts (a Job backs it up).
+/// So are the pods of our own Jobs: they mount a claim only to back it up.
 pub async fn target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
     let mut pods = all_target_pods(client, ns, target).await?;
-    pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+    pods.retain(mounts_volumes);
     Ok(pods)
 }
+
+/// Whether `pod` has its volumes mounted, or is about to: not being
+/// deleted, not ended, and not one of our Jobs' pods.
+pub fn mounts_volumes(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let ours = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/name"))
+        .is_some_and(|n| n == JOB_POD_NAME);
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && !ours
+}
+
+/// The `app.kubernetes.io/name` label of the pods of our Jobs.
+pub const JOB_POD_NAME: &str = "stash-job";
 
 async fn all_target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
     if let Some(name) = &target.pod {
@@ -459,5 +482,29 @@ mod tests {
         assert_eq!(shared[0].phase, ItemPhase::default());
         assert_eq!(shared[0].host.as_deref(), Some("team/media"));
         assert_eq!(r.items.iter().filter(|i| i.volume == "scratch").count(), 3);
+    }
+
+    /// Issue 15: an ended pod (a finished Job's, say) and our own Jobs'
+    /// pods do not count as mounting a claim; a Pending or Running one does.
+    #[test]
+    fn ended_pods_and_our_job_pods_mount_nothing() {
+        let with = |phase: &str, label: Option<&str>| {
+            let mut p = pod("p", Some("n1"), &[], vec![]);
+            p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            p.metadata.labels =
+                label.map(|l| [("app.kubernetes.io/name".to_owned(), l.to_owned())].into());
+            p
+        };
+        assert!(mounts_volumes(&with("Running", None)));
+        assert!(mounts_volumes(&with("Pending", Some("web"))));
+        assert!(!mounts_volumes(&with("Succeeded", None)));
+        assert!(!mounts_volumes(&with("Failed", None)));
+        assert!(!mounts_volumes(&with("Running", Some(JOB_POD_NAME))));
+        let mut gone = with("Running", None);
+        gone.metadata.deletion_timestamp = Some(stash_api::time::to_time(chrono::Utc::now()));
+        assert!(!mounts_volumes(&gone));
     }
 }
