@@ -326,10 +326,7 @@ pub async fn drive(
             // was resolved: its node's agent is the one to read it (a
             // second node must never attach a ReadWriteOnce volume).
             let users = claim_pods(&ctx.client, &ns, &claim).await?;
-            if let Some(p) = users
-                .iter()
-                .find(|p| p.metadata.deletion_timestamp.is_none())
-            {
+            if let Some(p) = users.iter().find(|p| mounts_volumes(p)) {
                 let node = p
                     .spec
                     .as_ref()
