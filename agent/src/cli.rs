@@ -118,15 +118,17 @@ pub enum Command {
 pub enum JobCommand {
     /// Back up the claim mounted at --mount as the BackupSession's item of that claim
     Backup(JobArgs),
+    /// Restore into the claim mounted at --mount as the RestoreSession's item of that claim
+    Restore(JobArgs),
 }
 
-/// `stash job backup`.
+/// `stash job backup` and `stash job restore`.
 #[derive(Debug, Args)]
 pub struct JobArgs {
     /// Namespace of the session (the Job's own)
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
-    /// The BackupSession
+    /// The BackupSession or RestoreSession
     #[arg(long)]
     pub session: String,
     /// The PersistentVolumeClaim whose item this Job runs

@@ -1,5 +1,5 @@
-//! `stash job backup`: the executor a controller-made Job runs for a
-//! PersistentVolumeClaim that no pod mounts.
+//! `stash job backup` and `stash job restore`: the executor a
+//! controller-made Job runs for a PersistentVolumeClaim that no pod mounts.
 //!
 //! It is the node agent's machinery scoped to one item: the same claim
 //! protocol (`claim`), progress and heartbeat, engine calls and result
@@ -15,9 +15,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use kube::{Api, Client};
-use stash_api::{BackupSession, ItemPhase};
+use stash_api::{BackupSession, ItemPhase, RestoreSession};
 
 use super::claim::{Previous, Slot};
 use super::metrics::Metrics;
@@ -28,51 +28,103 @@ use crate::cli::JobArgs;
 /// Runs the backup item of `args.claim` in `args.session`; exit status 0
 /// when it succeeded, 1 when it failed (the item says why).
 pub fn backup(args: JobArgs) -> Result<u8> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    block_on(run_item(args, Kind::Backup))
+}
+
+/// Runs the restore item of `args.claim` in `args.session`, as [`backup`].
+pub fn restore(args: JobArgs) -> Result<u8> {
+    block_on(run_item(args, Kind::Restore))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Backup,
+    Restore,
+}
+
+fn block_on(f: impl std::future::Future<Output = Result<u8>>) -> Result<u8> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()
-        .context("starting the async runtime")?;
-    rt.block_on(backup_async(args))
+        .context("starting the async runtime")?
+        .block_on(f)
 }
 
-async fn backup_async(args: JobArgs) -> Result<u8> {
+/// The item of `claim` in a session's items: its index, identity and phase.
+fn find_item<'a>(
+    items: impl Iterator<Item = (bool, Option<&'a str>, &'a str, &'a str, &'a str, ItemPhase)>,
+    claim: &str,
+) -> Option<(usize, Slot, ItemPhase)> {
+    items
+        .enumerate()
+        .find(|(_, (in_job, c, ..))| *in_job && *c == Some(claim))
+        .map(|(index, (_, _, ns, pod, volume, phase))| {
+            let slot = Slot::Item {
+                index,
+                namespace: ns.to_owned(),
+                pod: pod.to_owned(),
+                volume: volume.to_owned(),
+            };
+            (index, slot, phase)
+        })
+}
+
+async fn run_item(args: JobArgs, kind: Kind) -> Result<u8> {
     super::note_start();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (in-cluster)")?;
     let ns = args.namespace.clone();
-    let sessions: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
-    let session = sessions
-        .get(&args.session)
-        .await
-        .with_context(|| format!("reading BackupSession {ns}/{}", args.session))?;
-    let (index, item) = session
-        .status
-        .iter()
-        .flat_map(|s| s.items.iter().enumerate())
-        .find(|(_, i)| {
-            i.runs_in_job() && i.persistent_volume_claim.as_deref() == Some(args.claim.as_str())
-        })
-        .with_context(|| {
-            format!(
-                "BackupSession {ns}/{} has no Job item for PersistentVolumeClaim {}",
-                args.session, args.claim
-            )
-        })?;
-    if item.phase != ItemPhase::Pending {
-        bail!(
-            "the item of PersistentVolumeClaim {ns}/{} is {:?}, not Pending: a Job runs it only once",
-            args.claim,
-            item.phase
-        );
-    }
-    let slot = Slot::Item {
-        index,
-        namespace: item.namespace.clone(),
-        pod: item.pod.clone(),
-        volume: item.volume.clone(),
+    let what = match kind {
+        Kind::Backup => "BackupSession",
+        Kind::Restore => "RestoreSession",
+    };
+    let backups: Api<BackupSession> = Api::namespaced(client.clone(), &ns);
+    let restores: Api<RestoreSession> = Api::namespaced(client.clone(), &ns);
+    let read = |e| format!("reading {what} {ns}/{}: {e}", args.session);
+    let (work, index) = match kind {
+        Kind::Backup => {
+            let s = backups
+                .get(&args.session)
+                .await
+                .map_err(|e| anyhow!(read(e)))?;
+            let items = s.status.iter().flat_map(|st| st.items.iter()).map(|i| {
+                (
+                    i.runs_in_job(),
+                    i.persistent_volume_claim.as_deref(),
+                    i.namespace.as_str(),
+                    i.pod.as_str(),
+                    i.volume.as_str(),
+                    i.phase,
+                )
+            });
+            let (index, slot, phase) =
+                find_item(items, &args.claim).with_context(|| no_item(what, &ns, &args))?;
+            pending(phase, &ns, &args)?;
+            (Work::Backup(Arc::new(s), slot, Previous::Pending), index)
+        }
+        Kind::Restore => {
+            let s = restores
+                .get(&args.session)
+                .await
+                .map_err(|e| anyhow!(read(e)))?;
+            let items = s.status.iter().flat_map(|st| st.items.iter()).map(|i| {
+                (
+                    i.runs_in_job(),
+                    i.persistent_volume_claim.as_deref(),
+                    i.namespace.as_str(),
+                    i.pod.as_str(),
+                    i.volume.as_str(),
+                    i.phase,
+                )
+            });
+            let (index, slot, phase) =
+                find_item(items, &args.claim).with_context(|| no_item(what, &ns, &args))?;
+            pending(phase, &ns, &args)?;
+            (Work::Restore(Arc::new(s), slot, Previous::Pending), index)
+        }
     };
     let nonce = format!("{:08x}", super::rand_nonce());
     let ctx = Ctx {
@@ -82,6 +134,9 @@ async fn backup_async(args: JobArgs) -> Result<u8> {
         kubelet_root: Default::default(),
         host_root: Default::default(),
         host_paths: Default::default(),
+        // A restore Job restores what a node agent restores by default:
+        // no device nodes, set-id bits, file capabilities or security
+        // extended attributes.
         allow_privileged: Default::default(),
         // A Job runs in the tenant's namespace with the tenant's Secrets:
         // no cloud identity of its own, no endpoint overrides, no local
@@ -99,27 +154,44 @@ async fn backup_async(args: JobArgs) -> Result<u8> {
         running: Mutex::new(HashSet::new()),
         waiting: Mutex::new(HashMap::new()),
     };
-    tracing::info!(session = %format!("{ns}/{}", args.session), claim = %args.claim, instance = %ctx.instance, "job executor started");
-    let waits = super::work::run(
-        &ctx,
-        Work::Backup(Arc::new(session), slot, Previous::Pending),
-    )
-    .await;
-    if waits {
+    tracing::info!(session = %format!("{ns}/{}", args.session), kind = what, claim = %args.claim, instance = %ctx.instance, "job executor started");
+    if super::work::run(&ctx, work).await {
         bail!("the item could not start (see its message)");
     }
-    let after = sessions
-        .get(&args.session)
-        .await
-        .with_context(|| format!("reading BackupSession {ns}/{}", args.session))?;
-    let phase = after
-        .status
-        .as_ref()
-        .and_then(|s| s.items.get(index))
-        .map(|i| i.phase);
+    let phase = match kind {
+        Kind::Backup => backups
+            .get(&args.session)
+            .await
+            .map_err(|e| anyhow!(read(e)))?
+            .status
+            .and_then(|s| s.items.get(index).map(|i| i.phase)),
+        Kind::Restore => restores
+            .get(&args.session)
+            .await
+            .map_err(|e| anyhow!(read(e)))?
+            .status
+            .and_then(|s| s.items.get(index).map(|i| i.phase)),
+    };
     Ok(if phase == Some(ItemPhase::Succeeded) {
         0
     } else {
         1
     })
+}
+
+fn no_item(what: &str, ns: &str, args: &JobArgs) -> String {
+    format!(
+        "{what} {ns}/{} has no Job item for PersistentVolumeClaim {}",
+        args.session, args.claim
+    )
+}
+
+fn pending(phase: ItemPhase, ns: &str, args: &JobArgs) -> Result<()> {
+    if phase != ItemPhase::Pending {
+        bail!(
+            "the item of PersistentVolumeClaim {ns}/{} is {phase:?}, not Pending: a Job runs it only once",
+            args.claim
+        );
+    }
+    Ok(())
 }

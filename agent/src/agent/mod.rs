@@ -385,7 +385,7 @@ impl<'a> From<&'a stash_api::RestoreItem> for ItemView<'a> {
             node: &i.node,
             phase: i.phase,
             claim: &i.claim,
-            in_job: false,
+            in_job: i.runs_in_job(),
         }
     }
 }

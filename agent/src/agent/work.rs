@@ -316,6 +316,8 @@ struct BackupPlan {
 }
 
 struct RestorePlan {
+    /// Leave the done marker for `stash restore-wait`.
+    marker: bool,
     repo: RepoAccess,
     dir: PathBuf,
     namespace: String,
@@ -566,8 +568,31 @@ async fn prepare_restore(
 ) -> Result<RestorePlan, NotReady> {
     let session_ns = s.namespace().unwrap_or_default();
     let (ns, pod_name, volume) = slot_identity(slot);
-    let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
-    let dir = volume_dir(ctx, &pod, volume).await?;
+    let spec = &s.spec;
+    let repo_ns = spec.repository.namespace.as_deref().unwrap_or(&session_ns);
+    // Where to, and which snapshots: from the spec and the pod (or the
+    // Job's own mount and claim), never from the item's
+    // `sourceVolume`/`sourceHosts` in status (a tampered or emptied list
+    // would restore another workload's or namespace's data).
+    let (dir, source_volume, source_hosts, marker) = match job_volume(ctx, &session_ns, ns, volume)
+    {
+        Some(found) => {
+            let (claim, dir) = found?;
+            let (v, hosts) =
+                identity::claim_restore_source(spec, ns, &claim, repo_ns == session_ns)
+                    .map_err(NotReady::Refuse)?;
+            // No pod waits for a marker in a claim a Job restores into,
+            // and the pods that mount it later must see only the data.
+            (dir, v, hosts, false)
+        }
+        None => {
+            let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
+            let dir = volume_dir(ctx, &pod, volume).await?;
+            let (v, hosts) = identity::restore_source(spec, &pod, volume, repo_ns == session_ns)
+                .map_err(NotReady::Refuse)?;
+            (dir, v, hosts, true)
+        }
+    };
     let user = format!("RestoreSession {session_ns}/{}", s.name_any());
     let repo = fetch(
         &ctx.client,
@@ -578,7 +603,6 @@ async fn prepare_restore(
         &s.spec.repository,
     )
     .await?;
-    let spec = &s.spec;
     let mut privileged = Privileged::default();
     for k in &spec.privileged {
         match k {
@@ -598,14 +622,8 @@ async fn prepare_restore(
     let session_uid = s
         .uid()
         .ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
-    // Which snapshots: from the spec and the pod, never from the item's
-    // `sourceVolume`/`sourceHosts` in status (a tampered or emptied list
-    // would restore another workload's or namespace's data).
-    let repo_ns = spec.repository.namespace.as_deref().unwrap_or(&session_ns);
-    let (source_volume, source_hosts) =
-        identity::restore_source(spec, &pod, volume, repo_ns == session_ns)
-            .map_err(NotReady::Refuse)?;
     Ok(RestorePlan {
+        marker,
         repo,
         dir,
         namespace: ns.to_owned(),
@@ -856,7 +874,11 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
 /// The snapshot a restore item reads: the named one, or the latest of the
 /// source identity (before a time, if given).
 fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format::Snapshot)> {
-    let want_path = identity::snapshot_path(&p.source_volume);
+    // An empty source volume (a Job's restore without spec.volumes): the
+    // one path of the source's snapshots, whatever the pods that mounted
+    // the claim called it.
+    let want_path =
+        (!p.source_volume.is_empty()).then(|| identity::snapshot_path(&p.source_volume));
     if p.snapshot != "latest" {
         let id = repo
             .find_id(FileType::Snapshot, &p.snapshot)
@@ -878,7 +900,10 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
     let mut candidates: Vec<(Id, repo_format::Snapshot)> = repo
         .snapshots()?
         .into_iter()
-        .filter(|(_, s)| s.paths == [want_path.clone()])
+        .filter(|(_, s)| match &want_path {
+            Some(w) => s.paths == [w.clone()],
+            None => s.paths.len() == 1,
+        })
         .filter(|(_, s)| p.source_hosts.is_empty() || p.source_hosts.contains(&s.hostname))
         .filter(|(_, s)| forget::has_tags(s, &p.source_tags))
         .filter(|(_, s)| p.before.is_none_or(|b| s.time.with_timezone(&Utc) < b))
@@ -886,7 +911,8 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
     candidates.sort_by_key(|(_, s)| s.time);
     candidates.pop().ok_or_else(|| {
         anyhow!(
-            "no snapshot of volume {want_path} from {} in Repository {}{}",
+            "no snapshot of volume {} from {} in Repository {}{}",
+            want_path.as_deref().unwrap_or("(any)"),
             if p.source_hosts.is_empty() {
                 "any host".to_owned()
             } else {
@@ -903,24 +929,32 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
     let (id, snap) = pick_snapshot(&repo, p)?;
+    let source_volume = if p.source_volume.is_empty() {
+        snap.paths
+            .first()
+            .map(|path| path.trim_start_matches('/').to_owned())
+            .unwrap_or_default()
+    } else {
+        p.source_volume.clone()
+    };
     let root = repo.load_tree(&snap.tree)?;
     let node = root
         .nodes
         .iter()
-        .find(|n| n.name == p.source_volume.as_bytes())
+        .find(|n| n.name == source_volume.as_bytes())
         .ok_or_else(|| {
             anyhow!(
                 "snapshot {} holds {:?}, not the volume {:?}",
                 id.short(),
                 snap.paths,
-                p.source_volume
+                source_volume
             )
         })?;
     if node.node_type != NodeType::Dir {
         bail!(
             "snapshot {}: {:?} is not a directory",
             id.short(),
-            p.source_volume
+            source_volume
         );
     }
     let subtree = node
@@ -957,7 +991,9 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     if progress.is_cancelled() {
         bail!("the restore was stopped (its item is no longer this agent's)");
     }
-    write_marker(&p.dir, &p.session, &p.session_uid, &id)?;
+    if p.marker {
+        write_marker(&p.dir, &p.session, &p.session_uid, &id)?;
+    }
     let mut f = Map::new();
     f.insert("snapshotId".into(), json!(id.to_hex()));
     f.insert("bytesDone".into(), json!(res.bytes));
