@@ -27,7 +27,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use stash_api::{BackupItem, BackupSession, ItemPhase, Repository};
+use stash_api::{BackupItem, BackupSession, ItemPhase, Repository, RestoreItem, RestoreSession};
 
 use crate::error::{kube_err, Result};
 use crate::targets::{claim_pods, mounts_volumes, JOB_POD_NAME};
@@ -44,15 +44,134 @@ pub const SECRETS: &str = "/var/run/stash/secrets";
 /// the item of `claim` in the session with UID `session_uid`: stable, so a
 /// repeated reconciliation finds what it made, and short enough for the
 /// `job-name` label.
-pub fn job_name(session_uid: &str, claim: &str) -> String {
+pub fn job_name(kind: JobKind, session_uid: &str, claim: &str) -> String {
     // FNV-1a: stable across releases, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in session_uid.bytes().chain([0]).chain(claim.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("stash-backup-{h:016x}")
+    format!("stash-{}-{h:016x}", kind.verb())
 }
+
+/// What a Job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Back up a claim for a BackupSession.
+    Backup,
+    /// Restore into a claim for a RestoreSession.
+    Restore,
+}
+
+impl JobKind {
+    fn verb(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+        }
+    }
+}
+
+/// The session a Job works for, as the Job's objects need it.
+pub struct JobSession {
+    /// Backup or restore.
+    pub kind: JobKind,
+    /// Its namespace (the Job's).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+    /// The owner reference to it.
+    pub owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    /// The BackupConfiguration it reads (backups).
+    pub configuration: Option<String>,
+}
+
+impl JobSession {
+    /// A BackupSession's.
+    pub fn backup(s: &BackupSession) -> JobSession {
+        Self::of(
+            s,
+            JobKind::Backup,
+            Some(s.spec.backup_configuration.clone()),
+        )
+    }
+
+    /// A RestoreSession's.
+    pub fn restore(s: &RestoreSession) -> JobSession {
+        Self::of(s, JobKind::Restore, None)
+    }
+
+    fn of<K: Resource<DynamicType = ()>>(
+        s: &K,
+        kind: JobKind,
+        configuration: Option<String>,
+    ) -> JobSession {
+        let mut owner = s.controller_owner_ref(&()).unwrap_or_default();
+        // Deleting the session need not wait for these.
+        owner.block_owner_deletion = None;
+        JobSession {
+            kind,
+            namespace: s.namespace().unwrap_or_default(),
+            name: s.name_any(),
+            uid: s.uid().unwrap_or_default(),
+            owner,
+            configuration,
+        }
+    }
+}
+
+/// What [`drive`] needs of an item (backup or restore).
+pub trait JobItem {
+    /// Whether a Job runs it.
+    fn in_job(&self) -> bool;
+    /// The claim.
+    fn claim(&self) -> Option<String>;
+    /// Its phase.
+    fn phase(&self) -> ItemPhase;
+    /// The Job named in it.
+    fn job(&self) -> Option<&str>;
+    /// Names its Job.
+    fn set_job(&mut self, name: String);
+    /// Says what it waits for.
+    fn set_message(&mut self, message: String);
+    /// Fails it with `error`, revoking any claim.
+    fn fail(&mut self, error: String, now: DateTime<Utc>);
+}
+
+macro_rules! job_item {
+    ($t:ty) => {
+        impl JobItem for $t {
+            fn in_job(&self) -> bool {
+                self.runs_in_job()
+            }
+            fn claim(&self) -> Option<String> {
+                self.persistent_volume_claim.clone()
+            }
+            fn phase(&self) -> ItemPhase {
+                self.phase
+            }
+            fn job(&self) -> Option<&str> {
+                self.job.as_deref()
+            }
+            fn set_job(&mut self, name: String) {
+                self.job = Some(name);
+            }
+            fn set_message(&mut self, message: String) {
+                self.claim.message = Some(message);
+            }
+            fn fail(&mut self, error: String, now: DateTime<Utc>) {
+                self.phase = ItemPhase::Failed;
+                self.error = Some(error);
+                self.claim.claimed_by = None;
+                self.end_time = Some(stash_api::time::to_time(now));
+            }
+        }
+    };
+}
+job_item!(BackupItem);
+job_item!(RestoreItem);
 
 /// Everything a Job's item needs, made from the session, the claim and the
 /// Repository alone.
@@ -67,27 +186,20 @@ pub struct JobObjects {
     pub job: Job,
 }
 
-/// The objects of the Job backing up `claim` for `session` into `repo`
-/// with `image`, ending at the latest `deadline_seconds` from now.
+/// The objects of the Job backing up (or restoring into) `claim` for
+/// `session` with `repo` and `image`, ending at the latest
+/// `deadline_seconds` from now.
 pub fn job_objects(
-    session: &BackupSession,
+    session: &JobSession,
     claim: &str,
     repo: &Repository,
     image: &str,
     deadline_seconds: i64,
 ) -> JobObjects {
-    let ns = session.namespace().unwrap_or_default();
-    let session_name = session.name_any();
-    let name = job_name(&session.uid().unwrap_or_default(), claim);
-    let owner = session
-        .controller_owner_ref(&())
-        .map(|mut o| {
-            // Deleting the session need not wait for these.
-            o.block_owner_deletion = None;
-            o
-        })
-        .into_iter()
-        .collect::<Vec<_>>();
+    let ns = session.namespace.clone();
+    let session_name = session.name.clone();
+    let name = job_name(session.kind, &session.uid, claim);
+    let owner = vec![session.owner.clone()];
     let meta = json!({
         "name": name,
         "namespace": ns,
@@ -99,19 +211,39 @@ pub fn job_objects(
         "ownerReferences": owner,
     });
     let one = |v: &str| json!([v]);
+    let resource = match session.kind {
+        JobKind::Backup => "backupsessions",
+        JobKind::Restore => "restoresessions",
+    };
+    let mut rules = vec![
+        json!({"apiGroups": ["stash.rs"], "resources": [resource],
+               "resourceNames": one(&session_name), "verbs": ["get"]}),
+        json!({"apiGroups": ["stash.rs"], "resources": [format!("{resource}/status")],
+               "resourceNames": one(&session_name), "verbs": ["patch"]}),
+    ];
+    if let Some(c) = &session.configuration {
+        rules.push(
+            json!({"apiGroups": ["stash.rs"], "resources": ["backupconfigurations"],
+                          "resourceNames": one(c), "verbs": ["get"]}),
+        );
+    }
+    rules.push(
+        json!({"apiGroups": ["stash.rs"], "resources": ["repositories"],
+                      "resourceNames": one(&repo.name_any()), "verbs": ["get"]}),
+    );
     let role = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-        "rules": [
-            {"apiGroups": ["stash.rs"], "resources": ["backupsessions"],
-             "resourceNames": one(&session_name), "verbs": ["get"]},
-            {"apiGroups": ["stash.rs"], "resources": ["backupsessions/status"],
-             "resourceNames": one(&session_name), "verbs": ["patch"]},
-            {"apiGroups": ["stash.rs"], "resources": ["backupconfigurations"],
-             "resourceNames": one(&session.spec.backup_configuration), "verbs": ["get"]},
-            {"apiGroups": ["stash.rs"], "resources": ["repositories"],
-             "resourceNames": one(&repo.name_any()), "verbs": ["get"]},
-        ],
+        "rules": rules,
     });
+    let restore = session.kind == JobKind::Restore;
+    // Reading needs only to bypass file modes (DAC_OVERRIDE); writing a
+    // restore also sets owners, modes and times of files it does not own
+    // (CHOWN, FOWNER, FSETID). All in Pod Security `baseline`.
+    let caps: &[&str] = if restore {
+        &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+    } else {
+        &["DAC_OVERRIDE"]
+    };
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
@@ -122,11 +254,11 @@ pub fn job_objects(
     secrets.extend(repo.spec.credentials_secret.clone());
     secrets.dedup();
     let mut volumes = vec![
-        json!({"name": "volume", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}),
+        json!({"name": "volume", "persistentVolumeClaim": {"claimName": claim, "readOnly": !restore}}),
         json!({"name": "tmp", "emptyDir": {}}),
     ];
     let mut mounts = vec![
-        json!({"name": "volume", "mountPath": MOUNT, "readOnly": true}),
+        json!({"name": "volume", "mountPath": MOUNT, "readOnly": !restore}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
     for (i, s) in secrets.iter().enumerate() {
@@ -149,7 +281,7 @@ pub fn job_objects(
                     "containers": [{
                         "name": "stash",
                         "image": image,
-                        "args": ["job", "backup", "--session", session_name, "--claim", claim,
+                        "args": ["job", session.kind.verb(), "--session", session_name, "--claim", claim,
                                  "--mount", MOUNT, "--secrets", SECRETS, "--progress-interval", "2s"],
                         "env": [
                             field("NODE_NAME", "spec.nodeName"),
@@ -158,15 +290,14 @@ pub fn job_objects(
                             {"name": "HOME", "value": "/tmp"},
                         ],
                         "volumeMounts": mounts,
-                        // Root without capabilities except reading files
-                        // whatever their owner and mode (DAC_OVERRIDE, in
-                        // Pod Security `baseline`); no privilege escalation,
-                        // a read-only root file system.
+                        // Root with only the capabilities above; no
+                        // privilege escalation, a read-only root file
+                        // system.
                         "securityContext": {
                             "runAsUser": 0,
                             "allowPrivilegeEscalation": false,
                             "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"], "add": ["DAC_OVERRIDE"]},
+                            "capabilities": {"drop": ["ALL"], "add": caps},
                             "seccompProfile": {"type": "RuntimeDefault"},
                         },
                     }],
@@ -279,25 +410,24 @@ pub fn job_failure(job: &Job) -> Option<String> {
 /// an item whose pod will not finish it, shows a passing reason in its
 /// message, and revokes the grant of a finished item. Returns the Events
 /// (`reason`, `message`) to publish.
-pub async fn drive(
+pub async fn drive<I: JobItem>(
     ctx: &Context,
-    session: &BackupSession,
-    items: &mut [BackupItem],
+    session: &JobSession,
+    items: &mut [I],
     repo: Option<&Repository>,
     deadline: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Vec<(&'static str, String)>> {
-    let ns = session.namespace().unwrap_or_default();
-    let uid = session.uid().unwrap_or_default();
+    let ns = session.namespace.clone();
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let mut notes = Vec::new();
-    for item in items.iter_mut().filter(|i| i.runs_in_job()) {
-        let Some(claim) = item.persistent_volume_claim.clone() else {
+    for item in items.iter_mut().filter(|i| i.in_job()) {
+        let Some(claim) = item.claim() else {
             continue;
         };
-        let name = job_name(&uid, &claim);
-        if item.phase.is_finished() {
+        let name = job_name(session.kind, &session.uid, &claim);
+        if item.phase().is_finished() {
             // The pod's token loses its grant on the session.
             match bindings.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -306,11 +436,8 @@ pub async fn drive(
             }
             continue;
         }
-        let mut fail = |item: &mut BackupItem, reason: &'static str, error: String| {
-            item.phase = ItemPhase::Failed;
-            item.error = Some(error.clone());
-            item.claim.claimed_by = None;
-            item.end_time = Some(stash_api::time::to_time(now));
+        let mut fail = |item: &mut I, reason: &'static str, error: String| {
+            item.fail(error.clone(), now);
             notes.push((reason, error));
         };
         let job = jobs
@@ -318,13 +445,14 @@ pub async fn drive(
             .await
             .map_err(kube_err("get Job", &ns, &name))?;
         let Some(job) = job else {
-            if item.phase != ItemPhase::Pending || item.job.is_some() {
+            if item.phase() != ItemPhase::Pending || item.job().is_some() {
                 fail(item, "JobGone", format!("Job {ns}/{name} of PersistentVolumeClaim {claim} was deleted before it finished"));
                 continue;
             }
             // A pod may have started to mount the claim since the session
-            // was resolved: its node's agent is the one to read it (a
-            // second node must never attach a ReadWriteOnce volume).
+            // was resolved: a second node must never attach a
+            // ReadWriteOnce volume, and a restore must not write under a
+            // running application.
             let users = claim_pods(&ctx.client, &ns, &claim).await?;
             if let Some(p) = users.iter().find(|p| mounts_volumes(p)) {
                 let node = p
@@ -332,20 +460,20 @@ pub async fn drive(
                     .as_ref()
                     .and_then(|s| s.node_name.clone())
                     .unwrap_or_else(|| "no node yet".into());
+                let next = match session.kind {
+                    JobKind::Backup => "the next session backs it up through that pod",
+                    JobKind::Restore => {
+                        "stop the pod, or restore into it with the node agent (no spec.executor)"
+                    }
+                };
                 fail(item, "ClaimInUse", format!(
-                    "PersistentVolumeClaim {ns}/{claim} is now mounted by pod {} (on {node}): a Job does not mount a claim a pod uses; the next session backs it up through that pod",
+                    "PersistentVolumeClaim {ns}/{claim} is mounted by pod {} (on {node}): a Job does not mount a claim a pod uses; {next}",
                     p.name_any()
                 ));
                 continue;
             }
             let Some(repo) = repo else {
-                fail(
-                    item,
-                    "RepositoryNotFound",
-                    format!(
-                        "the Repository of PersistentVolumeClaim {claim}'s session does not exist"
-                    ),
-                );
+                fail(item, "RepositoryNotFound", format!("the Repository of the session of PersistentVolumeClaim {ns}/{claim} does not exist"));
                 continue;
             };
             let image = match &ctx.settings.job_image {
@@ -366,7 +494,7 @@ pub async fn drive(
                     continue;
                 }
             };
-            let left = deadline.map_or(3600, |d| (d - now).num_seconds());
+            let left = deadline.map_or(24 * 3600, |d| (d - now).num_seconds());
             let objects = job_objects(session, &claim, repo, &image, left);
             create(
                 &ctx.client,
@@ -384,11 +512,11 @@ pub async fn drive(
             )
             .await?;
             create(&ctx.client, &ns, &objects.job, "create Job").await?;
-            item.job = Some(name.clone());
-            item.claim.message = Some(format!("Job {name} created"));
+            item.set_job(name.clone());
+            item.set_message(format!("Job {name} created"));
             continue;
         };
-        item.job = Some(name.clone());
+        item.set_job(name.clone());
         if let Some(why) = job_failure(&job) {
             fail(item, "JobFailed", why);
             continue;
@@ -404,8 +532,8 @@ pub async fn drive(
                     fail(item, "JobPodFailed", why);
                     break;
                 }
-                Some((false, why)) if item.phase == ItemPhase::Pending => {
-                    item.claim.message = Some(format!("waiting: {why}"));
+                Some((false, why)) if item.phase() == ItemPhase::Pending => {
+                    item.set_message(format!("waiting: {why}"));
                 }
                 _ => {}
             }
@@ -466,12 +594,19 @@ mod tests {
     /// end by the session's deadline without retries.
     #[test]
     fn the_job_gets_only_what_its_item_needs() {
-        let o = job_objects(&session(), "archive", &repo(), "stash-agent:1", 600);
-        let name = job_name("u-1", "archive");
+        let o = job_objects(
+            &JobSession::backup(&session()),
+            "archive",
+            &repo(),
+            "stash-agent:1",
+            600,
+        );
+        let name = job_name(JobKind::Backup, "u-1", "archive");
         assert_eq!(o.job.metadata.name.as_deref(), Some(name.as_str()));
         assert!(name.len() <= 63);
-        assert_ne!(name, job_name("u-1", "archive2"));
-        assert_ne!(name, job_name("u-2", "archive"));
+        assert_ne!(name, job_name(JobKind::Backup, "u-1", "archive2"));
+        assert_ne!(name, job_name(JobKind::Backup, "u-2", "archive"));
+        assert_ne!(name, job_name(JobKind::Restore, "u-1", "archive"));
         for owners in [
             &o.job.metadata.owner_references,
             &o.role.metadata.owner_references,
@@ -532,7 +667,7 @@ mod tests {
             "{mounts:?}"
         );
         // A deadline already past still gives a valid Job, which ends at once.
-        let late = job_objects(&session(), "archive", &repo(), "i", -5);
+        let late = job_objects(&JobSession::backup(&session()), "archive", &repo(), "i", -5);
         assert_eq!(late.job.spec.unwrap().active_deadline_seconds, Some(1));
     }
 

@@ -374,7 +374,7 @@ async fn follow(
         let deadline = status.deadline.as_ref().map(from_time);
         let job_notes = crate::jobs::drive(
             ctx,
-            session,
+            &crate::jobs::JobSession::backup(session),
             &mut status.items,
             repo.as_ref(),
             deadline,

@@ -841,11 +841,13 @@ async fn stash_on_a_real_node() {
         .await;
 }
 
-/// Issue 15, "Jobs", must-hold 3 (the backup half): a PersistentVolumeClaim
-/// that no pod mounts is backed up by a Job the controller starts (not by
-/// the node agent), with the claim's identity; restic lists and restores
-/// identical data; the next backup is incremental on it; the Job is owned
-/// by the session and its grant is revoked once the item is done.
+/// Issue 15, "Jobs", must-hold 3: a PersistentVolumeClaim that no pod
+/// mounts is backed up by a Job the controller starts (not by the node
+/// agent), with the claim's identity; restic lists and restores identical
+/// data; the next backup is incremental on it; the Job is owned by the
+/// session and its grant is revoked once the item is done. Then a restore
+/// Job (`executor: job`) fills a new claim, and a pod that mounts it
+/// afterwards sees identical data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
     let _node = NODE.lock().await;
@@ -993,4 +995,116 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
     assert_eq!(j.parent_snapshot_id.as_deref(), Some(id.as_str()), "{j:?}");
     assert!(j.bytes_added.unwrap() < 100_000, "{j:?}");
     assert_restic_restores(&w, j.snapshot_id.as_deref().unwrap(), "archive", &dir);
+
+    // A restore Job fills a new, empty claim from the latest snapshot.
+    let target = w.cluster.host_dir("restored-pv");
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "restored-pv"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local",
+                        "local": {"path": target},
+                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [stash_envtest::cluster::NODE_NAME]}]}]}}}}),
+    );
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "restored", "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                        "volumeName": "restored-pv", "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    apply(
+        &w,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession",
+               "metadata": {"name": "fill", "namespace": NS},
+               "spec": {"repository": {"name": "main"}, "snapshot": "latest", "executor": "job",
+                        "source": {"name": "archive"},
+                        "target": {"persistentVolumeClaim": "restored"}}}),
+    );
+    let restores: Api<RestoreSession> = Api::namespaced(w.client.clone(), NS);
+    let start = Instant::now();
+    let done = loop {
+        let r = restores.get("fill").await.unwrap();
+        if r.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "restore not finished: {:?}\n{}\n{}",
+            r.status,
+            w.kubectl(&["-n", NS, "get", "jobs,pods", "-o", "wide"]),
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}\n{}", w.logs());
+    eprintln!(
+        "e2e-node: restore into a new claim through a Job in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let r = &st.items[0];
+    assert_eq!(r.executor, Some(stash_api::Executor::Job), "{r:?}");
+    assert_eq!(r.snapshot_id, j.snapshot_id, "the latest snapshot: {r:?}");
+    let by = r.claim.claimed_by.as_deref().unwrap();
+    assert!(
+        by.starts_with(&format!("job/{}-", r.job.as_deref().unwrap())),
+        "{by}"
+    );
+    // Byte for byte and in metadata, and no restore-wait marker left.
+    assert_trees_equal(
+        &dir,
+        &target,
+        &CompareOptions {
+            check_root_metadata: false,
+            ..CompareOptions::default()
+        },
+    );
+    // A pod that mounts the claim afterwards sees the same data.
+    let sums = |root: &Path| -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("find . | sort && md5sum sub/a.bin sub/deeper/b.txt new.txt secret.txt && readlink link")
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader", "namespace": NS},
+               "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "app", "image": "stash-test/busybox:1", "imagePullPolicy": "Never",
+                                        "command": ["/bin/sh", "-c",
+                                            "cd /data && find . | sort && md5sum sub/a.bin sub/deeper/b.txt new.txt secret.txt && readlink link"],
+                                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "restored"}}]}}),
+    );
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
+    let start = Instant::now();
+    loop {
+        let p = pods.get("reader").await.unwrap();
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if phase == "Succeeded" {
+            break;
+        }
+        assert!(
+            phase != "Failed" && start.elapsed() < Duration::from_secs(120),
+            "the reader pod: {:?}\n{}",
+            p.status,
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let seen = w.kubectl(&["-n", NS, "logs", "reader"]);
+    assert_eq!(
+        seen.trim(),
+        sums(&dir).trim(),
+        "what the pod sees of the restored claim"
+    );
 }
