@@ -671,6 +671,58 @@ mod tests {
         assert_eq!(late.job.spec.unwrap().active_deadline_seconds, Some(1));
     }
 
+    /// A restore Job: the RestoreSession and the Repository only (no
+    /// BackupConfiguration), the claim mounted read-write, and the
+    /// capabilities that set owners, modes and times.
+    #[test]
+    fn a_restore_job_writes_the_claim_with_only_what_a_restore_needs() {
+        let rs: RestoreSession = serde_json::from_value(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession",
+            "metadata": {"name": "fill", "namespace": "shop", "uid": "u-9"},
+            "spec": {"repository": {"name": "main"}, "executor": "job", "target": {"persistentVolumeClaim": "new"}}
+        }))
+        .unwrap();
+        let o = job_objects(
+            &JobSession::restore(&rs),
+            "new",
+            &repo(),
+            "stash-agent:1",
+            60,
+        );
+        assert_eq!(
+            o.job.metadata.name.as_deref(),
+            Some(job_name(JobKind::Restore, "u-9", "new").as_str())
+        );
+        let rules = serde_json::to_value(o.role.rules.unwrap()).unwrap();
+        assert_eq!(
+            rules,
+            json!([
+                {"apiGroups": ["stash.rs"], "resources": ["restoresessions"], "resourceNames": ["fill"], "verbs": ["get"]},
+                {"apiGroups": ["stash.rs"], "resources": ["restoresessions/status"], "resourceNames": ["fill"], "verbs": ["patch"]},
+                {"apiGroups": ["stash.rs"], "resources": ["repositories"], "resourceNames": ["main"], "verbs": ["get"]},
+            ])
+        );
+        let pod = o.job.spec.unwrap().template.spec.unwrap();
+        let volumes = serde_json::to_value(pod.volumes.unwrap()).unwrap();
+        assert_eq!(
+            volumes[0]["persistentVolumeClaim"],
+            json!({"claimName": "new", "readOnly": false})
+        );
+        let c = &pod.containers[0];
+        assert_eq!(&c.args.as_ref().unwrap()[..2], ["job", "restore"]);
+        let caps = c
+            .security_context
+            .as_ref()
+            .unwrap()
+            .capabilities
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            caps.add.as_deref().unwrap(),
+            ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]
+        );
+    }
+
     #[test]
     fn a_pods_reason_fails_or_annotates_the_item() {
         let waiting = |reason: &str| {

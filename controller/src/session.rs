@@ -1093,4 +1093,138 @@ mod tests {
         assert_eq!(rest[0].2["reason"], "PartiallyFailed");
         assert_eq!(rest[0].2["type"], "Warning");
     }
+
+    /// Issue 15: a Job item of a running session gets its ServiceAccount,
+    /// Role, RoleBinding and Job (in that order, owned by the session),
+    /// and the item names its Job; once the Job's pod is OOMKilled, the
+    /// item fails with the pod's reason and the session finishes.
+    #[tokio::test]
+    async fn a_job_item_gets_its_job_and_fails_with_the_pods_reason() {
+        let job_item = |phase: &str, job: Option<&str>| {
+            let mut i = json!({"namespace": "team", "pod": "", "volume": "archive",
+                "executor": "job", "persistentVolumeClaim": "archive", "host": "team/archive",
+                "phase": phase});
+            if let Some(j) = job {
+                i["job"] = json!(j);
+            }
+            i
+        };
+        let with_uid = |rv: &str, status: Value| {
+            let mut s = session(rv, status);
+            s["metadata"]["uid"] = json!("uid-1");
+            s
+        };
+        let name = crate::jobs::job_name(crate::jobs::JobKind::Backup, "uid-1", "archive");
+        let running = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "deadline": "2999-01-01T00:00:00Z", "items": [job_item("Pending", None)]});
+        let s: BackupSession = serde_json::from_value(with_uid("7", running)).unwrap();
+        let (ctx, mut handle) = context(vec![]);
+        let task = tokio::spawn(reconcile(Arc::new(s), ctx));
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main",
+        )
+        .await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+            "metadata": {"name": "main", "namespace": "team"},
+            "spec": {"url": "s3:http://m/b", "passwordSecret": {"name": "pw"}}}),
+        );
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found"});
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            &format!("/apis/batch/v1/namespaces/team/jobs/{name}"),
+        )
+        .await;
+        answer(send, 404, &not_found);
+        // Nobody mounts the claim now.
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        );
+        for path in [
+            "/api/v1/namespaces/team/serviceaccounts",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings",
+            "/apis/batch/v1/namespaces/team/jobs",
+        ] {
+            let (body, send) = expect(&mut handle, "POST", path).await;
+            assert_eq!(body["metadata"]["name"], name.as_str(), "{path}");
+            assert_eq!(
+                body["metadata"]["ownerReferences"][0]["uid"], "uid-1",
+                "{path}"
+            );
+            answer(send, 201, &body);
+        }
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        let it = &body["status"]["items"][0];
+        assert_eq!(it["job"], name.as_str(), "{body}");
+        assert_eq!(it["phase"], "Pending", "{body}");
+        answer(send, 200, &with_uid("8", json!({})));
+        let rest = echo_rest(handle);
+        task.await.unwrap().unwrap();
+        assert!(rest.await.unwrap().is_empty());
+
+        // The Job's pod was OOMKilled before it could write the result.
+        let running = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "deadline": "2999-01-01T00:00:00Z", "items": [job_item("Running", Some(&name))]});
+        let s: BackupSession = serde_json::from_value(with_uid("9", running)).unwrap();
+        let (ctx, mut handle) = context(vec![]);
+        let task = tokio::spawn(reconcile(Arc::new(s), ctx));
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main",
+        )
+        .await;
+        answer(send, 404, &not_found);
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            &format!("/apis/batch/v1/namespaces/team/jobs/{name}"),
+        )
+        .await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": "team"}, "status": {}}),
+        );
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            {"metadata": {"name": format!("{name}-x1"), "namespace": "team"},
+             "status": {"phase": "Failed", "containerStatuses": [{"name": "stash", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}]}),
+        );
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        let st = &body["status"];
+        assert_eq!(st["items"][0]["phase"], "Failed", "{body}");
+        assert_eq!(
+            st["items"][0]["error"],
+            format!("Job pod {name}-x1: container stash terminated: OOMKilled (exit code 137)")
+        );
+        assert_eq!(st["phase"], "Failed", "{body}");
+        answer(send, 200, &with_uid("10", json!({})));
+        let rest = echo_rest(handle);
+        task.await.unwrap().unwrap();
+        let seen = rest.await.unwrap();
+        assert!(
+            seen.iter().any(|(_, _, b)| b["reason"] == "JobPodFailed"),
+            "an Event with the pod's reason: {seen:?}"
+        );
+    }
 }
