@@ -398,10 +398,24 @@ async fn follow(
         record_on_repository(ctx, &ns, cfg, record).await?;
     }
     notes.extend(outcome.notes);
+    // Pods are not watched: a Job's pod that cannot start or dies is seen
+    // by looking again soon.
+    let jobs_unfinished = status
+        .items
+        .iter()
+        .any(|i| i.runs_in_job() && !i.phase.is_finished());
+    let action = if jobs_unfinished {
+        Action::requeue(JOB_POLL)
+    } else {
+        outcome.action
+    };
     Ok(commit(ctx, session, &old, &status, notes)
         .await?
-        .then_some(outcome.action))
+        .then_some(action))
 }
+
+/// How often a session with unfinished Job items looks at their pods.
+const JOB_POLL: Duration = Duration::from_secs(3);
 
 /// When the controller first saw an item's pod or node gone, by session
 /// UID, item index and reason. A NotReady node says since when itself (its
