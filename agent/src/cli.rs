@@ -108,6 +108,47 @@ pub enum Command {
     Agent(AgentArgs),
     /// Wait until the node agent has restored into these directories (an init container)
     RestoreWait(RestoreWaitArgs),
+    /// Run one item of a session in a Job the controller started (a PersistentVolumeClaim no pod mounts)
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+/// `stash job`: workload-scoped executors.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Back up the claim mounted at --mount as the BackupSession's item of that claim
+    Backup(JobArgs),
+    /// Restore into the claim mounted at --mount as the RestoreSession's item of that claim
+    Restore(JobArgs),
+}
+
+/// `stash job backup` and `stash job restore`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Namespace of the session (the Job's own)
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: String,
+    /// The BackupSession or RestoreSession
+    #[arg(long)]
+    pub session: String,
+    /// The PersistentVolumeClaim whose item this Job runs
+    #[arg(long)]
+    pub claim: String,
+    /// Where the claim is mounted in this pod
+    #[arg(long)]
+    pub mount: PathBuf,
+    /// Directory holding the Repository's Secrets, one subdirectory per Secret name (Secret volumes)
+    #[arg(long)]
+    pub secrets: PathBuf,
+    /// This pod's node (the downward API's spec.nodeName)
+    #[arg(long = "node-name", env = "NODE_NAME")]
+    pub node_name: String,
+    /// This pod's name, for the claim
+    #[arg(long = "pod-name", env = "POD_NAME")]
+    pub pod_name: String,
+    /// How often progress is written to the item
+    #[arg(long = "progress-interval", default_value = "5s", value_parser = duration)]
+    pub progress_interval: std::time::Duration,
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {

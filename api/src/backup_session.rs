@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Claim, ItemPhase, SessionPhase};
+use crate::common::{Claim, Executor, ItemPhase, SessionPhase};
 
 /// One run of a BackupConfiguration, created by its schedule or by hand for
 /// an on-demand backup.
@@ -146,13 +146,15 @@ pub struct RetentionStatus {
     pub end_time: Option<Time>,
 }
 
-/// One volume of one pod, backed up by the agent on `node`.
+/// One volume of one pod, backed up by the agent on `node`; or one
+/// PersistentVolumeClaim that no pod mounts, backed up by a Job
+/// (`executor: job`, `pod` empty, `volume` the claim's name).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupItem {
     /// Namespace of the pod.
     pub namespace: String,
-    /// Name of the pod.
+    /// Name of the pod; empty for a Job's item (no pod mounts the claim).
     pub pod: String,
     /// UID of the pod when the item was resolved: a pod of the same name
     /// with another UID is a replacement, and the item's pod is gone.
@@ -160,9 +162,20 @@ pub struct BackupItem {
     pub pod_uid: Option<String>,
     /// Name of the volume in the pod's spec.
     pub volume: String,
-    /// Node the pod runs on: whose agent does the work.
+    /// Node the pod runs on: whose agent does the work. For a Job's item,
+    /// the node its pod ran on, written when it finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// What runs the item (unset in sessions older than this field: the
+    /// node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Executor>,
+    /// The PersistentVolumeClaim a Job's item backs up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// The Job (in the item's namespace) running the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// The snapshot hostname, stable across pod restarts: `<namespace>/<pvc>`
     /// for a PersistentVolumeClaim, `<namespace>/<workload>/<volume>`
     /// otherwise (see [`crate::identity`]).
@@ -204,4 +217,11 @@ pub struct BackupItem {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<Time>,
+}
+
+impl BackupItem {
+    /// Whether a Job runs this item (the node agents leave it alone).
+    pub fn runs_in_job(&self) -> bool {
+        self.executor == Some(Executor::Job)
+    }
 }

@@ -84,6 +84,22 @@ impl ItemPhase {
     }
 }
 
+/// What runs an item: the node agent of the item's node, or a Job the
+/// controller starts for a PersistentVolumeClaim that no pod mounts (the
+/// Job's own pod mounts the claim and runs `stash job backup` itself; see
+/// ARCHITECTURE.md, "Workload-scoped executors").
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Executor {
+    /// The privileged agent on the item's node, through the kubelet's
+    /// directories.
+    #[default]
+    #[serde(rename = "node-agent")]
+    NodeAgent,
+    /// A Job in the session's namespace mounting the claim.
+    #[serde(rename = "job")]
+    Job,
+}
+
 /// Which agent works on an item, and whether it is still alive: written by
 /// the agent with JSON patches whose `test` operations make the claim
 /// atomic (see the crate docs for the protocol).

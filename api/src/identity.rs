@@ -133,6 +133,55 @@ pub fn restore_source(
     Ok((source_volume, hosts))
 }
 
+/// Where a Job's restore into PersistentVolumeClaim `claim` of `namespace`
+/// (no pod, so no pod volume name) takes its snapshots from: the snapshot
+/// volume named by the `spec.volumes` entry whose target is the claim, or,
+/// without `spec.volumes`, empty: the one path of the sources' snapshots;
+/// and the hostnames, from `spec.source` or the claim's own identity
+/// (`<namespace>/<claim>`). The same namespace rule as [`restore_source`].
+pub fn claim_restore_source(
+    spec: &crate::RestoreSessionSpec,
+    namespace: &str,
+    claim: &str,
+    repo_in_session_ns: bool,
+) -> Result<(String, Vec<String>), String> {
+    let source_volume = if spec.volumes.is_empty() {
+        String::new()
+    } else {
+        spec.volumes
+            .iter()
+            .find(|m| m.target == claim)
+            .map(|m| m.source.clone())
+            .ok_or_else(|| {
+                format!(
+                    "PersistentVolumeClaim {claim:?} is not a target of the session's spec.volumes \
+                     (a Job restores into the claim: name it as the target)"
+                )
+            })?
+    };
+    let source = spec.source.as_ref();
+    let hosts = match source.and_then(|s| s.name.as_deref()) {
+        Some(name) => {
+            let src_ns = source
+                .and_then(|s| s.namespace.as_deref())
+                .unwrap_or(namespace);
+            if src_ns != namespace && !repo_in_session_ns {
+                return Err(format!(
+                    "spec.source names namespace {src_ns}: restoring another namespace's \
+                     snapshots needs a Repository of the session's own namespace {namespace}"
+                ));
+            }
+            let mut hosts = vec![format!("{src_ns}/{name}")];
+            if !source_volume.is_empty() {
+                hosts.push(format!("{src_ns}/{name}/{source_volume}"));
+            }
+            hosts
+        }
+        None => vec![format!("{namespace}/{claim}")],
+    };
+    Ok((source_volume, hosts))
+}
+
 /// The path a pod volume is recorded under in its snapshots.
 pub fn snapshot_path(volume: &str) -> String {
     format!("/{volume}")
@@ -256,5 +305,38 @@ mod tests {
                 "config=nightly"
             ]
         );
+    }
+
+    /// Issue 15: a Job's restore into a claim takes the claim's own
+    /// snapshots (any one path) unless spec.source/spec.volumes say
+    /// otherwise, with the same namespace rule.
+    #[test]
+    fn a_claim_restore_source_is_the_claim_or_the_spec() {
+        let spec = |v: serde_json::Value| -> crate::RestoreSessionSpec {
+            serde_json::from_value(v).unwrap()
+        };
+        let base = serde_json::json!({"repository": {"name": "r"}, "target": {"persistentVolumeClaim": "new"}, "executor": "job"});
+        assert_eq!(
+            claim_restore_source(&spec(base.clone()), "shop", "new", false).unwrap(),
+            (String::new(), vec!["shop/new".to_owned()])
+        );
+        let mut from = base.clone();
+        from["source"] = serde_json::json!({"name": "archive"});
+        from["volumes"] = serde_json::json!([{"source": "data", "target": "new"}]);
+        assert_eq!(
+            claim_restore_source(&spec(from.clone()), "shop", "new", false).unwrap(),
+            (
+                "data".to_owned(),
+                vec!["shop/archive".to_owned(), "shop/archive/data".to_owned()]
+            )
+        );
+        assert!(
+            claim_restore_source(&spec(from.clone()), "shop", "other", false)
+                .unwrap_err()
+                .contains("not a target")
+        );
+        from["source"]["namespace"] = serde_json::json!("bank");
+        assert!(claim_restore_source(&spec(from.clone()), "shop", "new", false).is_err());
+        assert!(claim_restore_source(&spec(from), "shop", "new", true).is_ok());
     }
 }

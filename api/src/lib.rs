@@ -62,7 +62,9 @@ pub use backup_session::{
     BackupItem, BackupSession, BackupSessionSpec, BackupSessionStatus, RetentionStatus,
     SessionTrigger,
 };
-pub use common::{Claim, ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase};
+pub use common::{
+    Claim, Executor, ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase,
+};
 pub use duration::{parse_duration, DurationError};
 pub use notification::{Notification, NotificationFormat, NotifyOn};
 pub use repository::{

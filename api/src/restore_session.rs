@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::backup_configuration::WorkloadReference;
-use crate::common::{Claim, ItemPhase, RepositoryReference, SessionPhase};
+use crate::common::{Claim, Executor, ItemPhase, RepositoryReference, SessionPhase};
 use crate::notification::Notification;
 
 /// Restores a snapshot into volumes of pods in this namespace.
@@ -35,8 +35,15 @@ use crate::notification::Notification;
 #[x_kube(validation = Rule::new("self == oldSelf").message("a RestoreSession's spec cannot change; create a new session"))]
 #[x_kube(validation = Rule::new("!has(self.before) || self.snapshot == 'latest'").message("before applies only to snapshot \"latest\""))]
 #[x_kube(validation = Rule::new("!has(self.rollout) || !self.rollout || has(self.target.workload)").message("rollout applies only to a workload target"))]
+#[x_kube(validation = Rule::new("!has(self.executor) || self.executor == 'node-agent' || has(self.target.persistentVolumeClaim)").message("executor job restores into a persistentVolumeClaim target only"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSessionSpec {
+    /// What restores: `node-agent` (the default) into the pods mounting the
+    /// target, waiting for one to exist; or `job`: a Job the controller
+    /// starts mounts the target PersistentVolumeClaim (new or existing,
+    /// which no running pod may mount) and restores into it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Executor>,
     /// The Repository to restore from.
     pub repository: RepositoryReference,
     /// `latest`, or a snapshot id (a unique prefix of at least 8 hex digits).
@@ -220,15 +227,25 @@ pub struct RestoreSessionStatus {
 pub struct RestoreItem {
     /// Namespace of the pod.
     pub namespace: String,
-    /// Name of the pod.
+    /// Name of the pod; empty for a Job's item.
     pub pod: String,
-    /// Target volume in the pod.
+    /// Target volume in the pod; a Job's item: the claim's name.
     pub volume: String,
-    /// Volume name in the snapshot.
+    /// Volume name in the snapshot; a Job's item without `spec.volumes`:
+    /// empty, the path of the latest snapshot of the sources.
     pub source_volume: String,
-    /// Node the pod runs on.
+    /// Node the pod runs on; a Job's: written when it finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// What runs the item (unset: the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Executor>,
+    /// The PersistentVolumeClaim a Job's item restores into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// The Job (in the item's namespace) running the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Snapshot hostnames to pick `latest` among (see [`crate::identity`]);
     /// any snapshot with the path `/<sourceVolume>` when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -263,4 +280,11 @@ pub struct RestoreItem {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time: Option<Time>,
+}
+
+impl RestoreItem {
+    /// Whether a Job runs this item (the node agents leave it alone).
+    pub fn runs_in_job(&self) -> bool {
+        self.executor == Some(Executor::Job)
+    }
 }

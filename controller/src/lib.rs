@@ -42,6 +42,7 @@ pub mod conditions;
 pub mod error;
 pub mod events;
 pub mod finalizers;
+pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod notify;
@@ -102,6 +103,9 @@ pub struct Settings {
     /// The controller's own namespace: rollout restores never patch a
     /// workload there.
     pub own_namespace: String,
+    /// The image of the Jobs that back up claims no pod mounts
+    /// (`stash job backup`); `None`: such items fail saying so.
+    pub job_image: Option<webhook::RestoreWaitImage>,
 }
 
 impl Settings {
@@ -121,6 +125,7 @@ impl Settings {
             agent_account: Some(agent_secrets::AgentAccount::default()),
             rollout_restores: false,
             own_namespace: "stash-system".into(),
+            job_image: None,
         }
     }
 }

@@ -59,6 +59,11 @@ struct Args {
     /// the agent DaemonSet's container (--agent-daemonset).
     #[arg(long, env = "STASH_RESTORE_WAIT_IMAGE")]
     restore_wait_image: Option<String>,
+    /// Image of the Jobs that back up claims no pod mounts (`stash job
+    /// backup`); by default the restore-wait image, or the agent
+    /// DaemonSet's.
+    #[arg(long, env = "STASH_JOB_IMAGE")]
+    job_image: Option<String>,
     /// The agent DaemonSet (in the controller's namespace) whose image the
     /// restore-wait init container runs, unless --restore-wait-image.
     #[arg(long, default_value = "stash-agent")]
@@ -187,6 +192,15 @@ async fn main() -> anyhow::Result<()> {
             }),
         rollout_restores: args.rollout_restores,
         own_namespace: args.lease_namespace.clone(),
+        job_image: Some(
+            match args.job_image.clone().or(args.restore_wait_image.clone()) {
+                Some(i) => RestoreWaitImage::Fixed(i),
+                None => RestoreWaitImage::FromDaemonSet {
+                    namespace: args.lease_namespace.clone(),
+                    name: args.agent_daemonset.clone(),
+                },
+            },
+        ),
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace,

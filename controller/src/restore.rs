@@ -117,6 +117,8 @@ async fn step(rs: &RestoreSession, ctx: &Context) -> Result<Option<Action>> {
         workload_step(rs, w, ctx, &mut status, now, deadline).await?
     } else if old.start_time.is_none() {
         start(rs, ctx, &mut status, now, deadline).await?
+    } else if status.items.iter().any(|i| i.runs_in_job()) {
+        follow_jobs(rs, ctx, &mut status, now, deadline).await?
     } else {
         decide(&mut status, now, deadline, 0)
     };
@@ -131,6 +133,109 @@ async fn step(rs: &RestoreSession, ctx: &Context) -> Result<Option<Action>> {
             Ok(Some(action))
         }
     }
+}
+
+/// How often a restore with Job items looks at their pods (pods are not
+/// watched).
+const JOB_POLL: Duration = Duration::from_secs(3);
+
+/// A running restore with Job items: drives the Jobs, then decides.
+async fn follow_jobs(
+    rs: &RestoreSession,
+    ctx: &Context,
+    status: &mut RestoreSessionStatus,
+    now: DateTime<Utc>,
+    deadline: Option<DateTime<Utc>>,
+) -> Result<(Action, Vec<Note>)> {
+    let ns = rs.namespace().unwrap_or_default();
+    let r = &rs.spec.repository;
+    let repos: Api<stash_api::Repository> =
+        Api::namespaced(ctx.client.clone(), r.namespace.as_deref().unwrap_or(&ns));
+    let repo = repos
+        .get_opt(&r.name)
+        .await
+        .map_err(kube_err("get Repository", &ns, &r.name))?;
+    let job_notes = crate::jobs::drive(
+        ctx,
+        &crate::jobs::JobSession::restore(rs),
+        &mut status.items,
+        repo.as_ref(),
+        deadline,
+        now,
+    )
+    .await?;
+    let (mut action, mut notes) = decide(status, now, deadline, 0);
+    if !status.phase.is_finished() {
+        action = Action::requeue(JOB_POLL);
+    } else {
+        // One more pass revokes the finished items' grants.
+        crate::jobs::drive(
+            ctx,
+            &crate::jobs::JobSession::restore(rs),
+            &mut status.items,
+            repo.as_ref(),
+            deadline,
+            now,
+        )
+        .await?;
+    }
+    notes.extend(job_notes.into_iter().map(|(reason, message)| Note {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        message,
+    }));
+    Ok((action, notes))
+}
+
+/// The item of a restore into PersistentVolumeClaim `claim` by a Job
+/// (`spec.executor: job`), once the claim exists and no pod mounts it;
+/// `Err(why)` while it must wait.
+async fn job_restore_item(
+    ctx: &Context,
+    rs: &RestoreSession,
+    ns: &str,
+    claim: &str,
+    repo_in_session_ns: bool,
+) -> Result<std::result::Result<RestoreItem, String>> {
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), ns);
+    if pvcs
+        .get_opt(claim)
+        .await
+        .map_err(kube_err("get PersistentVolumeClaim", ns, claim))?
+        .is_none()
+    {
+        return Ok(Err(format!(
+            "PersistentVolumeClaim {ns}/{claim} does not exist yet"
+        )));
+    }
+    let mut item = RestoreItem {
+        namespace: ns.to_owned(),
+        volume: claim.to_owned(),
+        executor: Some(stash_api::Executor::Job),
+        persistent_volume_claim: Some(claim.to_owned()),
+        ..RestoreItem::default()
+    };
+    match identity::claim_restore_source(&rs.spec, ns, claim, repo_in_session_ns) {
+        Ok((source_volume, hosts)) => {
+            item.source_volume = source_volume;
+            item.source_hosts = hosts;
+        }
+        Err(why) => {
+            item.phase = ItemPhase::Failed;
+            item.error = Some(why);
+        }
+    }
+    let users = claim_pods(&ctx.client, ns, claim).await?;
+    if let Some(p) = users.iter().find(|p| crate::targets::mounts_volumes(p)) {
+        item.phase = ItemPhase::Failed;
+        item.error = Some(format!(
+            "PersistentVolumeClaim {ns}/{claim} is mounted by pod {}: a restore Job writes only into a claim no pod uses \
+             (stop the pod, or restore into it with the node agent: no spec.executor)",
+            p.name_any()
+        ));
+    }
+    Ok(Ok(item))
 }
 
 /// `spec.timeout` after the session's creation.
@@ -187,6 +292,59 @@ async fn start(
         return Ok(fail(status, now, generation, r.reason, r.message));
     }
     let expired = deadline.is_some_and(|d| now >= d);
+    if rs.spec.executor == Some(stash_api::Executor::Job) {
+        let claim = rs
+            .spec
+            .target
+            .persistent_volume_claim
+            .clone()
+            .unwrap_or_default();
+        let repo_in_ns = repo.metadata.namespace.as_deref() == Some(ns.as_str());
+        if !repo_in_ns {
+            let message = format!(
+                "{user}: a restore Job reads only a Repository of its own namespace {ns}, not {}/{}",
+                repo.metadata.namespace.as_deref().unwrap_or_default(),
+                rs.spec.repository.name
+            );
+            return Ok(fail(
+                status,
+                now,
+                generation,
+                "RepositoryNotAllowed",
+                message,
+            ));
+        }
+        let item = match job_restore_item(ctx, rs, &ns, &claim, repo_in_ns).await? {
+            Ok(item) => item,
+            Err(why) if !expired => {
+                waiting(status, generation, now, deadline, why);
+                return Ok((Action::requeue(WAIT_POLL), Vec::new()));
+            }
+            Err(why) => {
+                let message = format!("{user}: {why} (spec.timeout passed)");
+                return Ok(fail(status, now, generation, "TargetNotFound", message));
+            }
+        };
+        status.items = vec![item];
+        status.phase = SessionPhase::Running;
+        status.start_time = Some(to_time(now));
+        conditions::set(
+            &mut status.conditions,
+            "Ready",
+            true,
+            "Resolved",
+            format!("PersistentVolumeClaim {ns}/{claim} restored by a Job"),
+            generation,
+            to_time(now),
+        );
+        let (action, notes) = decide(status, now, deadline, 0);
+        let action = if status.phase.is_finished() {
+            action
+        } else {
+            Action::requeue(Duration::from_millis(200))
+        };
+        return Ok((action, notes));
+    }
     let (pods, waiting) = target(ctx, rs, &ns).await?;
     if let Some(why) = waiting.filter(|_| !expired) {
         conditions::set(

@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -229,6 +229,12 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         cfg.spec.target.persistent_volume_claim.as_deref(),
         &ctx.settings.host_paths,
     );
+    let mut resolution = resolution;
+    if pods.is_empty() {
+        if let Some(claim) = cfg.spec.target.persistent_volume_claim.as_deref() {
+            resolution.items = pod_less_claim(ctx, &cfg, &ns, claim).await?;
+        }
+    }
     let mut notes = Vec::new();
     if !resolution.refused.is_empty() {
         let message = resolution.refused.join("; ");
@@ -255,6 +261,7 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
             .await?
             .then(Action::await_change));
     }
+    let jobs = resolution.items.iter().filter(|i| i.runs_in_job()).count();
     status.items = resolution.items;
     status.phase = SessionPhase::Running;
     let limit = limit_of(&cfg, now);
@@ -267,10 +274,18 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         "Ready",
         true,
         "Resolved",
-        format!(
-            "{} volume(s) assigned to their nodes' agents",
-            status.items.len()
-        ),
+        if jobs == 0 {
+            format!(
+                "{} volume(s) assigned to their nodes' agents",
+                status.items.len()
+            )
+        } else {
+            format!(
+                "{} volume(s): {} for their nodes' agents, {jobs} for Jobs (claims no pod mounts)",
+                status.items.len(),
+                status.items.len() - jobs
+            )
+        },
         generation,
         to_time(now),
     );
@@ -292,6 +307,44 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         .then_some(outcome.action))
 }
 
+/// The item of a PersistentVolumeClaim target that no pod mounts, for a
+/// Job: none when the claim does not exist (the session then fails with
+/// `NoVolumes`), a Failed one when a Job cannot run it.
+async fn pod_less_claim(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    ns: &str,
+    claim: &str,
+) -> Result<Vec<stash_api::BackupItem>> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(pvc) =
+        pvcs.get_opt(claim)
+            .await
+            .map_err(kube_err("get PersistentVolumeClaim", ns, claim))?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut item = crate::targets::job_item(ns, claim);
+    let repo_ns = cfg.spec.repository.namespace.as_deref().unwrap_or(ns);
+    let why = if repo_ns != ns {
+        Some(format!(
+            "PersistentVolumeClaim {ns}/{claim} is mounted by no pod, so a Job would back it up,              but a Job reads only a Repository of its own namespace ({ns}), not {repo_ns}/{}",
+            cfg.spec.repository.name
+        ))
+    } else if pvc.metadata.deletion_timestamp.is_some() {
+        Some(format!(
+            "PersistentVolumeClaim {ns}/{claim} is being deleted"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        item.phase = ItemPhase::Failed;
+        item.error = Some(why);
+    }
+    Ok(vec![item])
+}
+
 /// Follows a running session: timeouts, retention handoff, final phase.
 async fn follow(
     session: &BackupSession,
@@ -304,6 +357,36 @@ async fn follow(
     let now = Utc::now();
     let lost = lost_items(ctx, session, &status, now).await?;
     let mut notes = fail_lost(&mut status, &lost, now);
+    if status.items.iter().any(|i| i.runs_in_job()) {
+        let repo = match &cfg {
+            Some(c) => {
+                let repos: Api<Repository> = Api::namespaced(
+                    ctx.client.clone(),
+                    c.spec.repository.namespace.as_deref().unwrap_or(&ns),
+                );
+                repos
+                    .get_opt(&c.spec.repository.name)
+                    .await
+                    .map_err(kube_err("get Repository", &ns, &c.spec.repository.name))?
+            }
+            None => None,
+        };
+        let deadline = status.deadline.as_ref().map(from_time);
+        let job_notes = crate::jobs::drive(
+            ctx,
+            &crate::jobs::JobSession::backup(session),
+            &mut status.items,
+            repo.as_ref(),
+            deadline,
+            now,
+        )
+        .await?;
+        notes.extend(
+            job_notes
+                .into_iter()
+                .map(|(reason, message)| Note::new(EventType::Warning, reason, message)),
+        );
+    }
     let outcome = decide(
         &mut status,
         now,
@@ -315,10 +398,24 @@ async fn follow(
         record_on_repository(ctx, &ns, cfg, record).await?;
     }
     notes.extend(outcome.notes);
+    // Pods are not watched: a Job's pod that cannot start or dies is seen
+    // by looking again soon.
+    let jobs_unfinished = status
+        .items
+        .iter()
+        .any(|i| i.runs_in_job() && !i.phase.is_finished());
+    let action = if jobs_unfinished {
+        Action::requeue(JOB_POLL)
+    } else {
+        outcome.action
+    };
     Ok(commit(ctx, session, &old, &status, notes)
         .await?
-        .then_some(outcome.action))
+        .then_some(action))
 }
+
+/// How often a session with unfinished Job items looks at their pods.
+const JOB_POLL: Duration = Duration::from_secs(3);
 
 /// When the controller first saw an item's pod or node gone, by session
 /// UID, item index and reason. A NotReady node says since when itself (its
@@ -1009,5 +1106,139 @@ mod tests {
         assert_eq!(rest.len(), 1, "{rest:?}");
         assert_eq!(rest[0].2["reason"], "PartiallyFailed");
         assert_eq!(rest[0].2["type"], "Warning");
+    }
+
+    /// Issue 15: a Job item of a running session gets its ServiceAccount,
+    /// Role, RoleBinding and Job (in that order, owned by the session),
+    /// and the item names its Job; once the Job's pod is OOMKilled, the
+    /// item fails with the pod's reason and the session finishes.
+    #[tokio::test]
+    async fn a_job_item_gets_its_job_and_fails_with_the_pods_reason() {
+        let job_item = |phase: &str, job: Option<&str>| {
+            let mut i = json!({"namespace": "team", "pod": "", "volume": "archive",
+                "executor": "job", "persistentVolumeClaim": "archive", "host": "team/archive",
+                "phase": phase});
+            if let Some(j) = job {
+                i["job"] = json!(j);
+            }
+            i
+        };
+        let with_uid = |rv: &str, status: Value| {
+            let mut s = session(rv, status);
+            s["metadata"]["uid"] = json!("uid-1");
+            s
+        };
+        let name = crate::jobs::job_name(crate::jobs::JobKind::Backup, "uid-1", "archive");
+        let running = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "deadline": "2999-01-01T00:00:00Z", "items": [job_item("Pending", None)]});
+        let s: BackupSession = serde_json::from_value(with_uid("7", running)).unwrap();
+        let (ctx, mut handle) = context(vec![]);
+        let task = tokio::spawn(reconcile(Arc::new(s), ctx));
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main",
+        )
+        .await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
+            "metadata": {"name": "main", "namespace": "team"},
+            "spec": {"url": "s3:http://m/b", "passwordSecret": {"name": "pw"}}}),
+        );
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found"});
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            &format!("/apis/batch/v1/namespaces/team/jobs/{name}"),
+        )
+        .await;
+        answer(send, 404, &not_found);
+        // Nobody mounts the claim now.
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+        );
+        for path in [
+            "/api/v1/namespaces/team/serviceaccounts",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings",
+            "/apis/batch/v1/namespaces/team/jobs",
+        ] {
+            let (body, send) = expect(&mut handle, "POST", path).await;
+            assert_eq!(body["metadata"]["name"], name.as_str(), "{path}");
+            assert_eq!(
+                body["metadata"]["ownerReferences"][0]["uid"], "uid-1",
+                "{path}"
+            );
+            answer(send, 201, &body);
+        }
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        let it = &body["status"]["items"][0];
+        assert_eq!(it["job"], name.as_str(), "{body}");
+        assert_eq!(it["phase"], "Pending", "{body}");
+        answer(send, 200, &with_uid("8", json!({})));
+        let rest = echo_rest(handle);
+        task.await.unwrap().unwrap();
+        assert!(rest.await.unwrap().is_empty());
+
+        // The Job's pod was OOMKilled before it could write the result.
+        let running = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
+            "deadline": "2999-01-01T00:00:00Z", "items": [job_item("Running", Some(&name))]});
+        let s: BackupSession = serde_json::from_value(with_uid("9", running)).unwrap();
+        let (ctx, mut handle) = context(vec![]);
+        let task = tokio::spawn(reconcile(Arc::new(s), ctx));
+        let (_, send) = expect(&mut handle, "GET", CFG).await;
+        answer(send, 200, &config());
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main",
+        )
+        .await;
+        answer(send, 404, &not_found);
+        let (_, send) = expect(
+            &mut handle,
+            "GET",
+            &format!("/apis/batch/v1/namespaces/team/jobs/{name}"),
+        )
+        .await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": "team"}, "status": {}}),
+        );
+        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
+        answer(
+            send,
+            200,
+            &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            {"metadata": {"name": format!("{name}-x1"), "namespace": "team"},
+             "status": {"phase": "Failed", "containerStatuses": [{"name": "stash", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}]}),
+        );
+        let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
+        let st = &body["status"];
+        assert_eq!(st["items"][0]["phase"], "Failed", "{body}");
+        assert_eq!(
+            st["items"][0]["error"],
+            format!("Job pod {name}-x1: container stash terminated: OOMKilled (exit code 137)")
+        );
+        assert_eq!(st["phase"], "Failed", "{body}");
+        answer(send, 200, &with_uid("10", json!({})));
+        let rest = echo_rest(handle);
+        task.await.unwrap().unwrap();
+        let seen = rest.await.unwrap();
+        assert!(
+            seen.iter().any(|(_, _, b)| b["reason"] == "JobPodFailed"),
+            "an Event with the pod's reason: {seen:?}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use stash_api::annotations::opted_in_volumes;
-use stash_api::{BackupItem, BackupTarget, ItemPhase, WorkloadKind};
+use stash_api::{BackupItem, BackupTarget, Executor, ItemPhase, WorkloadKind};
 
 use crate::error::{kube_err, Result};
 use stash_api::policy::{selector_query, HostPathAllowList};
@@ -18,11 +18,34 @@ use stash_api::policy::{selector_query, HostPathAllowList};
 /// A terminating pod is left out: its volumes are about to be torn down (an
 /// emptyDir with them), and the replacement its controller creates is the
 /// one whose data matters; backing up the old one would race the kubelet.
+///
+/// A pod that has ended (`Succeeded` or `Failed`) is left out too: the
+/// kubelet has unmounted its volumes, so no agent can read them, and a
+/// claim only such pods used is a claim no pod mounts (a Job backs it up).
+/// So are the pods of our own Jobs: they mount a claim only to back it up.
 pub async fn target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
     let mut pods = all_target_pods(client, ns, target).await?;
-    pods.retain(|p| p.metadata.deletion_timestamp.is_none());
+    pods.retain(mounts_volumes);
     Ok(pods)
 }
+
+/// Whether `pod` has its volumes mounted, or is about to: not being
+/// deleted, not ended, and not one of our Jobs' pods.
+pub fn mounts_volumes(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let ours = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/name"))
+        .is_some_and(|n| n == JOB_POD_NAME);
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && !ours
+}
+
+/// The `app.kubernetes.io/name` label of the pods of our Jobs.
+pub const JOB_POD_NAME: &str = "stash-job";
 
 async fn all_target_pods(client: &Client, ns: &str, target: &BackupTarget) -> Result<Vec<Pod>> {
     if let Some(name) = &target.pod {
@@ -200,6 +223,7 @@ pub fn resolve_items(
                 pod_uid: pod.metadata.uid.clone(),
                 volume: volume.clone(),
                 node: node.clone(),
+                executor: Some(Executor::NodeAgent),
                 host: Some(stash_api::identity::snapshot_host(pod, &volume)),
                 ..BackupItem::default()
             };
@@ -256,6 +280,24 @@ pub fn resolve_items(
         }
     }
     out
+}
+
+/// The item of PersistentVolumeClaim `claim` in `ns` that no pod mounts:
+/// a Job backs it up (no node agent can read a volume nothing has
+/// mounted). Its identity is the claim's, as when a pod mounts it
+/// (`<ns>/<claim>`), so parents carry over between the executors; the pod
+/// is empty and the volume is the claim's name (the snapshot path the Job
+/// uses is decided by the Job: the latest snapshot's of that identity, or
+/// `/<claim>`).
+pub fn job_item(ns: &str, claim: &str) -> BackupItem {
+    BackupItem {
+        namespace: ns.to_owned(),
+        volume: claim.to_owned(),
+        executor: Some(Executor::Job),
+        persistent_volume_claim: Some(claim.to_owned()),
+        host: Some(format!("{ns}/{claim}")),
+        ..BackupItem::default()
+    }
 }
 
 #[cfg(test)]
@@ -440,5 +482,29 @@ mod tests {
         assert_eq!(shared[0].phase, ItemPhase::default());
         assert_eq!(shared[0].host.as_deref(), Some("team/media"));
         assert_eq!(r.items.iter().filter(|i| i.volume == "scratch").count(), 3);
+    }
+
+    /// Issue 15: an ended pod (a finished Job's, say) and our own Jobs'
+    /// pods do not count as mounting a claim; a Pending or Running one does.
+    #[test]
+    fn ended_pods_and_our_job_pods_mount_nothing() {
+        let with = |phase: &str, label: Option<&str>| {
+            let mut p = pod("p", Some("n1"), &[], vec![]);
+            p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            p.metadata.labels =
+                label.map(|l| [("app.kubernetes.io/name".to_owned(), l.to_owned())].into());
+            p
+        };
+        assert!(mounts_volumes(&with("Running", None)));
+        assert!(mounts_volumes(&with("Pending", Some("web"))));
+        assert!(!mounts_volumes(&with("Succeeded", None)));
+        assert!(!mounts_volumes(&with("Failed", None)));
+        assert!(!mounts_volumes(&with("Running", Some(JOB_POD_NAME))));
+        let mut gone = with("Running", None);
+        gone.metadata.deletion_timestamp = Some(stash_api::time::to_time(chrono::Utc::now()));
+        assert!(!mounts_volumes(&gone));
     }
 }

@@ -34,6 +34,9 @@ pub fn context(sessions: Vec<BackupSession>) -> (Arc<Context>, Handle) {
         client,
         settings: Settings {
             concurrency: 1,
+            job_image: Some(crate::webhook::RestoreWaitImage::Fixed(
+                "stash-agent:test".into(),
+            )),
             ..Settings::new("test")
         },
         metrics: Metrics::default(),

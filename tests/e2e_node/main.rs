@@ -590,8 +590,12 @@ fn copy_tree_without_live_log(src: &Path, dst: &Path) {
     let _ = fs::remove_file(dst.join("live.log"));
 }
 
+/// One real node per process: the tests of this binary take turns.
+static NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stash_on_a_real_node() {
+    let _node = NODE.lock().await;
     let w = setup().await;
     let sessions: Api<BackupSession> = Api::namespaced(w.client.clone(), NS);
 
@@ -968,4 +972,274 @@ async fn stash_on_a_real_node() {
     let _ = pods
         .delete("web-host-copy", &DeleteParams::default().grace_period(0))
         .await;
+}
+
+/// Issue 15, "Jobs", must-hold 3: a PersistentVolumeClaim that no pod
+/// mounts is backed up by a Job the controller starts (not by the node
+/// agent), with the claim's identity; restic lists and restores identical
+/// data; the next backup is incremental on it; the Job is owned by the
+/// session and its grant is revoked once the item is done. Then a restore
+/// Job (`executor: job`) fills a new claim, and a pod that mounts it
+/// afterwards sees identical data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
+    let _node = NODE.lock().await;
+    let w = setup().await;
+    let sessions: Api<BackupSession> = Api::namespaced(w.client.clone(), NS);
+    // Data on a local volume, written on the host: no pod ever mounts it.
+    let dir = w.cluster.host_dir("archive-pv");
+    fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    let status = Command::new("head")
+        .args(["-c", "3M", "/dev/urandom"])
+        .stdout(fs::File::create(dir.join("sub/a.bin")).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::write(
+        dir.join("sub/deeper/b.txt"),
+        b"hello from a volume no pod mounts\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub/a.bin", dir.join("link")).unwrap();
+    // Readable only by its owner: the Job reads it anyway (DAC_OVERRIDE).
+    fs::write(dir.join("secret.txt"), b"0600\n").unwrap();
+    fs::set_permissions(
+        dir.join("secret.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "archive-pv"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local",
+                        "local": {"path": dir},
+                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [stash_envtest::cluster::NODE_NAME]}]}]}}}}),
+    );
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "archive", "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                        "volumeName": "archive-pv", "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    apply(
+        &w,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration",
+               "metadata": {"name": "archive", "namespace": NS},
+               "spec": {"schedule": "0 0 1 1 *", "paused": true,
+                        "target": {"persistentVolumeClaim": "archive"},
+                        "repository": {"name": "main"}}}),
+    );
+    let session = |name: &str| -> BackupSession {
+        serde_json::from_value(json!({
+            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"backupConfiguration": "archive"}
+        }))
+        .unwrap()
+    };
+    let start = Instant::now();
+    sessions
+        .create(&PostParams::default(), &session("archive-1"))
+        .await
+        .unwrap();
+    let first = wait_backup(
+        &w,
+        "archive-1",
+        "the Job's backup",
+        Duration::from_secs(240),
+        finished,
+    )
+    .await;
+    assert!(
+        succeeded(&first),
+        "{:?}\n{}\n{}",
+        first.status,
+        w.kubectl(&["-n", NS, "get", "jobs,pods", "-o", "wide"]),
+        w.logs()
+    );
+    eprintln!(
+        "e2e-node: backup of a pod-less claim through a Job in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let i = item(&first, "archive");
+    assert_eq!(i.executor, Some(stash_api::Executor::Job), "{i:?}");
+    assert_eq!(i.pod, "", "{i:?}");
+    assert_eq!(i.node.as_deref(), Some(stash_envtest::cluster::NODE_NAME));
+    let job = i.job.clone().expect("the item names its Job");
+    let by = i.claim.claimed_by.as_deref().unwrap();
+    assert!(
+        by.starts_with(&format!("job/{job}-")),
+        "claimed by the Job's pod: {by}"
+    );
+    // The Job belongs to the session; its pod ran our executor.
+    let owner = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "job",
+        &job,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner.trim(), "BackupSession/archive-1");
+    // Its grant on the session is revoked once the item is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w
+        .kubectl(&["-n", NS, "get", "rolebindings", "-o", "name"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Job's RoleBinding is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let id = i.snapshot_id.clone().unwrap();
+    let snaps = w.restic.snapshots_json();
+    let s = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("restic lacks {id}: {snaps}"));
+    assert_eq!(s["hostname"], "shop/archive", "{s}");
+    assert_eq!(s["paths"], json!(["/archive"]), "{s}");
+    assert_restic_restores(&w, &id, "archive", &dir);
+
+    // The next backup is incremental on the first.
+    fs::write(dir.join("new.txt"), b"added later\n").unwrap();
+    sessions
+        .create(&PostParams::default(), &session("archive-2"))
+        .await
+        .unwrap();
+    let second = wait_backup(
+        &w,
+        "archive-2",
+        "the second Job's backup",
+        Duration::from_secs(240),
+        finished,
+    )
+    .await;
+    assert!(succeeded(&second), "{:?}\n{}", second.status, w.logs());
+    let j = item(&second, "archive");
+    assert_eq!(j.parent_snapshot_id.as_deref(), Some(id.as_str()), "{j:?}");
+    assert!(j.bytes_added.unwrap() < 100_000, "{j:?}");
+    assert_restic_restores(&w, j.snapshot_id.as_deref().unwrap(), "archive", &dir);
+
+    // A restore Job fills a new, empty claim from the latest snapshot.
+    let target = w.cluster.host_dir("restored-pv");
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "restored-pv"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local",
+                        "local": {"path": target},
+                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [stash_envtest::cluster::NODE_NAME]}]}]}}}}),
+    );
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "restored", "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                        "volumeName": "restored-pv", "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    apply(
+        &w,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession",
+               "metadata": {"name": "fill", "namespace": NS},
+               "spec": {"repository": {"name": "main"}, "snapshot": "latest", "executor": "job",
+                        "source": {"name": "archive"},
+                        "target": {"persistentVolumeClaim": "restored"}}}),
+    );
+    let restores: Api<RestoreSession> = Api::namespaced(w.client.clone(), NS);
+    let start = Instant::now();
+    let done = loop {
+        let r = restores.get("fill").await.unwrap();
+        if r.status.as_ref().is_some_and(|s| s.phase.is_finished()) {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "restore not finished: {:?}\n{}\n{}",
+            r.status,
+            w.kubectl(&["-n", NS, "get", "jobs,pods", "-o", "wide"]),
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}\n{}", w.logs());
+    eprintln!(
+        "e2e-node: restore into a new claim through a Job in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let r = &st.items[0];
+    assert_eq!(r.executor, Some(stash_api::Executor::Job), "{r:?}");
+    assert_eq!(r.snapshot_id, j.snapshot_id, "the latest snapshot: {r:?}");
+    let by = r.claim.claimed_by.as_deref().unwrap();
+    assert!(
+        by.starts_with(&format!("job/{}-", r.job.as_deref().unwrap())),
+        "{by}"
+    );
+    // Byte for byte and in metadata, and no restore-wait marker left.
+    assert_trees_equal(
+        &dir,
+        &target,
+        &CompareOptions {
+            check_root_metadata: false,
+            ..CompareOptions::default()
+        },
+    );
+    // A pod that mounts the claim afterwards sees the same data.
+    let sums = |root: &Path| -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("find . | sort && md5sum sub/a.bin sub/deeper/b.txt new.txt secret.txt && readlink link")
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    apply(
+        &w,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "reader", "namespace": NS},
+               "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "app", "image": "stash-test/busybox:1", "imagePullPolicy": "Never",
+                                        "command": ["/bin/sh", "-c",
+                                            "(cd /data && find . | sort && md5sum sub/a.bin sub/deeper/b.txt new.txt secret.txt && readlink link) > /dev/termination-log"],
+                                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "restored"}}]}}),
+    );
+    // What it printed comes back as its termination message (the test
+    // node's kubelet serves no logs to kubectl: its name does not resolve).
+    let pods: Api<Pod> = Api::namespaced(w.client.clone(), NS);
+    let start = Instant::now();
+    let seen = loop {
+        let p = pods.get("reader").await.unwrap();
+        let st = p.status.clone().unwrap_or_default();
+        let phase = st.phase.clone().unwrap_or_default();
+        if phase == "Succeeded" {
+            break st
+                .container_statuses
+                .iter()
+                .flatten()
+                .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+                .unwrap_or_default();
+        }
+        assert!(
+            phase != "Failed" && start.elapsed() < Duration::from_secs(120),
+            "the reader pod: {st:?}\n{}",
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        seen.trim(),
+        sums(&dir).trim(),
+        "what the pod sees of the restored claim"
+    );
 }

@@ -11,6 +11,7 @@
 //! `--takeover-after`, so in-flight work is completed.
 
 mod claim;
+pub mod job;
 mod maintenance;
 pub mod metrics;
 mod repository;
@@ -61,6 +62,10 @@ pub struct Ctx {
     pub allow_privileged: repo_format::ops::restore::Privileged,
     /// What Repositories may use (credentials, endpoints, local paths).
     pub tenants: repository::TenantPolicy,
+    /// Where Repositories' Secrets are read.
+    pub secrets: repository::SecretSource,
+    /// Which items this process runs and where it finds their volumes.
+    pub scope: Scope,
     /// Heartbeat age after which another claim on this node is abandoned.
     pub takeover_after: Duration,
     /// How often progress is written to an item.
@@ -72,6 +77,24 @@ pub struct Ctx {
     /// Work that had to wait (pod or volume not ready), and when to look
     /// at it again.
     waiting: Mutex<HashMap<WorkKey, Instant>>,
+}
+
+/// Which items a process runs.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// The node agent: every node-agent item of its node, read through the
+    /// kubelet's directories.
+    Node,
+    /// A Job executor: the one item of `claim`, mounted at `mount` in its
+    /// own pod.
+    Job {
+        /// The PersistentVolumeClaim (in the session's namespace).
+        claim: String,
+        /// Where this pod mounts it.
+        mount: PathBuf,
+        /// This pod's name (the snapshots' `pod=` tag).
+        pod: String,
+    },
 }
 
 /// How long work that had to wait is left alone before it is looked at again.
@@ -161,6 +184,8 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         host_paths,
         allow_privileged: args.allow_privileged_restore,
         tenants,
+        secrets: repository::SecretSource::Api,
+        scope: Scope::Node,
         takeover_after: args.takeover_after,
         progress_every: args.progress_interval,
         metrics: metrics.clone(),
@@ -352,6 +377,8 @@ struct ItemView<'a> {
     node: &'a Option<String>,
     phase: ItemPhase,
     claim: &'a Claim,
+    /// A Job runs it: never a node agent's, whatever its node.
+    in_job: bool,
 }
 
 impl<'a> From<&'a stash_api::BackupItem> for ItemView<'a> {
@@ -363,6 +390,7 @@ impl<'a> From<&'a stash_api::BackupItem> for ItemView<'a> {
             node: &i.node,
             phase: i.phase,
             claim: &i.claim,
+            in_job: i.runs_in_job(),
         }
     }
 }
@@ -376,6 +404,7 @@ impl<'a> From<&'a stash_api::RestoreItem> for ItemView<'a> {
             node: &i.node,
             phase: i.phase,
             claim: &i.claim,
+            in_job: i.runs_in_job(),
         }
     }
 }
@@ -406,7 +435,7 @@ fn find_work(
         items
             .into_iter()
             .enumerate()
-            .filter(|(_, i)| mine(i.node))
+            .filter(|(_, i)| mine(i.node) && !i.in_job)
             .filter_map(|(index, i)| {
                 let prev = takeable(ctx, i.phase, i.claim)?;
                 let slot = Slot::Item {

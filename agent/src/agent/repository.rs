@@ -66,11 +66,70 @@ impl std::fmt::Debug for RepoAccess {
     }
 }
 
+/// Where a Repository's Secrets are read.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// From the API (the node agent, which may read every namespace's).
+    Api,
+    /// From Secret volumes mounted at `<dir>/<secret name>/<key>` (a Job
+    /// executor: its ServiceAccount reads no Secret; the kubelet mounted
+    /// exactly the Repository's into this pod and no other container).
+    Dir(PathBuf),
+}
+
+impl SecretSource {
+    /// The data of Secret `name` in `ns`, or `None` when there is none.
+    async fn get(
+        &self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
+        match self {
+            SecretSource::Api => {
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+                Ok(secrets
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| secret_error(e, ns, name))?
+                    .map(|s| secret_data(&s)))
+            }
+            SecretSource::Dir(dir) => {
+                let d = dir.join(name);
+                let entries = match std::fs::read_dir(&d) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("reading Secret {ns}/{name} mounted at {}", d.display())
+                        })
+                    }
+                };
+                let mut out = BTreeMap::new();
+                for e in entries {
+                    let e = e.with_context(|| format!("listing {}", d.display()))?;
+                    let key = e.file_name().to_string_lossy().into_owned();
+                    // The kubelet's own entries (`..data`, the timestamped
+                    // directory) are not keys.
+                    if key.starts_with("..") {
+                        continue;
+                    }
+                    let v = std::fs::read(e.path())
+                        .with_context(|| format!("reading key {key} of Secret {ns}/{name}"))?;
+                    out.insert(key, v);
+                }
+                Ok(Some(out))
+            }
+        }
+    }
+}
+
 /// Fetches the Repository `reference` names for a user in `user_ns`,
 /// checks its usage policy admits that namespace, and reads its Secrets.
 pub async fn fetch(
     client: &Client,
     policy: &TenantPolicy,
+    secrets: &SecretSource,
     user_ns: &str,
     user: &str,
     reference: &RepositoryReference,
@@ -94,19 +153,18 @@ pub async fn fetch(
             .unwrap_or_default();
         repository_admits(&repo, user_ns, &labels, user).map_err(|r| anyhow!(r.message))?;
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), repo_ns);
     let pw_ref = &repo.spec.password_secret;
     let pw_secret = secrets
-        .get_opt(&pw_ref.name)
-        .await
-        .map_err(|e| secret_error(e, repo_ns, &pw_ref.name))?
+        .get(client, repo_ns, &pw_ref.name)
+        .await?
         .ok_or_else(|| {
             anyhow!(
                 "the password Secret {repo_ns}/{} of Repository {name} does not exist",
                 pw_ref.name
             )
         })?;
-    let password = secret_data(&pw_secret).remove(&pw_ref.key).ok_or_else(|| {
+    let mut pw_secret = pw_secret;
+    let password = pw_secret.remove(&pw_ref.key).ok_or_else(|| {
         anyhow!(
             "Secret {repo_ns}/{} has no key {:?} (the password of Repository {name})",
             pw_ref.name,
@@ -119,14 +177,9 @@ pub async fn fetch(
     }
     let mut env: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     if let Some(c) = &repo.spec.credentials_secret {
-        let s = secrets
-            .get_opt(c)
-            .await
-            .map_err(|e| secret_error(e, repo_ns, c))?
-            .ok_or_else(|| {
-                anyhow!("the credentials Secret {repo_ns}/{c} of Repository {name} does not exist")
-            })?;
-        env = secret_data(&s);
+        env = secrets.get(client, repo_ns, c).await?.ok_or_else(|| {
+            anyhow!("the credentials Secret {repo_ns}/{c} of Repository {name} does not exist")
+        })?;
     }
     let credentials = credentials(env)?;
     // The parse error names the URL without its user information.

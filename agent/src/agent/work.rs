@@ -32,7 +32,7 @@ use super::claim::{self, Previous, Slot};
 use super::maintenance::{MaintenanceLease, Taken, LEASE_DURATION};
 use super::repository::{fetch, RepoAccess};
 use super::volumes::{self, PvLocation, VolumeKind};
-use super::{Ctx, Work};
+use super::{Ctx, Scope, Work};
 
 /// The marker a finished restore leaves in the volume's root for
 /// `stash restore-wait`.
@@ -239,6 +239,11 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         .observe(started.elapsed().as_secs_f64());
     let mut fields = Map::new();
     fields.insert("endTime".into(), json!(now()));
+    if matches!(ctx.scope, Scope::Job { .. }) {
+        // Which node the Job's pod ran on; the retention run goes to that
+        // node's agent.
+        fields.insert("node".into(), json!(ctx.node));
+    }
     match result {
         Ok(done) => {
             ctx.metrics
@@ -307,10 +312,16 @@ struct BackupPlan {
     dir: PathBuf,
     host: String,
     as_path: String,
+    /// Use the path of the latest snapshot of `host` instead of `as_path`
+    /// when there is one (a Job's item: the claim's snapshots keep the
+    /// path the pods that mounted it gave them, so parents carry over).
+    path_of_latest: bool,
     tags: Vec<String>,
 }
 
 struct RestorePlan {
+    /// Leave the done marker for `stash restore-wait`.
+    marker: bool,
     repo: RepoAccess,
     dir: PathBuf,
     namespace: String,
@@ -443,9 +454,57 @@ async fn volume_dir(ctx: &Ctx, pod: &Pod, volume: &str) -> Result<PathBuf, NotRe
     }
 }
 
+/// A Job executor's volume: its own mount of the claim it was started for
+/// (from its command line, never from status).
+fn job_volume(
+    ctx: &Ctx,
+    session_ns: &str,
+    ns: &str,
+    volume: &str,
+) -> Option<Result<(String, PathBuf), NotReady>> {
+    let Scope::Job { claim, mount, .. } = &ctx.scope else {
+        return None;
+    };
+    if ns != session_ns || volume != claim {
+        return Some(Err(NotReady::Refuse(format!(
+            "the item names {ns}/{volume}, not this Job's PersistentVolumeClaim {session_ns}/{claim}: refused"
+        ))));
+    }
+    Some(match std::fs::metadata(mount) {
+        Ok(m) if m.is_dir() => Ok((claim.clone(), mount.clone())),
+        _ => Err(NotReady::Refuse(format!(
+            "PersistentVolumeClaim {ns}/{claim} is not mounted at {} in this Job's pod",
+            mount.display()
+        ))),
+    })
+}
+
 async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<BackupPlan, NotReady> {
     let session_ns = s.namespace().unwrap_or_default();
     let (ns, pod_name, volume) = slot_identity(slot);
+    if let Some(found) = job_volume(ctx, &session_ns, ns, volume) {
+        let (claim, dir) = found?;
+        let cfg_name = &s.spec.backup_configuration;
+        let cfg = backup_configuration(ctx, &session_ns, cfg_name).await?;
+        let user = format!("BackupSession {session_ns}/{}", s.name_any());
+        let repo = fetch(
+            &ctx.client,
+            &ctx.tenants,
+            &ctx.secrets,
+            &session_ns,
+            &user,
+            &cfg.spec.repository,
+        )
+        .await?;
+        return Ok(BackupPlan {
+            repo,
+            dir,
+            host: format!("{ns}/{claim}"),
+            as_path: identity::snapshot_path(&claim),
+            path_of_latest: true,
+            tags: identity::snapshot_tags(ns, job_pod(ctx), &claim, &s.name_any(), cfg_name),
+        });
+    }
     let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
     let phase = pod
         .status
@@ -458,25 +517,13 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
         )));
     }
     let dir = volume_dir(ctx, &pod, volume).await?;
-    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), &session_ns);
     let cfg_name = &s.spec.backup_configuration;
-    let cfg = configs
-        .get_opt(cfg_name)
-        .await
-        .map_err(|e| {
-            NotReady::Wait(format!(
-                "cannot read BackupConfiguration {session_ns}/{cfg_name}: {e}"
-            ))
-        })?
-        .ok_or_else(|| {
-            NotReady::Refuse(format!(
-                "BackupConfiguration {session_ns}/{cfg_name} does not exist"
-            ))
-        })?;
+    let cfg = backup_configuration(ctx, &session_ns, cfg_name).await?;
     let user = format!("BackupSession {session_ns}/{}", s.name_any());
     let repo = fetch(
         &ctx.client,
         &ctx.tenants,
+        &ctx.secrets,
         &session_ns,
         &user,
         &cfg.spec.repository,
@@ -493,8 +540,29 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
         dir,
         host,
         as_path: identity::snapshot_path(volume),
+        path_of_latest: false,
         tags: identity::snapshot_tags(ns, pod_name, volume, &s.name_any(), cfg_name),
     })
+}
+
+fn job_pod(ctx: &Ctx) -> &str {
+    match &ctx.scope {
+        Scope::Job { pod, .. } => pod,
+        Scope::Node => "",
+    }
+}
+
+async fn backup_configuration(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<BackupConfiguration, NotReady> {
+    let configs: Api<BackupConfiguration> = Api::namespaced(ctx.client.clone(), ns);
+    configs
+        .get_opt(name)
+        .await
+        .map_err(|e| NotReady::Wait(format!("cannot read BackupConfiguration {ns}/{name}: {e}")))?
+        .ok_or_else(|| NotReady::Refuse(format!("BackupConfiguration {ns}/{name} does not exist")))
 }
 
 async fn prepare_restore(
@@ -504,18 +572,41 @@ async fn prepare_restore(
 ) -> Result<RestorePlan, NotReady> {
     let session_ns = s.namespace().unwrap_or_default();
     let (ns, pod_name, volume) = slot_identity(slot);
-    let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
-    let dir = volume_dir(ctx, &pod, volume).await?;
+    let spec = &s.spec;
+    let repo_ns = spec.repository.namespace.as_deref().unwrap_or(&session_ns);
+    // Where to, and which snapshots: from the spec and the pod (or the
+    // Job's own mount and claim), never from the item's
+    // `sourceVolume`/`sourceHosts` in status (a tampered or emptied list
+    // would restore another workload's or namespace's data).
+    let (dir, source_volume, source_hosts, marker) = match job_volume(ctx, &session_ns, ns, volume)
+    {
+        Some(found) => {
+            let (claim, dir) = found?;
+            let (v, hosts) =
+                identity::claim_restore_source(spec, ns, &claim, repo_ns == session_ns)
+                    .map_err(NotReady::Refuse)?;
+            // No pod waits for a marker in a claim a Job restores into,
+            // and the pods that mount it later must see only the data.
+            (dir, v, hosts, false)
+        }
+        None => {
+            let pod = item_pod(ctx, &session_ns, ns, pod_name).await?;
+            let dir = volume_dir(ctx, &pod, volume).await?;
+            let (v, hosts) = identity::restore_source(spec, &pod, volume, repo_ns == session_ns)
+                .map_err(NotReady::Refuse)?;
+            (dir, v, hosts, true)
+        }
+    };
     let user = format!("RestoreSession {session_ns}/{}", s.name_any());
     let repo = fetch(
         &ctx.client,
         &ctx.tenants,
+        &ctx.secrets,
         &session_ns,
         &user,
         &s.spec.repository,
     )
     .await?;
-    let spec = &s.spec;
     let mut privileged = Privileged::default();
     for k in &spec.privileged {
         match k {
@@ -535,14 +626,8 @@ async fn prepare_restore(
     let session_uid = s
         .uid()
         .ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
-    // Which snapshots: from the spec and the pod, never from the item's
-    // `sourceVolume`/`sourceHosts` in status (a tampered or emptied list
-    // would restore another workload's or namespace's data).
-    let repo_ns = spec.repository.namespace.as_deref().unwrap_or(&session_ns);
-    let (source_volume, source_hosts) =
-        identity::restore_source(spec, &pod, volume, repo_ns == session_ns)
-            .map_err(NotReady::Refuse)?;
     Ok(RestorePlan {
+        marker,
         repo,
         dir,
         namespace: ns.to_owned(),
@@ -589,7 +674,15 @@ async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan
             ))
         })?;
     let user = format!("BackupSession {ns}/{}", s.name_any());
-    let repo = fetch(&ctx.client, &ctx.tenants, &ns, &user, &cfg.spec.repository).await?;
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &ctx.secrets,
+        &ns,
+        &user,
+        &cfg.spec.repository,
+    )
+    .await?;
     Ok(RetentionPlan {
         repo,
         namespace: ns,
@@ -822,11 +915,21 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
     let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
     repo_format::ops::repair::reuse_interrupted_uploads(&repo, &lock);
+    let as_path = if p.path_of_latest {
+        let latest = repo
+            .snapshots()?
+            .into_iter()
+            .filter(|(_, s)| s.hostname == p.host && s.paths.len() == 1)
+            .max_by_key(|(_, s)| s.time);
+        latest.map_or_else(|| p.as_path.clone(), |(_, s)| s.paths[0].clone())
+    } else {
+        p.as_path.clone()
+    };
     let res = backup_with_progress(
         &repo,
         &BackupOptions {
             paths: vec![p.dir.clone()],
-            as_path: Some(p.as_path.clone()),
+            as_path: Some(as_path.clone()),
             host: Some(p.host.clone()),
             tags: p.tags.clone(),
             // A volume the agent can (almost) not read fails the item with
@@ -856,7 +959,7 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
             "snapshot {} of {}:{}: {} files, {} new, {} changed",
             res.snapshot_id.short(),
             p.host,
-            p.as_path,
+            as_path,
             summary.total_files_processed,
             summary.files_new,
             summary.files_changed
@@ -881,7 +984,11 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
 /// The snapshot a restore item reads: the named one, or the latest of the
 /// source identity (before a time, if given).
 fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format::Snapshot)> {
-    let want_path = identity::snapshot_path(&p.source_volume);
+    // An empty source volume (a Job's restore without spec.volumes): the
+    // one path of the source's snapshots, whatever the pods that mounted
+    // the claim called it.
+    let want_path =
+        (!p.source_volume.is_empty()).then(|| identity::snapshot_path(&p.source_volume));
     if p.snapshot != "latest" {
         let id = repo
             .find_id(FileType::Snapshot, &p.snapshot)
@@ -909,7 +1016,10 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
     let mut candidates: Vec<(Id, repo_format::Snapshot)> = all
         .snapshots
         .into_iter()
-        .filter(|(_, s)| s.paths == [want_path.clone()])
+        .filter(|(_, s)| match &want_path {
+            Some(w) => s.paths == [w.clone()],
+            None => s.paths.len() == 1,
+        })
         .filter(|(_, s)| p.source_hosts.is_empty() || p.source_hosts.contains(&s.hostname))
         .filter(|(_, s)| forget::has_tags(s, &p.source_tags))
         .filter(|(_, s)| p.before.is_none_or(|b| s.time.with_timezone(&Utc) < b))
@@ -917,7 +1027,8 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
     candidates.sort_by_key(|(_, s)| s.time);
     candidates.pop().ok_or_else(|| {
         anyhow!(
-            "no snapshot of volume {want_path} from {} in Repository {}{}",
+            "no snapshot of volume {} from {} in Repository {}{}",
+            want_path.as_deref().unwrap_or("(any)"),
             if p.source_hosts.is_empty() {
                 "any host".to_owned()
             } else {
@@ -934,24 +1045,32 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     let lock = lock(&repo, false, progress)?;
     repo.load_index().context("loading the index")?;
     let (id, snap) = pick_snapshot(&repo, p)?;
+    let source_volume = if p.source_volume.is_empty() {
+        snap.paths
+            .first()
+            .map(|path| path.trim_start_matches('/').to_owned())
+            .unwrap_or_default()
+    } else {
+        p.source_volume.clone()
+    };
     let root = repo.load_tree(&snap.tree)?;
     let node = root
         .nodes
         .iter()
-        .find(|n| n.name == p.source_volume.as_bytes())
+        .find(|n| n.name == source_volume.as_bytes())
         .ok_or_else(|| {
             anyhow!(
                 "snapshot {} holds {:?}, not the volume {:?}",
                 id.short(),
                 snap.paths,
-                p.source_volume
+                source_volume
             )
         })?;
     if node.node_type != NodeType::Dir {
         bail!(
             "snapshot {}: {:?} is not a directory",
             id.short(),
-            p.source_volume
+            source_volume
         );
     }
     let subtree = node
@@ -988,7 +1107,9 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     if progress.is_cancelled() {
         bail!("the restore was stopped (its item is no longer this agent's)");
     }
-    write_marker(&p.dir, &p.session, &p.session_uid, &id)?;
+    if p.marker {
+        write_marker(&p.dir, &p.session, &p.session_uid, &id)?;
+    }
     let mut f = Map::new();
     f.insert("snapshotId".into(), json!(id.to_hex()));
     f.insert("bytesDone".into(), json!(res.bytes));

@@ -49,6 +49,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Unlock { remove_all } => unlock::run(g, remove_all),
         Command::Agent(args) => crate::agent::run(args),
         Command::RestoreWait(args) => restore_wait::run(&args),
+        Command::Job(crate::cli::JobCommand::Backup(args)) => crate::agent::job::backup(args),
+        Command::Job(crate::cli::JobCommand::Restore(args)) => crate::agent::job::restore(args),
     }
 }
 

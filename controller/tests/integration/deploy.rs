@@ -680,6 +680,14 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ),
             ("create", "events.k8s.io", "events", None),
             ("patch", "events.k8s.io", "events", None),
+            // Issue 15: the Jobs for claims no pod mounts, their
+            // ServiceAccount, Role and RoleBinding.
+            ("create", "batch", "jobs", None),
+            ("get", "batch", "jobs", None),
+            ("create", "", "serviceaccounts", None),
+            ("create", "rbac.authorization.k8s.io", "roles", None),
+            ("create", "rbac.authorization.k8s.io", "rolebindings", None),
+            ("delete", "rbac.authorization.k8s.io", "rolebindings", None),
             ("create", "coordination.k8s.io", "leases", None),
             (
                 "get",
@@ -747,6 +755,21 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
                 Some("stash-controller"),
             ),
             ("create", "stash.rs", "restoresessions", None),
+            // The Jobs' objects are created, never changed, and no
+            // ClusterRole or token is ever made.
+            ("update", "batch", "jobs", None),
+            ("delete", "batch", "jobs", None),
+            ("update", "rbac.authorization.k8s.io", "roles", None),
+            ("escalate", "rbac.authorization.k8s.io", "roles", None),
+            ("bind", "rbac.authorization.k8s.io", "roles", None),
+            ("create", "rbac.authorization.k8s.io", "clusterroles", None),
+            (
+                "create",
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                None,
+            ),
+            ("create", "", "serviceaccounts/token", None),
             ("create", "stash.rs", "repositories", None),
             ("delete", "stash.rs", "repositories", None),
             ("update", "stash.rs", "backupsessions/status", None),

@@ -5,6 +5,7 @@ mod auto_backup;
 mod common;
 mod deploy;
 mod finalizers;
+mod jobs;
 mod leader;
 mod notifications;
 mod privileges;
