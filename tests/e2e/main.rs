@@ -1355,7 +1355,7 @@ async fn poison_volumes_and_snapshots_cost_only_their_own_work_never_the_agent()
         .create(&PostParams::default(), &session("mixed-1"))
         .await
         .unwrap();
-    let first = wait_session(&w, "mixed", "mixed-1", Duration::from_secs(120), |s| {
+    let first = wait_session(&w, "mixed", "mixed-1", Duration::from_secs(300), |s| {
         s.name_any() == "mixed-1" && finished_ok(s)
     })
     .await;
@@ -1389,7 +1389,7 @@ async fn poison_volumes_and_snapshots_cost_only_their_own_work_never_the_agent()
         .create(&PostParams::default(), &session("mixed-2"))
         .await
         .unwrap();
-    let second = wait_session(&w, "mixed", "mixed-2", Duration::from_secs(120), |s| {
+    let second = wait_session(&w, "mixed", "mixed-2", Duration::from_secs(300), |s| {
         s.name_any() == "mixed-2" && finished_ok(s)
     })
     .await;
