@@ -52,6 +52,8 @@ pub mod policy;
 mod repository;
 mod restore_session;
 pub mod schedule;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod time;
 
 pub use backup_configuration::{

@@ -10,7 +10,6 @@ use stash_controller::agent_secrets::AgentAccount;
 use stash_controller::certs::CertSettings;
 use stash_controller::webhook::{self, RestoreWaitImage, WebhookSettings};
 use stash_controller::{metrics, HostPathAllowList, LeaseConfig, Metrics, Settings};
-use tokio_util::sync::CancellationToken;
 
 /// The Stash controller: schedules backups, resolves sessions into
 /// per-volume work for the node agents.
@@ -131,15 +130,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        }
-    });
+    let shutdown = stash_api::serve::shutdown_on_signal("controller");
 
     let metrics = Metrics::default();
     let server = tokio::spawn(metrics::serve(listener, metrics.clone(), shutdown.clone()));
@@ -216,19 +207,4 @@ async fn main() -> anyhow::Result<()> {
         w.await.context("webhook task")??;
     }
     result.context("controller stopped")
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the controller");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

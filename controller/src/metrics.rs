@@ -2,12 +2,8 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -143,11 +139,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The metrics in Prometheus's text format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding into a Vec cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
+        stash_api::serve::render(&self.registry)
     }
 }
 
@@ -161,15 +153,7 @@ pub async fn serve(
         addr: "?".into(),
         source,
     })?;
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Metrics>| async move { m.render() }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    stash_api::serve::serve_metrics(listener, metrics.registry, shutdown)
         .await
         .map_err(|source| Error::Serve {
             addr: addr.to_string(),

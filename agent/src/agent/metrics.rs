@@ -1,13 +1,6 @@
 //! The agent's Prometheus metrics, served on `/metrics` with `/healthz`.
 
-use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Labels of every per-item metric: `kind` (backup, restore, retention),
 /// `repository` (`namespace/name` of the Repository object) and `volume`
@@ -17,7 +10,8 @@ const LABELS: [&str; 3] = ["kind", "repository", "volume"];
 /// The metrics, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    /// Where they are registered (served by [`stash_api::serve`]).
+    pub registry: Registry,
     /// Bytes read (backup) or written (restore).
     pub bytes: IntCounterVec,
     /// Files read or written.
@@ -102,33 +96,4 @@ impl Default for Metrics {
             in_flight,
         }
     }
-}
-
-impl Metrics {
-    /// The metrics in Prometheus's text format.
-    pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding into a Vec cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
-    }
-}
-
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Metrics>| async move { m.render() }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

@@ -192,15 +192,7 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         running: Mutex::new(HashSet::new()),
         waiting: Mutex::new(HashMap::new()),
     });
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            shutdown.cancel();
-        }
-    });
+    let shutdown = stash_api::serve::shutdown_on_signal("agent");
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
@@ -209,7 +201,11 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         metrics = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "agent started"
     );
-    let server = tokio::spawn(metrics::serve(listener, metrics, shutdown.clone()));
+    let server = tokio::spawn(stash_api::serve::serve_metrics(
+        listener,
+        metrics.registry.clone(),
+        shutdown.clone(),
+    ));
 
     let changed = Arc::new(Notify::new());
     let (backups, backup_writer) = reflector::store();
@@ -476,19 +472,4 @@ fn find_work(
     // Retention after items, and older sessions first.
     out.sort_by_key(|(t, w)| (matches!(w, Work::Retention(..)), *t));
     out.into_iter().map(|(_, w)| w).collect()
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the agent");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
