@@ -269,6 +269,13 @@ impl Archiver<'_> {
         });
     }
 
+    /// The value of `r`, or `None` once its error is recorded against
+    /// `path` as `what: error` (the entry is skipped).
+    fn recorded<T>(&self, path: &Path, what: &str, r: std::io::Result<T>) -> Option<T> {
+        r.map_err(|e| self.record_error(path, format!("{what}: {e}")))
+            .ok()
+    }
+
     /// Metadata from a `stat` as a tree node (without content, subtree,
     /// link target or xattrs).
     fn node_from_stat(&self, name: &[u8], st: &rustix::fs::Stat) -> Node {
@@ -345,12 +352,8 @@ impl Archiver<'_> {
         if self.excludes.matches(path.as_os_str().as_bytes()) {
             return Ok(None);
         }
-        let st = match beneath::stat_at(dir, fs_name) {
-            Ok(st) => st,
-            Err(e) => {
-                self.record_error(path, format!("stat: {e}"));
-                return Ok(None);
-            }
+        let Some(st) = self.recorded(path, "stat", beneath::stat_at(dir, fs_name)) else {
+            return Ok(None);
         };
         match beneath::kind(&st) {
             libc::S_IFDIR => {
@@ -358,19 +361,13 @@ impl Archiver<'_> {
                     self.record_error(path, depth::too_deep());
                     return Ok(None);
                 }
-                let fd = match beneath::open_dir_at(dir, fs_name) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        self.record_error(path, format!("open directory: {e}"));
-                        return Ok(None);
-                    }
+                let Some(fd) =
+                    self.recorded(path, "open directory", beneath::open_dir_at(dir, fs_name))
+                else {
+                    return Ok(None);
                 };
-                let st = match beneath::stat_fd(fd.as_fd()) {
-                    Ok(st) => st,
-                    Err(e) => {
-                        self.record_error(path, format!("stat: {e}"));
-                        return Ok(None);
-                    }
+                let Some(st) = self.recorded(path, "stat", beneath::stat_fd(fd.as_fd())) else {
+                    return Ok(None);
                 };
                 let mut node = self.node_from_stat(name, &st);
                 node.extended_attributes = xattrs(beneath::xattrs_fd(fd.as_fd()));
@@ -399,12 +396,9 @@ impl Archiver<'_> {
                 Ok(Some(node))
             }
             libc::S_IFREG => {
-                let fd = match beneath::open_read_at(dir, fs_name) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        self.record_error(path, format!("open: {e}"));
-                        return Ok(None);
-                    }
+                let Some(fd) = self.recorded(path, "open", beneath::open_read_at(dir, fs_name))
+                else {
+                    return Ok(None);
                 };
                 let st = match beneath::stat_fd(fd.as_fd()) {
                     Ok(st) if beneath::kind(&st) == libc::S_IFREG => st,
@@ -424,19 +418,12 @@ impl Archiver<'_> {
             _ => {
                 // Symlinks, FIFOs, devices, sockets: an O_PATH handle on the
                 // entry itself, never opened for I/O.
-                let fd = match beneath::open_path_at(dir, fs_name) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        self.record_error(path, format!("open: {e}"));
-                        return Ok(None);
-                    }
+                let Some(fd) = self.recorded(path, "open", beneath::open_path_at(dir, fs_name))
+                else {
+                    return Ok(None);
                 };
-                let st = match beneath::stat_fd(fd.as_fd()) {
-                    Ok(st) => st,
-                    Err(e) => {
-                        self.record_error(path, format!("stat: {e}"));
-                        return Ok(None);
-                    }
+                let Some(st) = self.recorded(path, "stat", beneath::stat_fd(fd.as_fd())) else {
+                    return Ok(None);
                 };
                 if matches!(beneath::kind(&st), libc::S_IFDIR | libc::S_IFREG) {
                     self.record_error(path, "changed type while being read".into());
