@@ -39,26 +39,8 @@ pub fn run(g: &GlobalArgs, json: bool) -> Result<u8> {
         })
         .collect();
     let headers = ["ID", "Time", "Host", "Tags", "Paths"];
-    let mut w = headers.map(str::len);
-    for row in &rows {
-        for (i, c) in row.iter().enumerate().take(4) {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let line = |cells: [&str; 5]| {
-        format!(
-            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        )
-    };
+    let w = widths(headers, &rows);
+    let line = |cells: [&str; 5]| table_line(&w, cells);
     let header = line(headers);
     println!("{header}");
     println!("{}", "-".repeat(header.len().max(40)));
@@ -73,10 +55,9 @@ pub fn run(g: &GlobalArgs, json: bool) -> Result<u8> {
                 &row[3],
                 paths.next().unwrap_or("")
             ])
-            .trim_end()
         );
         for p in paths {
-            println!("{}", line(["", "", "", "", p]).trim_end());
+            println!("{}", line(["", "", "", "", p]));
         }
     }
     println!("{}", "-".repeat(header.len().max(40)));
@@ -153,26 +134,8 @@ pub fn run_adopt(g: &GlobalArgs, tool: stash_api::adopt::Tool, json: bool) -> Re
             })
             .collect();
         let headers = ["ID", "Time", "Namespace", "Source"];
-        let mut w = headers.map(str::len);
-        for row in &rows {
-            for (i, c) in row.iter().enumerate() {
-                w[i] = w[i].max(c.len());
-            }
-        }
-        let line = |c: [&str; 4]| {
-            format!(
-                "{:w0$}  {:w1$}  {:w2$}  {}",
-                c[0],
-                c[1],
-                c[2],
-                c[3],
-                w0 = w[0],
-                w1 = w[1],
-                w2 = w[2]
-            )
-            .trim_end()
-            .to_owned()
-        };
+        let w = widths(headers, &rows);
+        let line = |cells: [&str; 4]| table_line(&w, cells);
         let header = line(headers);
         println!("{header}");
         println!("{}", "-".repeat(header.len().max(40)));
@@ -207,4 +170,30 @@ pub fn run_adopt(g: &GlobalArgs, tool: stash_api::adopt::Tool, json: bool) -> Re
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The width of each column of a table: its longest cell, header included
+/// (in bytes, as the cells are ASCII but for paths, which come last).
+fn widths<const N: usize>(headers: [&str; N], rows: &[[String; N]]) -> [usize; N] {
+    let mut w = headers.map(str::len);
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    w
+}
+
+/// One line of a table: each cell but the last padded to its column's
+/// width `w`, two spaces apart, without trailing spaces.
+fn table_line<const N: usize>(w: &[usize; N], cells: [&str; N]) -> String {
+    let mut line = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        if i + 1 < N {
+            line.push_str(&format!("{c:width$}  ", width = w[i]));
+        } else {
+            line.push_str(c);
+        }
+    }
+    line.trim_end().to_owned()
 }
