@@ -25,6 +25,16 @@ pub struct Stats {
     pub refused: AtomicU64,
 }
 
+impl Stats {
+    /// Requests read and requests refused so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::SeqCst),
+            self.refused.load(Ordering::SeqCst),
+        )
+    }
+}
+
 /// The running proxy; stops when dropped.
 pub struct FaultyHttp {
     /// The loopback port it listens on.

@@ -186,6 +186,15 @@ impl Restic {
         })
     }
 
+    /// The ids of the snapshots, as `restic snapshots --json` lists them.
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        let list = self.snapshots_json();
+        let list = list.as_array().expect("restic snapshots --json is a list");
+        list.iter()
+            .map(|s| s["id"].as_str().expect("a snapshot id").to_owned())
+            .collect()
+    }
+
     /// `restic check --read-data`: checks the structure and reads and
     /// verifies every pack. Returns restic's report.
     pub fn check_read_data(&self) -> String {

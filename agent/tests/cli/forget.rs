@@ -336,14 +336,7 @@ fn forget_decides_like_restic() {
     let removed: usize = d.values().map(|(_, r)| r.len()).sum();
     assert!(removed > 100, "the policy should forget most snapshots");
     assert_eq!(kept.len() + removed, times.len());
-    let left: BTreeSet<String> = env
-        .restic()
-        .snapshots_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let left: BTreeSet<String> = env.restic().snapshot_ids().into_iter().collect();
     assert_eq!(left, kept);
     env.restic().run_ok(["check"]);
     // The exclusive lock is gone with the command.

@@ -290,14 +290,7 @@ fn damaged_snapshot_file_costs_only_itself() {
         .map(|s| s["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![id1]);
-    let restic_ids: Vec<String> = env
-        .restic()
-        .snapshots_json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let restic_ids = env.restic().snapshot_ids();
     assert_eq!(restic_ids, vec![id1.to_string()]);
 
     let out = stash.run(&["ls", "latest"]);

@@ -55,6 +55,15 @@ fn restic_checks_clean(env: &Env) {
     restic_current(env).check_read_data();
 }
 
+/// A new repository holding [`history`].
+fn repository_with_history() -> (Env, Stash, Vec<(String, PathBuf)>) {
+    let env = Env::new();
+    let stash = env.stash();
+    stash.ok(&["init"]);
+    let hist = history(&env, &stash);
+    (env, stash, hist)
+}
+
 /// Four backups of a changing source with random (incompressible) and
 /// text (compressible) files; returns the snapshot ids and a copy of the
 /// source as each one saw it.
@@ -100,6 +109,18 @@ fn stash_restores(env: &Env, stash: &Stash, snapshot: &str, expected: &Path, tag
     std::fs::remove_dir_all(&target).unwrap();
 }
 
+/// The id of the copy of snapshot `id` among `snaps` (`restic snapshots
+/// --json`): the one whose `original` it is.
+fn copy_id(snaps: &serde_json::Value, id: &str) -> String {
+    let copy = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["original"].as_str() == Some(id))
+        .unwrap_or_else(|| panic!("no copy of {id}: {snaps}"));
+    copy["id"].as_str().unwrap().to_owned()
+}
+
 fn restic_restores(env: &Env, restic: &Restic, snapshot: &str, expected: &Path, tag: &str) {
     let target = env.path(&format!("restic-restore-{tag}"));
     restic.restore(snapshot, &target);
@@ -112,10 +133,7 @@ fn restic_restores(env: &Env, restic: &Restic, snapshot: &str, expected: &Path, 
 /// shrinks about as much as restic's own prune makes it shrink.
 #[test]
 fn forget_prune_is_clean_restores_and_shrinks_like_restic() {
-    let env = Env::new();
-    let stash = env.stash();
-    stash.ok(&["init"]);
-    let hist = history(&env, &stash);
+    let (env, stash, hist) = repository_with_history();
     // An identical repository for restic's prune.
     let twin = env.path("twin");
     copy_dir(&env.repo, &twin);
@@ -156,10 +174,7 @@ fn forget_prune_is_clean_restores_and_shrinks_like_restic() {
 /// bounds what is rewritten.
 #[test]
 fn prune_options_behave_like_restic() {
-    let env = Env::new();
-    let stash = env.stash();
-    stash.ok(&["init"]);
-    let hist = history(&env, &stash);
+    let (env, stash, hist) = repository_with_history();
     stash.ok(&["forget", "--keep-last", "1"]);
     let listing = |p: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(p.join("index"))
@@ -220,10 +235,7 @@ fn prune_options_behave_like_restic() {
 /// snapshots restore; a prune run afterwards completes.
 #[test]
 fn prune_killed_at_random_points_leaves_a_sound_repository() {
-    let env = Env::new();
-    let stash = env.stash();
-    stash.ok(&["init"]);
-    let hist = history(&env, &stash);
+    let (env, stash, hist) = repository_with_history();
     stash.ok(&["forget", "--keep-last", "2"]);
     let template = env.path("template");
     copy_dir(&env.repo, &template);
@@ -290,10 +302,7 @@ fn prune_killed_at_random_points_leaves_a_sound_repository() {
 /// wrote is lost.
 #[test]
 fn prune_refuses_while_a_backup_runs() {
-    let env = Env::new();
-    let stash = env.stash();
-    stash.ok(&["init"]);
-    let hist = history(&env, &stash);
+    let (env, stash, hist) = repository_with_history();
     stash.ok(&["forget", "--keep-last", "1"]);
     let big = env.path("big");
     std::fs::create_dir_all(&big).unwrap();
@@ -344,10 +353,7 @@ fn prune_refuses_while_a_backup_runs() {
 /// A damaged index file is replaced the same way.
 #[test]
 fn repair_index_rebuilds_lost_and_damaged_index_files() {
-    let env = Env::new();
-    let stash = env.stash();
-    stash.ok(&["init"]);
-    let hist = history(&env, &stash);
+    let (env, stash, hist) = repository_with_history();
     let index = env.repo.join("index");
     for e in std::fs::read_dir(&index).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
@@ -387,10 +393,7 @@ fn repair_index_rebuilds_lost_and_damaged_index_files() {
 /// restic's own copy, which matches them by `original`).
 #[test]
 fn copy_between_repositories_and_backends() {
-    let env = Env::new();
-    let stash = env.stash();
-    stash.ok(&["init"]);
-    let hist = history(&env, &stash);
+    let (env, _stash, hist) = repository_with_history();
     std::fs::create_dir_all(env.path("dst-pw-dir")).unwrap();
     let dst_pw = write_password_file(&env.path("dst-pw-dir"), "another password");
     // Destination 1: local, made by restic.
@@ -451,19 +454,8 @@ fn copy_between_repositories_and_backends() {
         "restic copied again: {snaps}"
     );
     for (i, (id, src)) in hist.iter().enumerate() {
-        let s = snaps
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["original"].as_str() == Some(id.as_str()))
-            .unwrap_or_else(|| panic!("no copy of {id}: {snaps}"));
-        restic_restores(
-            &env,
-            &restic_dst,
-            s["id"].as_str().unwrap(),
-            src,
-            &format!("c{i}"),
-        );
+        let copy = copy_id(&snaps, id);
+        restic_restores(&env, &restic_dst, &copy, src, &format!("c{i}"));
     }
 
     // Destination 2: rest-server; the source is the local copy made above,
@@ -491,19 +483,8 @@ fn copy_between_repositories_and_backends() {
     restic_rest.check_read_data();
     let (id, src) = hist.last().unwrap();
     let snaps = restic_rest.snapshots_json();
-    let copy = snaps
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["original"].as_str() == Some(id.as_str()))
-        .unwrap_or_else(|| panic!("no copy of {id}: {snaps}"));
-    restic_restores(
-        &env,
-        &restic_rest,
-        copy["id"].as_str().unwrap(),
-        src,
-        "rest",
-    );
+    let copy = copy_id(&snaps, id);
+    restic_restores(&env, &restic_rest, &copy, src, "rest");
 }
 
 /// `check --read-data-subset`: n/t groups cover every pack once, and a
