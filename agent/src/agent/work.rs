@@ -479,23 +479,30 @@ fn job_volume(
     })
 }
 
+/// The repository session `s` writes to, named by its configuration and
+/// opened on the session's behalf (its namespace's tenant rules apply).
+async fn session_repository(ctx: &Ctx, s: &BackupSession) -> Result<RepoAccess, NotReady> {
+    let session_ns = s.namespace().unwrap_or_default();
+    let cfg = backup_configuration(ctx, &session_ns, &s.spec.backup_configuration).await?;
+    let user = format!("BackupSession {session_ns}/{}", s.name_any());
+    Ok(fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &ctx.secrets,
+        &session_ns,
+        &user,
+        &cfg.spec.repository,
+    )
+    .await?)
+}
+
 async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<BackupPlan, NotReady> {
     let session_ns = s.namespace().unwrap_or_default();
     let (ns, pod_name, volume) = slot_identity(slot);
+    let cfg_name = &s.spec.backup_configuration;
     if let Some(found) = job_volume(ctx, &session_ns, ns, volume) {
         let (claim, dir) = found?;
-        let cfg_name = &s.spec.backup_configuration;
-        let cfg = backup_configuration(ctx, &session_ns, cfg_name).await?;
-        let user = format!("BackupSession {session_ns}/{}", s.name_any());
-        let repo = fetch(
-            &ctx.client,
-            &ctx.tenants,
-            &ctx.secrets,
-            &session_ns,
-            &user,
-            &cfg.spec.repository,
-        )
-        .await?;
+        let repo = session_repository(ctx, s).await?;
         return Ok(BackupPlan {
             repo,
             dir,
@@ -517,18 +524,7 @@ async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<Bac
         )));
     }
     let dir = volume_dir(ctx, &pod, volume).await?;
-    let cfg_name = &s.spec.backup_configuration;
-    let cfg = backup_configuration(ctx, &session_ns, cfg_name).await?;
-    let user = format!("BackupSession {session_ns}/{}", s.name_any());
-    let repo = fetch(
-        &ctx.client,
-        &ctx.tenants,
-        &ctx.secrets,
-        &session_ns,
-        &user,
-        &cfg.spec.repository,
-    )
-    .await?;
+    let repo = session_repository(ctx, s).await?;
     // The snapshot identity comes from the pod, never from the item's
     // `host` in status: a tenant able to patch status would otherwise
     // write snapshots under another workload's identity (in a shared
