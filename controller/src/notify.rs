@@ -142,12 +142,10 @@ impl Notifier {
         else {
             return;
         };
-        let receivers = wanted(&cfg.spec.notifications, status.phase);
-        if receivers.is_empty() {
-            return;
-        }
-        let document = backup_document(s, status);
-        self.queue(ctx, Kind::Backup, s, status.phase, receivers, document);
+        let receivers = &cfg.spec.notifications;
+        self.queue(ctx, Kind::Backup, s, status.phase, receivers, || {
+            backup_document(s, status)
+        });
     }
 
     /// Offers a finished RestoreSession, as [`Self::offer_backup`].
@@ -162,23 +160,28 @@ impl Notifier {
         ) {
             return;
         }
-        let receivers = wanted(&rs.spec.notifications, status.phase);
-        if receivers.is_empty() {
-            return;
-        }
-        let document = restore_document(rs, status);
-        self.queue(ctx, Kind::Restore, rs, status.phase, receivers, document);
+        let receivers = &rs.spec.notifications;
+        self.queue(ctx, Kind::Restore, rs, status.phase, receivers, || {
+            restore_document(rs, status)
+        });
     }
 
+    /// Queues `obj`'s announcement to those of `receivers` that want
+    /// `phase`, with the `document` it makes; nothing when none wants it.
     fn queue<K: Resource>(
         &self,
         ctx: &Context,
         kind: Kind,
         obj: &K,
         phase: SessionPhase,
-        receivers: Vec<Notification>,
-        document: Value,
+        receivers: &[Notification],
+        document: impl FnOnce() -> Value,
     ) {
+        let receivers = wanted(receivers, phase);
+        if receivers.is_empty() {
+            return;
+        }
+        let document = document();
         let uid = obj.meta().uid.clone().unwrap_or_default();
         if !self
             .pending
