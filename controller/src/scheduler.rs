@@ -765,7 +765,7 @@ mod tests {
 
     mod policy {
         use super::super::*;
-        use crate::testing::{answer, context, expect};
+        use crate::testing::{answer, context, expect, respond};
         use serde_json::json;
 
         const NS: &str = "/apis/stash.rs/v1alpha1/namespaces/team";
@@ -809,14 +809,16 @@ mod tests {
         }
 
         async fn repository_is_fine(handle: &mut crate::testing::Handle) {
-            let (_, send) = expect(handle, "GET", &format!("{NS}/repositories/main")).await;
-            answer(
-                send,
+            respond(
+                handle,
+                "GET",
+                &format!("{NS}/repositories/main"),
                 200,
                 &json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
                 "metadata": {"name": "main", "namespace": "team"},
                 "spec": {"url": "/srv", "passwordSecret": {"name": "pw"}}}),
-            );
+            )
+            .await;
         }
 
         #[tokio::test]
@@ -882,13 +884,14 @@ mod tests {
             let (event, send) = expect(&mut handle, "POST", EVENTS).await;
             assert_eq!(event["reason"], "Scheduled");
             answer(send, 201, &event);
-            let (_, send) = expect(
+            respond(
                 &mut handle,
                 "PATCH",
                 &format!("{NS}/backupconfigurations/db/status"),
+                200,
+                &serde_json::to_value(config("Replace")).unwrap(),
             )
             .await;
-            answer(send, 200, &serde_json::to_value(config("Replace")).unwrap());
             task.await.unwrap();
         }
     }

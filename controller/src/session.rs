@@ -935,7 +935,7 @@ pub fn error_policy(session: Arc<BackupSession>, err: &Error, ctx: Arc<Context>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{answer, conflict, context, echo_rest, expect};
+    use crate::testing::{answer, conflict, context, echo_rest, expect, respond};
     use serde_json::Value;
 
     const CFG: &str = "/apis/stash.rs/v1alpha1/namespaces/team/backupconfigurations/db";
@@ -950,25 +950,24 @@ mod tests {
 
     /// Answers the lookups of an unfinished item's pod and (Ready) node.
     async fn pod_and_node_exist(handle: &mut crate::testing::Handle, pod: &str, node: &str) {
-        let (_, send) = expect(
+        respond(
             handle,
             "GET",
             &format!("/api/v1/namespaces/team/pods/{pod}"),
-        )
-        .await;
-        answer(
-            send,
             200,
             &json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": pod, "namespace": "team", "uid": "u1"}}),
-        );
-        let (_, send) = expect(handle, "GET", &format!("/api/v1/nodes/{node}")).await;
-        answer(
-            send,
+        )
+        .await;
+        respond(
+            handle,
+            "GET",
+            &format!("/api/v1/nodes/{node}"),
             200,
             &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
                     "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
-        );
+        )
+        .await;
     }
 
     fn session(rv: &str, status: Value) -> Value {
@@ -991,8 +990,7 @@ mod tests {
         let task = tokio::spawn(reconcile(Arc::new(s), ctx));
 
         // Decided on version 7, where item c still runs: progress only.
-        let (_, send) = expect(&mut handle, "GET", CFG).await;
-        answer(send, 200, &config());
+        respond(&mut handle, "GET", CFG, 200, &config()).await;
         pod_and_node_exist(&mut handle, "c", "node-c").await;
         let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
         assert_eq!(body["metadata"]["resourceVersion"], "7");
@@ -1003,13 +1001,18 @@ mod tests {
         );
         answer(send, 409, &conflict());
         // Meanwhile the agent finished c: read again, decide again.
-        let (_, send) = expect(&mut handle, "GET", SESSION).await;
         let done = json!({"phase": "Running", "startTime": "2024-01-01T00:00:00Z",
             "items": [item("a", "node-x", "Failed"), item("b", "node-b", "Succeeded"),
                       item("c", "node-c", "Succeeded")]});
-        answer(send, 200, &session("8", done.clone()));
-        let (_, send) = expect(&mut handle, "GET", CFG).await;
-        answer(send, 200, &config());
+        respond(
+            &mut handle,
+            "GET",
+            SESSION,
+            200,
+            &session("8", done.clone()),
+        )
+        .await;
+        respond(&mut handle, "GET", CFG, 200, &config()).await;
         let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
         assert_eq!(body["metadata"]["resourceVersion"], "8");
         let st = &body["status"];
@@ -1083,14 +1086,12 @@ mod tests {
         let s: BackupSession = serde_json::from_value(session("3", st)).unwrap();
         let (ctx, mut handle) = context(vec![]);
         let task = tokio::spawn(reconcile(Arc::new(s), ctx));
-        let (_, send) = expect(&mut handle, "GET", CFG).await;
-        answer(send, 200, &config());
+        respond(&mut handle, "GET", CFG, 200, &config()).await;
         let repo = "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main";
         let repository = json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
             "metadata": {"name": "main", "namespace": "team"},
             "spec": {"url": "/srv", "passwordSecret": {"name": "pw"}}});
-        let (_, send) = expect(&mut handle, "GET", repo).await;
-        answer(send, 200, &repository);
+        respond(&mut handle, "GET", repo, 200, &repository).await;
         let (body, send) = expect(&mut handle, "PATCH", &format!("{repo}/status")).await;
         assert_eq!(body["status"]["snapshotCount"], 40);
         assert_eq!(body["status"]["totalSize"], 1000);
@@ -1134,37 +1135,36 @@ mod tests {
         let s: BackupSession = serde_json::from_value(with_uid("7", running)).unwrap();
         let (ctx, mut handle) = context(vec![]);
         let task = tokio::spawn(reconcile(Arc::new(s), ctx));
-        let (_, send) = expect(&mut handle, "GET", CFG).await;
-        answer(send, 200, &config());
-        let (_, send) = expect(
+        respond(&mut handle, "GET", CFG, 200, &config()).await;
+        respond(
             &mut handle,
             "GET",
             "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main",
-        )
-        .await;
-        answer(
-            send,
             200,
             &json!({"apiVersion": "stash.rs/v1alpha1", "kind": "Repository",
             "metadata": {"name": "main", "namespace": "team"},
             "spec": {"url": "s3:http://m/b", "passwordSecret": {"name": "pw"}}}),
-        );
+        )
+        .await;
         let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "NotFound", "code": 404, "message": "not found"});
-        let (_, send) = expect(
+        respond(
             &mut handle,
             "GET",
             &format!("/apis/batch/v1/namespaces/team/jobs/{name}"),
+            404,
+            &not_found,
         )
         .await;
-        answer(send, 404, &not_found);
         // Nobody mounts the claim now.
-        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
-        answer(
-            send,
+        respond(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/team/pods",
             200,
             &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
-        );
+        )
+        .await;
         for path in [
             "/api/v1/namespaces/team/serviceaccounts",
             "/apis/rbac.authorization.k8s.io/v1/namespaces/team/roles",
@@ -1194,36 +1194,29 @@ mod tests {
         let s: BackupSession = serde_json::from_value(with_uid("9", running)).unwrap();
         let (ctx, mut handle) = context(vec![]);
         let task = tokio::spawn(reconcile(Arc::new(s), ctx));
-        let (_, send) = expect(&mut handle, "GET", CFG).await;
-        answer(send, 200, &config());
-        let (_, send) = expect(
+        respond(&mut handle, "GET", CFG, 200, &config()).await;
+        respond(
             &mut handle,
             "GET",
             "/apis/stash.rs/v1alpha1/namespaces/team/repositories/main",
+            404,
+            &not_found,
         )
         .await;
-        answer(send, 404, &not_found);
-        let (_, send) = expect(
+        respond(
             &mut handle,
             "GET",
             &format!("/apis/batch/v1/namespaces/team/jobs/{name}"),
-        )
-        .await;
-        answer(
-            send,
             200,
             &json!({"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": "team"}, "status": {}}),
-        );
-        let (_, send) = expect(&mut handle, "GET", "/api/v1/namespaces/team/pods").await;
-        answer(
-            send,
-            200,
+        )
+        .await;
+        respond(&mut handle, "GET", "/api/v1/namespaces/team/pods", 200,
             &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
             {"metadata": {"name": format!("{name}-x1"), "namespace": "team"},
              "status": {"phase": "Failed", "containerStatuses": [{"name": "stash", "image": "i", "imageID": "",
-                "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}]}),
-        );
+                "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}]})).await;
         let (body, send) = expect(&mut handle, "PATCH", &format!("{SESSION}/status")).await;
         let st = &body["status"];
         assert_eq!(st["items"][0]["phase"], "Failed", "{body}");

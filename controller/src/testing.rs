@@ -88,6 +88,13 @@ pub async fn expect(
     (body, send)
 }
 
+/// Waits for request `method path` (see [`expect`]) and answers it with
+/// `status` and JSON `body`.
+pub async fn respond(handle: &mut Handle, method: &str, path: &str, status: u16, body: &Value) {
+    let (_, send) = expect(handle, method, path).await;
+    answer(send, status, body);
+}
+
 /// Answers with `status` and JSON `body`.
 pub fn answer(send: tower_test::mock::SendResponse<Response<Body>>, status: u16, body: &Value) {
     send.send_response(
