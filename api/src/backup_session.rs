@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Claim, Executor, ItemPhase, SessionPhase};
+use crate::common::{Claim, ItemCommon, ItemPhase, SessionPhase};
 
 /// One run of a BackupConfiguration, created by its schedule or by hand for
 /// an on-demand backup.
@@ -152,76 +152,28 @@ pub struct RetentionStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupItem {
-    /// Namespace of the pod.
-    pub namespace: String,
-    /// Name of the pod; empty for a Job's item (no pod mounts the claim).
-    pub pod: String,
+    /// The volume, what runs it, where it is and how far it got.
+    #[serde(flatten)]
+    pub common: ItemCommon,
     /// UID of the pod when the item was resolved: a pod of the same name
     /// with another UID is a replacement, and the item's pod is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
-    /// Name of the volume in the pod's spec.
-    pub volume: String,
-    /// Node the pod runs on: whose agent does the work. For a Job's item,
-    /// the node its pod ran on, written when it finishes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// What runs the item (unset in sessions older than this field: the
-    /// node agent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executor: Option<Executor>,
-    /// The PersistentVolumeClaim a Job's item backs up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub persistent_volume_claim: Option<String>,
-    /// The Job (in the item's namespace) running the item.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
     /// The snapshot hostname, stable across pod restarts: `<namespace>/<pvc>`
     /// for a PersistentVolumeClaim, `<namespace>/<workload>/<volume>`
     /// otherwise (see [`crate::identity`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// Where the item is.
-    #[serde(default)]
-    pub phase: ItemPhase,
-    /// The claim of the agent working on it (see the crate docs).
-    #[serde(flatten)]
-    pub claim: Claim,
-    /// Bytes read so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<i64>,
-    /// Bytes to read, once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<i64>,
-    /// Files read so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_done: Option<i64>,
-    /// Files to read, once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_total: Option<i64>,
-    /// The snapshot written.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_id: Option<String>,
     /// The snapshot it is incremental to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_snapshot_id: Option<String>,
     /// New data stored in the repository (before compression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_added: Option<i64>,
-    /// Why the item failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When the agent started it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    /// When it finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_time: Option<Time>,
 }
 
-impl BackupItem {
-    /// Whether a Job runs this item (the node agents leave it alone).
-    pub fn runs_in_job(&self) -> bool {
-        self.executor == Some(Executor::Job)
+impl AsMut<ItemCommon> for BackupItem {
+    fn as_mut(&mut self) -> &mut ItemCommon {
+        &mut self.common
     }
 }

@@ -120,3 +120,79 @@ pub struct Claim {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// What a backup item and a restore item share: which volume of which pod,
+/// what runs it, where it is and how far it got. Flattened into
+/// [`crate::BackupItem`] and [`crate::RestoreItem`], so its fields stand
+/// beside theirs in the status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemCommon {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Name of the pod; empty for a Job's item (no pod mounts the claim).
+    pub pod: String,
+    /// Name of the volume in the pod's spec (for a restore, the target
+    /// volume); a Job's item: the claim's name.
+    pub volume: String,
+    /// Node the pod runs on: whose agent does the work. For a Job's item,
+    /// the node its pod ran on, written when it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// What runs the item (unset in sessions older than this field: the
+    /// node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<Executor>,
+    /// The PersistentVolumeClaim a Job's item backs up or restores into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// The Job (in the item's namespace) running the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Where the item is.
+    #[serde(default)]
+    pub phase: ItemPhase,
+    /// The claim of the agent working on it (see the crate docs).
+    #[serde(flatten)]
+    pub claim: Claim,
+    /// Bytes read (backup) or written (restore) so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<i64>,
+    /// Bytes to read or write, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    /// Files read or written so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_done: Option<i64>,
+    /// Files to read or write, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<i64>,
+    /// The snapshot written (backup), or restored once resolved (restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Why the item failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the agent started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+}
+
+impl ItemCommon {
+    /// Whether a Job runs this item (the node agents leave it alone).
+    pub fn runs_in_job(&self) -> bool {
+        self.executor == Some(Executor::Job)
+    }
+
+    /// Fails it with `error` at `end`, revoking any claim (its agent stops
+    /// at its next heartbeat).
+    pub fn fail(&mut self, error: String, end: Time) {
+        self.phase = ItemPhase::Failed;
+        self.error = Some(error);
+        self.claim.claimed_by = None;
+        self.end_time = Some(end);
+    }
+}

@@ -65,7 +65,7 @@ pub use backup_session::{
     SessionTrigger,
 };
 pub use common::{
-    Claim, Executor, ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase,
+    Claim, Executor, ItemCommon, ItemPhase, RepositoryReference, SecretKeyReference, SessionPhase,
 };
 pub use duration::{parse_duration, DurationError};
 pub use notification::{Notification, NotificationFormat, NotifyOn};

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::backup_configuration::WorkloadReference;
-use crate::common::{Claim, Executor, ItemPhase, RepositoryReference, SessionPhase};
+use crate::common::{Executor, ItemCommon, RepositoryReference, SessionPhase};
 use crate::notification::Notification;
 
 /// Restores a snapshot into volumes of pods in this namespace.
@@ -225,66 +225,20 @@ pub struct RestoreSessionStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreItem {
-    /// Namespace of the pod.
-    pub namespace: String,
-    /// Name of the pod; empty for a Job's item.
-    pub pod: String,
-    /// Target volume in the pod; a Job's item: the claim's name.
-    pub volume: String,
+    /// The target volume, what runs it, where it is and how far it got.
+    #[serde(flatten)]
+    pub common: ItemCommon,
     /// Volume name in the snapshot; a Job's item without `spec.volumes`:
     /// empty, the path of the latest snapshot of the sources.
     pub source_volume: String,
-    /// Node the pod runs on; a Job's: written when it finishes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// What runs the item (unset: the node agent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executor: Option<Executor>,
-    /// The PersistentVolumeClaim a Job's item restores into.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub persistent_volume_claim: Option<String>,
-    /// The Job (in the item's namespace) running the item.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
     /// Snapshot hostnames to pick `latest` among (see [`crate::identity`]);
     /// any snapshot with the path `/<sourceVolume>` when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_hosts: Vec<String>,
-    /// Where the item is.
-    #[serde(default)]
-    pub phase: ItemPhase,
-    /// The claim of the agent working on it (see the crate docs).
-    #[serde(flatten)]
-    pub claim: Claim,
-    /// The snapshot restored, once resolved.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_id: Option<String>,
-    /// Bytes written so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<i64>,
-    /// Bytes to write, once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<i64>,
-    /// Files written so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_done: Option<i64>,
-    /// Files to write, once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_total: Option<i64>,
-    /// Why the item failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When the agent started it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    /// When it finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_time: Option<Time>,
 }
 
-impl RestoreItem {
-    /// Whether a Job runs this item (the node agents leave it alone).
-    pub fn runs_in_job(&self) -> bool {
-        self.executor == Some(Executor::Job)
+impl AsMut<ItemCommon> for RestoreItem {
+    fn as_mut(&mut self) -> &mut ItemCommon {
+        &mut self.common
     }
 }

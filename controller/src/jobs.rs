@@ -27,7 +27,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use stash_api::{BackupItem, BackupSession, ItemPhase, Repository, RestoreItem, RestoreSession};
+use stash_api::{BackupSession, ItemCommon, ItemPhase, Repository, RestoreSession};
 
 use crate::error::{kube_err, Result};
 use crate::targets::{claim_pods, mounts_volumes, JOB_POD_NAME};
@@ -121,57 +121,6 @@ impl JobSession {
         }
     }
 }
-
-/// What [`drive`] needs of an item (backup or restore).
-pub trait JobItem {
-    /// Whether a Job runs it.
-    fn in_job(&self) -> bool;
-    /// The claim.
-    fn claim(&self) -> Option<String>;
-    /// Its phase.
-    fn phase(&self) -> ItemPhase;
-    /// The Job named in it.
-    fn job(&self) -> Option<&str>;
-    /// Names its Job.
-    fn set_job(&mut self, name: String);
-    /// Says what it waits for.
-    fn set_message(&mut self, message: String);
-    /// Fails it with `error`, revoking any claim.
-    fn fail(&mut self, error: String, now: DateTime<Utc>);
-}
-
-macro_rules! job_item {
-    ($t:ty) => {
-        impl JobItem for $t {
-            fn in_job(&self) -> bool {
-                self.runs_in_job()
-            }
-            fn claim(&self) -> Option<String> {
-                self.persistent_volume_claim.clone()
-            }
-            fn phase(&self) -> ItemPhase {
-                self.phase
-            }
-            fn job(&self) -> Option<&str> {
-                self.job.as_deref()
-            }
-            fn set_job(&mut self, name: String) {
-                self.job = Some(name);
-            }
-            fn set_message(&mut self, message: String) {
-                self.claim.message = Some(message);
-            }
-            fn fail(&mut self, error: String, now: DateTime<Utc>) {
-                self.phase = ItemPhase::Failed;
-                self.error = Some(error);
-                self.claim.claimed_by = None;
-                self.end_time = Some(stash_api::time::to_time(now));
-            }
-        }
-    };
-}
-job_item!(BackupItem);
-job_item!(RestoreItem);
 
 /// Everything a Job's item needs, made from the session, the claim and the
 /// Repository alone.
@@ -410,7 +359,7 @@ pub fn job_failure(job: &Job) -> Option<String> {
 /// an item whose pod will not finish it, shows a passing reason in its
 /// message, and revokes the grant of a finished item. Returns the Events
 /// (`reason`, `message`) to publish.
-pub async fn drive<I: JobItem>(
+pub async fn drive<I: AsMut<ItemCommon>>(
     ctx: &Context,
     session: &JobSession,
     items: &mut [I],
@@ -422,12 +371,16 @@ pub async fn drive<I: JobItem>(
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ns);
     let mut notes = Vec::new();
-    for item in items.iter_mut().filter(|i| i.in_job()) {
-        let Some(claim) = item.claim() else {
+    for item in items.iter_mut() {
+        let item = item.as_mut();
+        if !item.runs_in_job() {
+            continue;
+        }
+        let Some(claim) = item.persistent_volume_claim.clone() else {
             continue;
         };
         let name = job_name(session.kind, &session.uid, &claim);
-        if item.phase().is_finished() {
+        if item.phase.is_finished() {
             // The pod's token loses its grant on the session.
             match bindings.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -436,8 +389,8 @@ pub async fn drive<I: JobItem>(
             }
             continue;
         }
-        let mut fail = |item: &mut I, reason: &'static str, error: String| {
-            item.fail(error.clone(), now);
+        let mut fail = |item: &mut ItemCommon, reason: &'static str, error: String| {
+            item.fail(error.clone(), stash_api::time::to_time(now));
             notes.push((reason, error));
         };
         let job = jobs
@@ -445,7 +398,7 @@ pub async fn drive<I: JobItem>(
             .await
             .map_err(kube_err("get Job", &ns, &name))?;
         let Some(job) = job else {
-            if item.phase() != ItemPhase::Pending || item.job().is_some() {
+            if item.phase != ItemPhase::Pending || item.job.is_some() {
                 fail(item, "JobGone", format!("Job {ns}/{name} of PersistentVolumeClaim {claim} was deleted before it finished"));
                 continue;
             }
@@ -512,11 +465,11 @@ pub async fn drive<I: JobItem>(
             )
             .await?;
             create(&ctx.client, &ns, &objects.job, "create Job").await?;
-            item.set_job(name.clone());
-            item.set_message(format!("Job {name} created"));
+            item.job = Some(name.clone());
+            item.claim.message = Some(format!("Job {name} created"));
             continue;
         };
-        item.set_job(name.clone());
+        item.job = Some(name.clone());
         if let Some(why) = job_failure(&job) {
             fail(item, "JobFailed", why);
             continue;
@@ -532,8 +485,8 @@ pub async fn drive<I: JobItem>(
                     fail(item, "JobPodFailed", why);
                     break;
                 }
-                Some((false, why)) if item.phase() == ItemPhase::Pending => {
-                    item.set_message(format!("waiting: {why}"));
+                Some((false, why)) if item.phase == ItemPhase::Pending => {
+                    item.claim.message = Some(format!("waiting: {why}"));
                 }
                 _ => {}
             }

@@ -57,25 +57,23 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use stash_api::annotations::opted_in_volumes;
 use stash_api::{
-    identity, parse_duration, ItemPhase, RestoreItem, RestoreSession, RestoreSessionStatus,
-    SessionPhase, WorkloadKind, WorkloadReference, ANNOTATION_RESTORE_SESSION,
-    LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
+    identity, parse_duration, ItemCommon, ItemPhase, RestoreItem, RestoreSession,
+    RestoreSessionStatus, SessionPhase, WorkloadKind, WorkloadReference,
+    ANNOTATION_RESTORE_SESSION, LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
 };
 
 use crate::error::{kube_err, Error, Result};
 use crate::events::publish;
 use crate::scheduler::check_repository;
-use crate::session::Note;
-use crate::status::{write_if_unchanged, Written};
-use crate::targets::{claim_pods, claim_volumes, get_pod, workload_pods};
+use crate::session::{refuse_host_paths, Note};
+use crate::status::{decide_until_written, write_if_unchanged, Written};
+use crate::targets::{check_volume, claim_pods, claim_volumes, get_pod, workload_pods};
 use crate::{conditions, Context};
 use stash_api::policy::{HostPathAllowList, Refusal};
 use stash_api::time::{from_time, to_time};
 
 /// How often a restore waiting for its target looks again.
 const WAIT_POLL: Duration = Duration::from_secs(2);
-/// How often a reconciliation reads the session again after a conflict.
-const ATTEMPTS: usize = 5;
 
 /// Reconciles one RestoreSession.
 pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Action> {
@@ -83,25 +81,14 @@ pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Act
         .reconciles
         .with_label_values(&["RestoreSession"])
         .inc();
-    let ns = rs.namespace().unwrap_or_default();
-    let name = rs.name_any();
-    let api: Api<RestoreSession> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut current = rs;
-    for _ in 0..ATTEMPTS {
-        if let Some(action) = step(&current, &ctx).await? {
-            return Ok(action);
-        }
-        ctx.metrics.status_conflicts.inc();
-        match api
-            .get_opt(&name)
-            .await
-            .map_err(kube_err("get RestoreSession", &ns, &name))?
-        {
-            Some(s) => current = Arc::new(s),
-            None => return Ok(Action::await_change()),
-        }
-    }
-    Ok(Action::requeue(Duration::from_secs(1)))
+    let api: Api<RestoreSession> =
+        Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+    let conflicts = &ctx.metrics.status_conflicts;
+    decide_until_written(&api, rs, conflicts, "get RestoreSession", |s| {
+        let ctx = ctx.clone();
+        async move { step(&s, &ctx).await }
+    })
+    .await
 }
 
 async fn step(rs: &RestoreSession, ctx: &Context) -> Result<Option<Action>> {
@@ -117,7 +104,7 @@ async fn step(rs: &RestoreSession, ctx: &Context) -> Result<Option<Action>> {
         workload_step(rs, w, ctx, &mut status, now, deadline).await?
     } else if old.start_time.is_none() {
         start(rs, ctx, &mut status, now, deadline).await?
-    } else if status.items.iter().any(|i| i.runs_in_job()) {
+    } else if status.items.iter().any(|i| i.common.runs_in_job()) {
         follow_jobs(rs, ctx, &mut status, now, deadline).await?
     } else {
         decide(&mut status, now, deadline, 0)
@@ -210,10 +197,13 @@ async fn job_restore_item(
         )));
     }
     let mut item = RestoreItem {
-        namespace: ns.to_owned(),
-        volume: claim.to_owned(),
-        executor: Some(stash_api::Executor::Job),
-        persistent_volume_claim: Some(claim.to_owned()),
+        common: ItemCommon {
+            namespace: ns.to_owned(),
+            volume: claim.to_owned(),
+            executor: Some(stash_api::Executor::Job),
+            persistent_volume_claim: Some(claim.to_owned()),
+            ..ItemCommon::default()
+        },
         ..RestoreItem::default()
     };
     match identity::claim_restore_source(&rs.spec, ns, claim, repo_in_session_ns) {
@@ -222,14 +212,14 @@ async fn job_restore_item(
             item.source_hosts = hosts;
         }
         Err(why) => {
-            item.phase = ItemPhase::Failed;
-            item.error = Some(why);
+            item.common.phase = ItemPhase::Failed;
+            item.common.error = Some(why);
         }
     }
     let users = claim_pods(&ctx.client, ns, claim).await?;
     if let Some(p) = users.iter().find(|p| crate::targets::mounts_volumes(p)) {
-        item.phase = ItemPhase::Failed;
-        item.error = Some(format!(
+        item.common.phase = ItemPhase::Failed;
+        item.common.error = Some(format!(
             "PersistentVolumeClaim {ns}/{claim} is mounted by pod {}: a restore Job writes only into a claim no pod uses \
              (stop the pod, or restore into it with the node agent: no spec.executor)",
             p.name_any()
@@ -345,22 +335,9 @@ async fn start(
         };
         return Ok((action, notes));
     }
-    let (pods, waiting) = target(ctx, rs, &ns).await?;
-    if let Some(why) = waiting.filter(|_| !expired) {
-        conditions::set(
-            &mut status.conditions,
-            "Ready",
-            false,
-            "WaitingForTarget",
-            format!(
-                "{why}{}",
-                deadline
-                    .map(|d| format!("; waiting until {}", d.to_rfc3339()))
-                    .unwrap_or_default()
-            ),
-            generation,
-            to_time(now),
-        );
+    let (pods, not_yet) = target(ctx, rs, &ns).await?;
+    if let Some(why) = not_yet.filter(|_| !expired) {
+        waiting(status, generation, now, deadline, why);
         return Ok((Action::requeue(WAIT_POLL), Vec::new()));
     }
     if pods.is_empty() {
@@ -374,33 +351,14 @@ async fn start(
     }
     let resolution = resolve_restore_items(rs, &pods, &ctx.settings.host_paths);
     let mut notes = Vec::new();
-    if !resolution.refused.is_empty() {
-        let message = resolution.refused.join("; ");
-        conditions::set(
-            &mut status.conditions,
-            "HostPathNotAllowed",
-            true,
-            "HostPathNotAllowed",
-            message.clone(),
-            generation,
-            to_time(now),
-        );
-        notes.push(Note {
-            type_: EventType::Warning,
-            reason: "HostPathNotAllowed".into(),
-            message,
-        });
-    }
+    notes.extend(refuse_host_paths(
+        &mut status.conditions,
+        &resolution.refused,
+        generation,
+        now,
+    ));
     if resolution.items.is_empty() {
-        let message = format!(
-            "nothing to restore: {} target pod(s), and no volume to restore into{}",
-            pods.len(),
-            if rs.spec.volumes.is_empty() {
-                " (list the volumes in spec.volumes, or opt them in with the stash.rs/backup-volumes pod annotation)"
-            } else {
-                ""
-            }
-        );
+        let message = nothing_to_restore(rs, pods.len());
         let (action, more) = fail(status, now, generation, "NoVolumes", message);
         notes.extend(more);
         return Ok((action, notes));
@@ -501,6 +459,19 @@ fn has_restore_wait(pod: &Pod) -> bool {
         .iter()
         .flat_map(|s| s.init_containers.iter().flatten())
         .any(|c| c.name == RESTORE_WAIT_CONTAINER)
+}
+
+/// Why a restore whose `pods` target pods have no volume to restore into
+/// fails (`NoVolumes`), and what to do.
+fn nothing_to_restore(rs: &RestoreSession, pods: usize) -> String {
+    format!(
+        "nothing to restore: {pods} target pod(s), and no volume to restore into{}",
+        if rs.spec.volumes.is_empty() {
+            " (list the volumes in spec.volumes, or opt them in with the stash.rs/backup-volumes pod annotation)"
+        } else {
+            ""
+        }
+    )
 }
 
 fn waiting(
@@ -648,34 +619,23 @@ async fn workload_step(
         .items
         .iter()
         .filter_map(|i| {
-            let p = pods.iter().find(|p| p.name_any() == i.pod)?;
-            identity::volume_claim(p, &i.volume).map(str::to_owned)
+            let p = pods.iter().find(|p| p.name_any() == i.common.pod)?;
+            identity::volume_claim(p, &i.common.volume).map(str::to_owned)
         })
         .collect();
-    let known: BTreeSet<&str> = status.items.iter().map(|i| i.pod.as_str()).collect();
+    let known: BTreeSet<&str> = status.items.iter().map(|i| i.common.pod.as_str()).collect();
     let new: Vec<Pod> = eligible
         .iter()
         .filter(|p| !known.contains(p.name_any().as_str()))
         .map(|p| (*p).clone())
         .collect();
     let resolution = resolve_more_items(rs, &new, &ctx.settings.host_paths, &mut claims);
-    if !resolution.refused.is_empty() {
-        let message = resolution.refused.join("; ");
-        conditions::set(
-            &mut status.conditions,
-            "HostPathNotAllowed",
-            true,
-            "HostPathNotAllowed",
-            message.clone(),
-            generation,
-            to_time(now),
-        );
-        notes.push(Note {
-            type_: EventType::Warning,
-            reason: "HostPathNotAllowed".into(),
-            message,
-        });
-    }
+    notes.extend(refuse_host_paths(
+        &mut status.conditions,
+        &resolution.refused,
+        generation,
+        now,
+    ));
     let added = resolution.items.len();
     status.items.extend(resolution.items);
 
@@ -733,15 +693,7 @@ async fn workload_step(
     }
     if status.items.is_empty() {
         if !new.is_empty() && added == 0 {
-            let message = format!(
-                "nothing to restore: {} target pod(s), and no volume to restore into{}",
-                new.len(),
-                if rs.spec.volumes.is_empty() {
-                    " (list the volumes in spec.volumes, or opt them in with the stash.rs/backup-volumes pod annotation)"
-                } else {
-                    ""
-                }
-            );
+            let message = nothing_to_restore(rs, new.len());
             let (action, more) = fail(status, now, generation, "NoVolumes", message);
             notes.extend(more);
             return Ok((action, notes));
@@ -969,38 +921,28 @@ pub fn resolve_more_items(
                 }],
             };
             let mut item = RestoreItem {
-                namespace: ns.clone(),
-                pod: name.clone(),
-                volume: volume.clone(),
+                common: ItemCommon {
+                    namespace: ns.clone(),
+                    pod: name.clone(),
+                    volume: volume.clone(),
+                    node: node.clone(),
+                    ..ItemCommon::default()
+                },
                 source_volume: source,
-                node: node.clone(),
                 source_hosts,
-                ..RestoreItem::default()
             };
-            match spec_volume {
-                None => {
-                    item.phase = ItemPhase::Failed;
-                    item.error = Some(format!("pod {ns}/{name} has no volume named {volume:?}"));
-                }
-                Some(v) => {
-                    if let Some(hp) = &v.host_path {
-                        if !allow.allows(&ns, &hp.path) {
-                            out.refused.push(format!(
-                                "volume {volume:?} of pod {ns}/{name} is hostPath {:?}, outside the \
-                                 controller's allowed host paths (--allow-host-path)",
-                                hp.path
-                            ));
-                            continue;
-                        }
-                    }
-                    if node.is_none() {
-                        item.phase = ItemPhase::Failed;
-                        item.error = Some(format!(
-                            "pod {ns}/{name} was not scheduled to a node before spec.timeout; \
-                             no agent can write {volume:?}"
-                        ));
-                    }
-                }
+            let unscheduled = format!(
+                "pod {ns}/{name} was not scheduled to a node before spec.timeout; \
+                 no agent can write {volume:?}"
+            );
+            if !check_volume(
+                &mut item.common,
+                spec_volume,
+                allow,
+                unscheduled,
+                &mut out.refused,
+            ) {
+                continue;
             }
             out.items.push(item);
         }
@@ -1022,18 +964,17 @@ fn decide(
 ) -> (Action, Vec<Note>) {
     let expired = deadline.is_some_and(|d| now >= d);
     if expired {
-        for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
-            item.phase = ItemPhase::Failed;
-            item.error = Some(format!(
+        let unfinished = status.items.iter_mut().map(|i| &mut i.common);
+        for item in unfinished.filter(|i| !i.phase.is_finished()) {
+            let error = format!(
                 "timed out: not finished by spec.timeout; the claim of {} was revoked",
                 item.claim.claimed_by.as_deref().unwrap_or("no agent")
-            ));
-            item.claim.claimed_by = None;
-            item.end_time = Some(to_time(now));
+            );
+            item.fail(error, to_time(now));
         }
     }
     let total = status.items.len();
-    let count = |p: ItemPhase| status.items.iter().filter(|i| i.phase == p).count();
+    let count = |p: ItemPhase| status.items.iter().filter(|i| i.common.phase == p).count();
     let (succeeded, failed) = (count(ItemPhase::Succeeded), count(ItemPhase::Failed));
     status.progress = Some(format!("{}/{total}", succeeded + failed));
     if succeeded + failed < total || (missing > 0 && !expired) {

@@ -538,11 +538,9 @@ pub(crate) fn replaced(status: &mut BackupSessionStatus, now: Time, generation: 
     const WHY: &str = "a newer tick replaced this session (concurrencyPolicy Replace)";
     status.phase = SessionPhase::Failed;
     status.completion_time = Some(now.clone());
-    for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
-        item.phase = ItemPhase::Failed;
-        item.error = Some(WHY.to_owned());
-        item.claim.claimed_by = None;
-        item.end_time = Some(now.clone());
+    let items = status.items.iter_mut().map(|i| &mut i.common);
+    for item in items.filter(|i| !i.phase.is_finished()) {
+        item.fail(WHY.to_owned(), now.clone());
     }
     if let Some(r) = status.retention.as_mut().filter(|r| !r.phase.is_finished()) {
         r.phase = ItemPhase::Failed;

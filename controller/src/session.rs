@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -54,14 +54,10 @@ use stash_api::{
 use crate::error::{kube_err, Error, Result};
 use crate::events::publish;
 use crate::scheduler::check_repository;
-use crate::status::{write_if_unchanged, Written};
+use crate::status::{decide_until_written, write_if_unchanged, Written};
 use crate::targets::{resolve_items, target_pods};
 use crate::{conditions, Context};
 use stash_api::time::{from_time, to_time};
-
-/// How often a reconciliation reads the session again after a conflict
-/// before it gives up and requeues.
-const ATTEMPTS: usize = 5;
 
 /// Condition type while the retention run is under way.
 pub const CONDITION_RETENTION_RUNNING: &str = "RetentionRunning";
@@ -91,25 +87,14 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
         .inc();
     // A burst of ticks gets the apiserver first (see `ticker::Firing`).
     ctx.firing.yield_to_ticks().await;
-    let ns = session.namespace().unwrap_or_default();
-    let name = session.name_any();
-    let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut current = session;
-    for _ in 0..ATTEMPTS {
-        if let Some(action) = step(&current, &ctx).await? {
-            return Ok(action);
-        }
-        ctx.metrics.status_conflicts.inc();
-        match api
-            .get_opt(&name)
-            .await
-            .map_err(kube_err("get BackupSession", &ns, &name))?
-        {
-            Some(s) => current = Arc::new(s),
-            None => return Ok(Action::await_change()),
-        }
-    }
-    Ok(Action::requeue(Duration::from_secs(1)))
+    let api: Api<BackupSession> =
+        Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let conflicts = &ctx.metrics.status_conflicts;
+    decide_until_written(&api, session, conflicts, "get BackupSession", |s| {
+        let ctx = ctx.clone();
+        async move { step(&s, &ctx).await }
+    })
+    .await
 }
 
 /// One decision on `session` as read; `None` when its status changed
@@ -145,6 +130,31 @@ impl Note {
             message: message.into(),
         }
     }
+}
+
+/// Sets the `HostPathNotAllowed` condition to the volumes a resolution
+/// `refused` (outside the controller's allowed host paths), and returns
+/// the Warning to publish; nothing when it refused none.
+pub(crate) fn refuse_host_paths(
+    conditions: &mut Vec<Condition>,
+    refused: &[String],
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Option<Note> {
+    if refused.is_empty() {
+        return None;
+    }
+    let message = refused.join("; ");
+    conditions::set(
+        conditions,
+        "HostPathNotAllowed",
+        true,
+        "HostPathNotAllowed",
+        message.clone(),
+        generation,
+        to_time(now),
+    );
+    Some(Note::new(EventType::Warning, "HostPathNotAllowed", message))
 }
 
 /// Writes `new` over `old` on condition, then publishes `notes`.
@@ -236,19 +246,12 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
         }
     }
     let mut notes = Vec::new();
-    if !resolution.refused.is_empty() {
-        let message = resolution.refused.join("; ");
-        conditions::set(
-            &mut status.conditions,
-            "HostPathNotAllowed",
-            true,
-            "HostPathNotAllowed",
-            message.clone(),
-            generation,
-            to_time(now),
-        );
-        notes.push(Note::new(EventType::Warning, "HostPathNotAllowed", message));
-    }
+    notes.extend(refuse_host_paths(
+        &mut status.conditions,
+        &resolution.refused,
+        generation,
+        now,
+    ));
     if resolution.items.is_empty() {
         let message = format!(
             "nothing to back up: {} pod(s) match the target of BackupConfiguration {ns}/{cfg_name}, and none has a volume to back up{}",
@@ -261,7 +264,11 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
             .await?
             .then(Action::await_change));
     }
-    let jobs = resolution.items.iter().filter(|i| i.runs_in_job()).count();
+    let jobs = resolution
+        .items
+        .iter()
+        .filter(|i| i.common.runs_in_job())
+        .count();
     status.items = resolution.items;
     status.phase = SessionPhase::Running;
     let limit = limit_of(&cfg, now);
@@ -339,8 +346,8 @@ async fn pod_less_claim(
         None
     };
     if let Some(why) = why {
-        item.phase = ItemPhase::Failed;
-        item.error = Some(why);
+        item.common.phase = ItemPhase::Failed;
+        item.common.error = Some(why);
     }
     Ok(vec![item])
 }
@@ -357,7 +364,7 @@ async fn follow(
     let now = Utc::now();
     let lost = lost_items(ctx, session, &status, now).await?;
     let mut notes = fail_lost(&mut status, &lost, now);
-    if status.items.iter().any(|i| i.runs_in_job()) {
+    if status.items.iter().any(|i| i.common.runs_in_job()) {
         let repo = match &cfg {
             Some(c) => {
                 let repos: Api<Repository> = Api::namespaced(
@@ -403,7 +410,7 @@ async fn follow(
     let jobs_unfinished = status
         .items
         .iter()
-        .any(|i| i.runs_in_job() && !i.phase.is_finished());
+        .any(|i| i.common.runs_in_job() && !i.common.phase.is_finished());
     let action = if jobs_unfinished {
         Action::requeue(JOB_POLL)
     } else {
@@ -478,29 +485,29 @@ async fn lost_items(
     let mut nodes: BTreeMap<String, Option<Node>> = BTreeMap::new();
     let mut out = Vec::new();
     for (index, item) in status.items.iter().enumerate() {
-        if item.phase.is_finished() {
+        if item.common.phase.is_finished() {
             continue;
         }
         // An item without a node failed at resolution.
-        let Some(node_name) = item.node.as_deref() else {
+        let Some(node_name) = item.common.node.as_deref() else {
             continue;
         };
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &item.namespace);
-        let pod = pods.get_opt(&item.pod).await.map_err(kube_err(
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &item.common.namespace);
+        let pod = pods.get_opt(&item.common.pod).await.map_err(kube_err(
             "get Pod",
-            &item.namespace,
-            &item.pod,
+            &item.common.namespace,
+            &item.common.pod,
         ))?;
         let pod_key = format!("{uid}/{index}/{REASON_POD_GONE}");
         let gone = match &pod {
             None => Some(format!(
                 "pod {}/{} no longer exists",
-                item.namespace, item.pod
+                item.common.namespace, item.common.pod
             )),
             Some(p) if item.pod_uid.is_some() && p.metadata.uid != item.pod_uid => Some(format!(
                 "pod {}/{} was replaced (UID {} when the session started, {} now)",
-                item.namespace,
-                item.pod,
+                item.common.namespace,
+                item.common.pod,
                 item.pod_uid.as_deref().unwrap_or("?"),
                 p.metadata.uid.as_deref().unwrap_or("?")
             )),
@@ -584,7 +591,7 @@ pub(crate) fn fail_lost(
 ) -> Vec<Note> {
     let mut notes = Vec::new();
     for l in lost {
-        let Some(item) = status.items.get_mut(l.index) else {
+        let Some(item) = status.items.get_mut(l.index).map(|i| &mut i.common) else {
             continue;
         };
         if item.phase.is_finished() {
@@ -599,11 +606,8 @@ pub(crate) fn fail_lost(
             item.pod,
             item.claim.claimed_by.as_deref().unwrap_or("no agent")
         );
-        item.phase = ItemPhase::Failed;
-        item.claim.claimed_by = None;
-        item.end_time = Some(to_time(now));
         notes.push(Note::new(EventType::Warning, l.reason, error.clone()));
-        item.error = Some(error);
+        item.fail(error, to_time(now));
     }
     notes
 }
@@ -729,19 +733,18 @@ pub(crate) fn decide(
     };
     let mut notes = Vec::new();
     if expired {
-        for item in status.items.iter_mut().filter(|i| !i.phase.is_finished()) {
-            item.phase = ItemPhase::Failed;
-            item.error = Some(format!(
+        let unfinished = status.items.iter_mut().map(|i| &mut i.common);
+        for item in unfinished.filter(|i| !i.phase.is_finished()) {
+            let error = format!(
                 "timed out: not finished {limit} after the session started ({source}); \
                  the claim of {} was revoked",
                 item.claim.claimed_by.as_deref().unwrap_or("no agent")
-            ));
-            item.claim.claimed_by = None;
-            item.end_time = Some(to_time(now));
+            );
+            item.fail(error, to_time(now));
         }
     }
     let total = status.items.len();
-    let count = |p: ItemPhase| status.items.iter().filter(|i| i.phase == p).count();
+    let count = |p: ItemPhase| status.items.iter().filter(|i| i.common.phase == p).count();
     let (succeeded, failed) = (count(ItemPhase::Succeeded), count(ItemPhase::Failed));
     status.progress = Some(format!("{}/{total}", succeeded + failed));
     if succeeded + failed < total {
@@ -756,8 +759,8 @@ pub(crate) fn decide(
         let first = status
             .items
             .iter()
-            .find(|i| i.phase == ItemPhase::Succeeded);
-        let node = first.and_then(|i| i.node.clone());
+            .find(|i| i.common.phase == ItemPhase::Succeeded);
+        let node = first.and_then(|i| i.common.node.clone());
         let retention = status.retention.get_or_insert_with(|| RetentionStatus {
             phase: ItemPhase::Pending,
             node: node.clone(),
@@ -830,8 +833,8 @@ pub(crate) fn decide(
         let last = status
             .items
             .iter()
-            .filter(|i| i.phase == ItemPhase::Succeeded)
-            .filter_map(|i| i.end_time.as_ref().map(from_time))
+            .filter(|i| i.common.phase == ItemPhase::Succeeded)
+            .filter_map(|i| i.common.end_time.as_ref().map(from_time))
             .max()
             .unwrap_or(now);
         record = Some(Record {
@@ -1058,9 +1061,10 @@ mod tests {
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].reason, "NodeNotReady");
         let b = &status.items[1];
-        assert_eq!(b.phase, ItemPhase::Failed);
-        assert_eq!(b.claim.claimed_by, None);
+        assert_eq!(b.common.phase, ItemPhase::Failed);
+        assert_eq!(b.common.claim.claimed_by, None);
         assert!(b
+            .common
             .error
             .as_deref()
             .unwrap()

@@ -8,9 +8,14 @@
 //! so an agent's item update made in between is never overwritten.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use prometheus::IntCounter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -84,6 +89,48 @@ where
         }
         Err(e) => Err(kube_err(action, &ns, &name)(e)),
     }
+}
+
+/// How often a reconciliation reads its object again after a conflict
+/// before it gives up and requeues.
+const ATTEMPTS: usize = 5;
+
+/// Runs one decision, `step`, on `obj` as read, and again on the object
+/// read afresh each time `step` answers `None` (its write met a
+/// [`Written::Conflict`], counted in `conflicts`), at most [`ATTEMPTS`]
+/// times before it requeues after a second. An object deleted meanwhile
+/// waits for the next change. `action` names the read in errors ("get
+/// BackupSession").
+pub async fn decide_until_written<K, F, Fut>(
+    api: &Api<K>,
+    obj: Arc<K>,
+    conflicts: &IntCounter,
+    action: &'static str,
+    mut step: F,
+) -> Result<Action>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    F: FnMut(Arc<K>) -> Fut,
+    Fut: Future<Output = Result<Option<Action>>>,
+{
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let mut current = obj;
+    for _ in 0..ATTEMPTS {
+        if let Some(action) = step(current.clone()).await? {
+            return Ok(action);
+        }
+        conflicts.inc();
+        match api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(action, &ns, &name))?
+        {
+            Some(fresh) => current = Arc::new(fresh),
+            None => return Ok(Action::await_change()),
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 #[cfg(test)]

@@ -2,12 +2,12 @@
 //! to per-volume items, each on the node its pod runs on.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use stash_api::annotations::opted_in_volumes;
-use stash_api::{BackupItem, BackupTarget, Executor, ItemPhase, WorkloadKind};
+use stash_api::{BackupItem, BackupTarget, Executor, ItemCommon, ItemPhase, WorkloadKind};
 
 use crate::error::{kube_err, Result};
 use stash_api::policy::{selector_query, HostPathAllowList};
@@ -186,6 +186,40 @@ pub struct Resolution {
     pub refused: Vec<String>,
 }
 
+/// Checks the volume of `item` (its spec in the pod: `spec_volume`): a
+/// hostPath outside `allow` is refused (reported in `refused`; `false`,
+/// there is no item); a volume the pod lacks, or a pod on no node (with
+/// `unscheduled` as the error), fails the item at once.
+pub fn check_volume(
+    item: &mut ItemCommon,
+    spec_volume: Option<&Volume>,
+    allow: &HostPathAllowList,
+    unscheduled: String,
+    refused: &mut Vec<String>,
+) -> bool {
+    let (ns, name, volume) = (&item.namespace, &item.pod, &item.volume);
+    let Some(v) = spec_volume else {
+        item.phase = ItemPhase::Failed;
+        item.error = Some(format!("pod {ns}/{name} has no volume named {volume:?}"));
+        return true;
+    };
+    if let Some(hp) = &v.host_path {
+        if !allow.allows(ns, &hp.path) {
+            refused.push(format!(
+                "volume {volume:?} of pod {ns}/{name} is hostPath {:?}, outside the \
+                 controller's allowed host paths (--allow-host-path)",
+                hp.path
+            ));
+            return false;
+        }
+    }
+    if item.node.is_none() {
+        item.phase = ItemPhase::Failed;
+        item.error = Some(unscheduled);
+    }
+    true
+}
+
 /// Items for `pods`: for each pod, the `volumes` named (or, when empty,
 /// the PVC target's volumes, or those the pod opts in by annotation), each
 /// assigned to the pod's node. A named volume the pod lacks, or a pod not
@@ -218,38 +252,29 @@ pub fn resolve_items(
                 .flat_map(|s| s.volumes.iter().flatten())
                 .find(|v| v.name == volume);
             let mut item = BackupItem {
-                namespace: ns.clone(),
-                pod: name.clone(),
+                common: ItemCommon {
+                    namespace: ns.clone(),
+                    pod: name.clone(),
+                    volume: volume.clone(),
+                    node: node.clone(),
+                    executor: Some(Executor::NodeAgent),
+                    ..ItemCommon::default()
+                },
                 pod_uid: pod.metadata.uid.clone(),
-                volume: volume.clone(),
-                node: node.clone(),
-                executor: Some(Executor::NodeAgent),
                 host: Some(stash_api::identity::snapshot_host(pod, &volume)),
                 ..BackupItem::default()
             };
-            match spec_volume {
-                None => {
-                    item.phase = ItemPhase::Failed;
-                    item.error = Some(format!("pod {ns}/{name} has no volume named {volume:?}"));
-                }
-                Some(v) => {
-                    if let Some(hp) = &v.host_path {
-                        if !allow.allows(&ns, &hp.path) {
-                            out.refused.push(format!(
-                                "volume {volume:?} of pod {ns}/{name} is hostPath {:?}, outside the \
-                                 controller's allowed host paths (--allow-host-path)",
-                                hp.path
-                            ));
-                            continue;
-                        }
-                    }
-                    if node.is_none() {
-                        item.phase = ItemPhase::Failed;
-                        item.error = Some(format!(
-                            "pod {ns}/{name} is not scheduled to a node yet; no agent can read {volume:?}"
-                        ));
-                    }
-                }
+            let unscheduled = format!(
+                "pod {ns}/{name} is not scheduled to a node yet; no agent can read {volume:?}"
+            );
+            if !check_volume(
+                &mut item.common,
+                spec_volume,
+                allow,
+                unscheduled,
+                &mut out.refused,
+            ) {
+                continue;
             }
             // A claim mounted by several pods (ReadWriteMany, or pods
             // sharing a ReadWriteOnce claim on one node) is one volume with
@@ -263,9 +288,10 @@ pub fn resolve_items(
                 match shared.get(&claim) {
                     Some(&i) => {
                         let kept: &mut BackupItem = &mut out.items[i];
-                        let replaces = kept.phase == ItemPhase::Failed
-                            && item.phase != ItemPhase::Failed
-                            || kept.phase == item.phase && item.pod < kept.pod;
+                        let replaces = kept.common.phase == ItemPhase::Failed
+                            && item.common.phase != ItemPhase::Failed
+                            || kept.common.phase == item.common.phase
+                                && item.common.pod < kept.common.pod;
                         if replaces {
                             *kept = item;
                         }
@@ -291,10 +317,13 @@ pub fn resolve_items(
 /// `/<claim>`).
 pub fn job_item(ns: &str, claim: &str) -> BackupItem {
     BackupItem {
-        namespace: ns.to_owned(),
-        volume: claim.to_owned(),
-        executor: Some(Executor::Job),
-        persistent_volume_claim: Some(claim.to_owned()),
+        common: ItemCommon {
+            namespace: ns.to_owned(),
+            volume: claim.to_owned(),
+            executor: Some(Executor::Job),
+            persistent_volume_claim: Some(claim.to_owned()),
+            ..ItemCommon::default()
+        },
         host: Some(format!("{ns}/{claim}")),
         ..BackupItem::default()
     }
@@ -366,10 +395,10 @@ mod tests {
             .iter()
             .map(|i| {
                 (
-                    i.pod.as_str(),
-                    i.volume.as_str(),
-                    i.node.as_deref(),
-                    i.phase,
+                    i.common.pod.as_str(),
+                    i.common.volume.as_str(),
+                    i.common.node.as_deref(),
+                    i.common.phase,
                 )
             })
             .collect();
@@ -406,14 +435,15 @@ mod tests {
         let allow = HostPathAllowList::new([PathBuf::from("/srv")]);
         let r = resolve_items(&pods, &["data".to_owned()], None, &allow);
         assert_eq!(r.items.len(), 2);
-        assert_eq!(r.items[0].phase, ItemPhase::Failed);
+        assert_eq!(r.items[0].common.phase, ItemPhase::Failed);
         assert!(r.items[0]
+            .common
             .error
             .as_deref()
             .unwrap()
             .contains("not scheduled to a node"));
         assert_eq!(
-            (r.items[1].pod.as_str(), r.items[1].phase),
+            (r.items[1].common.pod.as_str(), r.items[1].common.phase),
             ("c", ItemPhase::Pending)
         );
         assert_eq!(r.refused.len(), 1);
@@ -425,7 +455,7 @@ mod tests {
 
         let r = resolve_items(&pods[1..2], &["nope".to_owned()], None, &allow);
         assert_eq!(
-            r.items[0].error.as_deref(),
+            r.items[0].common.error.as_deref(),
             Some("pod team/b has no volume named \"nope\"")
         );
     }
@@ -443,7 +473,7 @@ mod tests {
         let pods = [pod("a", Some("n1"), &[], vec![claim, empty_dir("other")])];
         let r = resolve_items(&pods, &[], Some("data"), &HostPathAllowList::default());
         assert_eq!(r.items.len(), 1);
-        assert_eq!(r.items[0].volume, "vol");
+        assert_eq!(r.items[0].common.volume, "vol");
     }
 
     /// Issue 14, failure 7: an RWX claim mounted by three pods gives one
@@ -476,12 +506,22 @@ mod tests {
             ),
         ];
         let r = resolve_items(&pods, &[], None, &HostPathAllowList::default());
-        let shared: Vec<_> = r.items.iter().filter(|i| i.volume == "shared").collect();
+        let shared: Vec<_> = r
+            .items
+            .iter()
+            .filter(|i| i.common.volume == "shared")
+            .collect();
         assert_eq!(shared.len(), 1, "{:?}", r.items);
-        assert_eq!(shared[0].pod, "web-b");
-        assert_eq!(shared[0].phase, ItemPhase::default());
+        assert_eq!(shared[0].common.pod, "web-b");
+        assert_eq!(shared[0].common.phase, ItemPhase::default());
         assert_eq!(shared[0].host.as_deref(), Some("team/media"));
-        assert_eq!(r.items.iter().filter(|i| i.volume == "scratch").count(), 3);
+        assert_eq!(
+            r.items
+                .iter()
+                .filter(|i| i.common.volume == "scratch")
+                .count(),
+            3
+        );
     }
 
     /// Issue 15: an ended pod (a finished Job's, say) and our own Jobs'

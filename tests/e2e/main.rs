@@ -264,6 +264,33 @@ async fn wait_session(
     }
 }
 
+/// An on-demand session `name` of configuration `nightly`.
+fn on_demand(name: &str) -> BackupSession {
+    serde_json::from_value(json!({
+        "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
+        "metadata": {"name": name, "labels": {(stash_api::LABEL_CONFIGURATION): "nightly"}},
+        "spec": {"backupConfiguration": "nightly"}
+    }))
+    .unwrap()
+}
+
+/// Creates [`on_demand`] session `name` and waits up to 60 s for it to
+/// succeed.
+async fn back_up_now(w: &World, name: &str) -> BackupSession {
+    Api::<BackupSession>::namespaced(w.client.clone(), NS)
+        .create(&PostParams::default(), &on_demand(name))
+        .await
+        .unwrap();
+    wait_session(
+        w,
+        "nightly",
+        &format!("{name} to succeed"),
+        Duration::from_secs(60),
+        |s| s.name_any() == name && finished_ok(s),
+    )
+    .await
+}
+
 fn finished_ok(s: &BackupSession) -> bool {
     s.status
         .as_ref()
@@ -276,7 +303,7 @@ fn item<'a>(s: &'a BackupSession, pod: &str, volume: &str) -> &'a stash_api::Bac
         .unwrap()
         .items
         .iter()
-        .find(|i| i.pod == pod && i.volume == volume)
+        .find(|i| i.common.pod == pod && i.common.volume == volume)
         .unwrap_or_else(|| panic!("no item {pod}/{volume} in {:?}", s.status))
 }
 
@@ -551,7 +578,9 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         |s| {
             s.status.as_ref().is_some_and(|st| {
                 st.items.iter().any(|i| {
-                    i.pod == "db" && i.phase == ItemPhase::Running && i.bytes_done.unwrap_or(0) > 0
+                    i.common.pod == "db"
+                        && i.common.phase == ItemPhase::Running
+                        && i.common.bytes_done.unwrap_or(0) > 0
                 })
             })
         },
@@ -559,6 +588,7 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     .await;
     w.node("node-b").kill_agent();
     let killed_claim = item(&running, "db", "data")
+        .common
         .claim
         .claimed_by
         .clone()
@@ -586,22 +616,25 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         ("db", "data", "node-b"),
     ] {
         let i = item(&first, pod, volume);
-        assert_eq!(i.node.as_deref(), Some(node));
-        assert_eq!(i.phase, ItemPhase::Succeeded, "{i:?}");
-        let by = i.claim.claimed_by.as_deref().unwrap();
+        assert_eq!(i.common.node.as_deref(), Some(node));
+        assert_eq!(i.common.phase, ItemPhase::Succeeded, "{i:?}");
+        let by = i.common.claim.claimed_by.as_deref().unwrap();
         assert!(
             by.starts_with(&format!("{node}/")),
             "{pod}/{volume} claimed by {by}"
         );
-        assert!(i.snapshot_id.is_some());
+        assert!(i.common.snapshot_id.is_some());
     }
     let db = item(&first, "db", "data");
     assert_eq!(
-        db.claim.attempt,
+        db.common.claim.attempt,
         Some(2),
         "the restarted agent took the item over: {db:?}"
     );
-    assert_ne!(db.claim.claimed_by.as_deref(), Some(killed_claim.as_str()));
+    assert_ne!(
+        db.common.claim.claimed_by.as_deref(),
+        Some(killed_claim.as_str())
+    );
 
     // restic sees the snapshots with the stable identity, and restores them.
     let snaps = restic_snapshots(&w.restic);
@@ -617,7 +650,11 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         ("web", "logs", "shop/web/logs", &logs_dir),
         ("db", "data", "shop/db-data", &data_dir),
     ] {
-        let id = item(&first, pod, volume).snapshot_id.clone().unwrap();
+        let id = item(&first, pod, volume)
+            .common
+            .snapshot_id
+            .clone()
+            .unwrap();
         let s = by_id(&id);
         assert_eq!(s["hostname"], host);
         assert_eq!(s["paths"], json!([format!("/{volume}")]));
@@ -670,31 +707,16 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         finished_ok,
     )
     .await;
-    let on_demand = |name: &str| {
-        serde_json::from_value::<BackupSession>(json!({
-            "apiVersion": "stash.rs/v1alpha1", "kind": "BackupSession",
-            "metadata": {"name": name, "labels": {(stash_api::LABEL_CONFIGURATION): "nightly"}},
-            "spec": {"backupConfiguration": "nightly"}
-        }))
-        .unwrap()
-    };
 
     // 3. Change a few files: the next backup is incremental.
-    let cache_before = item(&latest, "web", "cache").snapshot_id.clone().unwrap();
+    let cache_before = item(&latest, "web", "cache")
+        .common
+        .snapshot_id
+        .clone()
+        .unwrap();
     write_random_file(&cache_dir.join("sub/f3"), 200_000, 1003).unwrap();
     fs::write(cache_dir.join("new.txt"), b"new").unwrap();
-    sessions
-        .create(&PostParams::default(), &on_demand("manual-1"))
-        .await
-        .unwrap();
-    let second = wait_session(
-        &w,
-        "nightly",
-        "manual-1 to succeed",
-        Duration::from_secs(60),
-        |s| s.name_any() == "manual-1" && finished_ok(s),
-    )
-    .await;
+    let second = back_up_now(&w, "manual-1").await;
     let cache2 = item(&second, "web", "cache");
     assert_eq!(
         cache2.parent_snapshot_id.as_deref(),
@@ -734,20 +756,12 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     fs::create_dir_all(new_cache.parent().unwrap()).unwrap();
     fs::rename(&cache_dir, &new_cache).unwrap();
     let cache_dir = new_cache;
-    sessions
-        .create(&PostParams::default(), &on_demand("manual-2"))
-        .await
-        .unwrap();
-    let third = wait_session(
-        &w,
-        "nightly",
-        "manual-2 to succeed",
-        Duration::from_secs(60),
-        |s| s.name_any() == "manual-2" && finished_ok(s),
-    )
-    .await;
+    let third = back_up_now(&w, "manual-2").await;
     let cache3 = item(&third, "web", "cache");
-    assert_eq!(cache3.parent_snapshot_id, cache2.snapshot_id, "{cache3:?}");
+    assert_eq!(
+        cache3.parent_snapshot_id, cache2.common.snapshot_id,
+        "{cache3:?}"
+    );
     assert!(cache3.bytes_added.unwrap() < 100_000, "{cache3:?}");
 
     // 7. Retention ran after the session: keepLast 2 per volume.
@@ -775,7 +789,7 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     let ids: Vec<&str> = snaps.iter().map(|s| s["id"].as_str().unwrap()).collect();
     for i in &third.status.as_ref().unwrap().items {
         assert!(
-            ids.contains(&i.snapshot_id.as_deref().unwrap()),
+            ids.contains(&i.common.snapshot_id.as_deref().unwrap()),
             "the newest snapshot is kept"
         );
     }
@@ -846,8 +860,9 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     };
     let st = done.status.unwrap();
     assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}\n{}", w.logs());
-    assert_eq!(st.items[0].snapshot_id, cache3.snapshot_id);
+    assert_eq!(st.items[0].common.snapshot_id, cache3.common.snapshot_id);
     assert!(st.items[0]
+        .common
         .claim
         .claimed_by
         .as_deref()
@@ -958,7 +973,8 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         |s| {
             s.status.as_ref().is_some_and(|st| {
                 st.items.iter().any(|i| {
-                    i.claim
+                    i.common
+                        .claim
                         .message
                         .as_deref()
                         .is_some_and(|m| m.contains("not bound"))
@@ -968,8 +984,8 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     )
     .await;
     let i = item(&waiting, "idle", "data");
-    assert_eq!(i.phase, ItemPhase::Pending, "{i:?}");
-    assert_eq!(i.claim.claimed_by, None);
+    assert_eq!(i.common.phase, ItemPhase::Pending, "{i:?}");
+    assert_eq!(i.common.claim.claimed_by, None);
 
     // The agents' metrics count what they did, per volume and repository.
     let log = w.nodes[0].log();
@@ -1235,9 +1251,11 @@ async fn maintenance_is_serialised_per_repository_and_pruned_at_most_every_inter
         Duration::from_secs(60),
         |s| {
             s.name_any() == name
-                && s.status
-                    .as_ref()
-                    .is_some_and(|st| st.items.iter().any(|i| i.phase == ItemPhase::Running))
+                && s.status.as_ref().is_some_and(|st| {
+                    st.items
+                        .iter()
+                        .any(|i| i.common.phase == ItemPhase::Running)
+                })
         },
     )
     .await;
@@ -1245,8 +1263,12 @@ async fn maintenance_is_serialised_per_repository_and_pruned_at_most_every_inter
     tokio::time::sleep(Duration::from_secs(8)).await;
     let s = sessions.get(&name).await.unwrap();
     let i = &s.status.as_ref().unwrap().items[0];
-    assert_eq!(i.phase, ItemPhase::Running, "waits for the lock: {i:?}");
-    assert!(i.bytes_done.unwrap_or(0) == 0, "{i:?}");
+    assert_eq!(
+        i.common.phase,
+        ItemPhase::Running,
+        "waits for the lock: {i:?}"
+    );
+    assert!(i.common.bytes_done.unwrap_or(0) == 0, "{i:?}");
     tx.send(()).unwrap();
     holder.await.unwrap();
     let fourth = wait_session(
@@ -1361,9 +1383,9 @@ async fn poison_volumes_and_snapshots_cost_only_their_own_work_never_the_agent()
     .await;
     assert!(w.node("node-a").agent_running(), "{}", w.logs());
     let deep = item(&first, "deep", "data");
-    let msg = deep.claim.message.clone().unwrap_or_default();
+    let msg = deep.common.claim.message.clone().unwrap_or_default();
     assert!(msg.contains("deeper than"), "the cut is reported: {deep:?}");
-    assert!(item(&first, "plain", "data").snapshot_id.is_some());
+    assert!(item(&first, "plain", "data").common.snapshot_id.is_some());
 
     // A tenant holding the password writes a snapshot file that inflates
     // to 300 MiB.
@@ -1398,7 +1420,7 @@ async fn poison_volumes_and_snapshots_cost_only_their_own_work_never_the_agent()
     let plain = item(&second, "plain", "data");
     assert_eq!(
         plain.parent_snapshot_id,
-        item(&first, "plain", "data").snapshot_id,
+        item(&first, "plain", "data").common.snapshot_id,
         "{plain:?}"
     );
     assert!(w.logs().contains("skipping a snapshot that cannot be read"));
@@ -1520,7 +1542,8 @@ async fn tampered_item_status_never_chooses_the_snapshot_identity() {
             s.name_any() == "attacker-1"
                 && s.status.as_ref().is_some_and(|st| {
                     st.items.iter().any(|i| {
-                        i.claim
+                        i.common
+                            .claim
                             .message
                             .as_deref()
                             .unwrap_or_default()
@@ -1552,7 +1575,11 @@ async fn tampered_item_status_never_chooses_the_snapshot_identity() {
         s.name_any() == "attacker-1" && finished_ok(s)
     })
     .await;
-    let written = item(&a, "attacker", "data").snapshot_id.clone().unwrap();
+    let written = item(&a, "attacker", "data")
+        .common
+        .snapshot_id
+        .clone()
+        .unwrap();
     let snaps = restic_snapshots(&w.restic);
     let snap = snaps
         .iter()
@@ -1598,7 +1625,8 @@ async fn tampered_item_status_never_chooses_the_snapshot_identity() {
         |r| {
             r.status.as_ref().is_some_and(|st| {
                 st.items.iter().any(|i| {
-                    i.claim
+                    i.common
+                        .claim
                         .message
                         .as_deref()
                         .unwrap_or_default()
@@ -1642,7 +1670,10 @@ async fn tampered_item_status_never_chooses_the_snapshot_identity() {
     .await;
     let st = done.status.unwrap();
     assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}");
-    assert_eq!(st.items[0].snapshot_id.as_deref(), Some(written.as_str()));
+    assert_eq!(
+        st.items[0].common.snapshot_id.as_deref(),
+        Some(written.as_str())
+    );
     assert_eq!(
         fs::read(copy_dir.join("mine.txt")).unwrap(),
         b"the attacker's data"

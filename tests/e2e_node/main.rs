@@ -538,7 +538,7 @@ fn item<'a>(s: &'a BackupSession, volume: &str) -> &'a stash_api::BackupItem {
         .unwrap()
         .items
         .iter()
-        .find(|i| i.volume == volume)
+        .find(|i| i.common.volume == volume)
         .unwrap_or_else(|| panic!("no item for volume {volume} in {:?}", s.status))
 }
 
@@ -648,19 +648,19 @@ async fn stash_on_a_real_node() {
         ("data", "shop/data"),
     ] {
         let i = item(&first, volume);
-        assert_eq!(i.phase, ItemPhase::Succeeded, "{i:?}");
+        assert_eq!(i.common.phase, ItemPhase::Succeeded, "{i:?}");
         assert_eq!(
-            i.node.as_deref(),
+            i.common.node.as_deref(),
             Some(stash_envtest::cluster::NODE_NAME),
             "{i:?}"
         );
         // Claimed by the DaemonSet's pod (<node>/<pod>), not a process.
-        let by = i.claim.claimed_by.as_deref().unwrap();
+        let by = i.common.claim.claimed_by.as_deref().unwrap();
         assert!(
             agent_pods.split_whitespace().any(|p| by.contains(p)),
             "{volume} claimed by {by}, not one of the agent pods {agent_pods}"
         );
-        let id = i.snapshot_id.clone().unwrap();
+        let id = i.common.snapshot_id.clone().unwrap();
         let s = snaps
             .iter()
             .find(|s| s["id"] == id.as_str())
@@ -697,12 +697,12 @@ async fn stash_on_a_real_node() {
     assert!(succeeded(&second), "{:?}\n{}", second.status, w.logs());
     for volume in VOLUMES {
         let (a, b) = (item(&first, volume), item(&second, volume));
-        assert_eq!(b.pod, pod2.name_any());
+        assert_eq!(b.common.pod, pod2.name_any());
         assert_eq!(
-            b.parent_snapshot_id, a.snapshot_id,
+            b.parent_snapshot_id, a.common.snapshot_id,
             "{volume}: the recreated pod's backup has its predecessor's as parent"
         );
-        let id = b.snapshot_id.clone().unwrap();
+        let id = b.common.snapshot_id.clone().unwrap();
         assert_restic_restores(&w, &id, volume, &w.volume_source(&uid2, volume));
     }
     // hostPath and local PV kept their data: (almost) nothing new.
@@ -732,9 +732,9 @@ async fn stash_on_a_real_node() {
             finished(s)
                 || s.status.as_ref().is_some_and(|st| {
                     st.items.iter().any(|i| {
-                        i.volume == "data"
-                            && i.phase == ItemPhase::Running
-                            && i.bytes_done.unwrap_or(0) > 0
+                        i.common.volume == "data"
+                            && i.common.phase == ItemPhase::Running
+                            && i.common.bytes_done.unwrap_or(0) > 0
                     })
                 })
         },
@@ -745,7 +745,12 @@ async fn stash_on_a_real_node() {
         "the backup finished before the agent could be deleted: {:?}",
         running.status
     );
-    let claimed = item(&running, "data").claim.claimed_by.clone().unwrap();
+    let claimed = item(&running, "data")
+        .common
+        .claim
+        .claimed_by
+        .clone()
+        .unwrap();
     // The claim is `<node>/<agent pod>/<run>`.
     let old_agent = w
         .kubectl(&[
@@ -781,17 +786,17 @@ async fn stash_on_a_real_node() {
     .await;
     assert!(succeeded(&third), "{:?}\n{}", third.status, w.logs());
     let data3 = item(&third, "data");
-    let by = data3.claim.claimed_by.as_deref().unwrap();
+    let by = data3.common.claim.claimed_by.as_deref().unwrap();
     assert!(
         !by.contains(&format!("/{old_agent}")),
         "taken over by the new agent pod: {data3:?}"
     );
-    assert!(data3.claim.attempt.unwrap_or(1) >= 2, "{data3:?}");
+    assert!(data3.common.claim.attempt.unwrap_or(1) >= 2, "{data3:?}");
     let out = w.restic.run_ok(["--no-lock", "check", "--read-data"]);
     assert!(out.contains("no errors were found"), "{out}");
     assert_restic_restores(
         &w,
-        data3.snapshot_id.as_deref().unwrap(),
+        data3.common.snapshot_id.as_deref().unwrap(),
         "data",
         &w.local_pv,
     );
@@ -862,7 +867,10 @@ async fn stash_on_a_real_node() {
     };
     let st = done.status.unwrap();
     assert_eq!(st.phase, SessionPhase::Succeeded, "{st:?}\n{}", w.logs());
-    assert_eq!(st.items[0].snapshot_id, item(&third, "cache").snapshot_id);
+    assert_eq!(
+        st.items[0].common.snapshot_id,
+        item(&third, "cache").common.snapshot_id
+    );
     let start = Instant::now();
     loop {
         let p = pods.get("web-copy").await.unwrap();
@@ -1064,11 +1072,14 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
         start.elapsed().as_secs_f64()
     );
     let i = item(&first, "archive");
-    assert_eq!(i.executor, Some(stash_api::Executor::Job), "{i:?}");
-    assert_eq!(i.pod, "", "{i:?}");
-    assert_eq!(i.node.as_deref(), Some(stash_envtest::cluster::NODE_NAME));
-    let job = i.job.clone().expect("the item names its Job");
-    let by = i.claim.claimed_by.as_deref().unwrap();
+    assert_eq!(i.common.executor, Some(stash_api::Executor::Job), "{i:?}");
+    assert_eq!(i.common.pod, "", "{i:?}");
+    assert_eq!(
+        i.common.node.as_deref(),
+        Some(stash_envtest::cluster::NODE_NAME)
+    );
+    let job = i.common.job.clone().expect("the item names its Job");
+    let by = i.common.claim.claimed_by.as_deref().unwrap();
     assert!(
         by.starts_with(&format!("job/{job}-")),
         "claimed by the Job's pod: {by}"
@@ -1097,7 +1108,7 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let id = i.snapshot_id.clone().unwrap();
+    let id = i.common.snapshot_id.clone().unwrap();
     let snaps = w.restic.snapshots_json();
     let s = snaps
         .as_array()
@@ -1127,7 +1138,12 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
     let j = item(&second, "archive");
     assert_eq!(j.parent_snapshot_id.as_deref(), Some(id.as_str()), "{j:?}");
     assert!(j.bytes_added.unwrap() < 100_000, "{j:?}");
-    assert_restic_restores(&w, j.snapshot_id.as_deref().unwrap(), "archive", &dir);
+    assert_restic_restores(
+        &w,
+        j.common.snapshot_id.as_deref().unwrap(),
+        "archive",
+        &dir,
+    );
 
     // A restore Job fills a new, empty claim from the latest snapshot.
     let target = w.cluster.host_dir("restored-pv");
@@ -1177,11 +1193,14 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
         start.elapsed().as_secs_f64()
     );
     let r = &st.items[0];
-    assert_eq!(r.executor, Some(stash_api::Executor::Job), "{r:?}");
-    assert_eq!(r.snapshot_id, j.snapshot_id, "the latest snapshot: {r:?}");
-    let by = r.claim.claimed_by.as_deref().unwrap();
+    assert_eq!(r.common.executor, Some(stash_api::Executor::Job), "{r:?}");
+    assert_eq!(
+        r.common.snapshot_id, j.common.snapshot_id,
+        "the latest snapshot: {r:?}"
+    );
+    let by = r.common.claim.claimed_by.as_deref().unwrap();
     assert!(
-        by.starts_with(&format!("job/{}-", r.job.as_deref().unwrap())),
+        by.starts_with(&format!("job/{}-", r.common.job.as_deref().unwrap())),
         "{by}"
     );
     // Byte for byte and in metadata, and no restore-wait marker left.

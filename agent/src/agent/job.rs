@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use kube::{Api, Client};
-use stash_api::{BackupSession, ItemPhase, RestoreSession};
+use stash_api::{BackupSession, ItemCommon, ItemPhase, RestoreSession};
 
 use super::claim::{Previous, Slot};
 use super::metrics::Metrics;
@@ -53,20 +53,20 @@ fn block_on(f: impl std::future::Future<Output = Result<u8>>) -> Result<u8> {
 
 /// The item of `claim` in a session's items: its index, identity and phase.
 fn find_item<'a>(
-    items: impl Iterator<Item = (bool, Option<&'a str>, &'a str, &'a str, &'a str, ItemPhase)>,
+    items: impl Iterator<Item = &'a ItemCommon>,
     claim: &str,
 ) -> Option<(usize, Slot, ItemPhase)> {
     items
         .enumerate()
-        .find(|(_, (in_job, c, ..))| *in_job && *c == Some(claim))
-        .map(|(index, (_, _, ns, pod, volume, phase))| {
+        .find(|(_, i)| i.runs_in_job() && i.persistent_volume_claim.as_deref() == Some(claim))
+        .map(|(index, i)| {
             let slot = Slot::Item {
                 index,
-                namespace: ns.to_owned(),
-                pod: pod.to_owned(),
-                volume: volume.to_owned(),
+                namespace: i.namespace.clone(),
+                pod: i.pod.clone(),
+                volume: i.volume.clone(),
             };
-            (index, slot, phase)
+            (index, slot, i.phase)
         })
 }
 
@@ -90,16 +90,8 @@ async fn run_item(args: JobArgs, kind: Kind) -> Result<u8> {
                 .get(&args.session)
                 .await
                 .map_err(|e| anyhow!(read(e)))?;
-            let items = s.status.iter().flat_map(|st| st.items.iter()).map(|i| {
-                (
-                    i.runs_in_job(),
-                    i.persistent_volume_claim.as_deref(),
-                    i.namespace.as_str(),
-                    i.pod.as_str(),
-                    i.volume.as_str(),
-                    i.phase,
-                )
-            });
+            let items = s.status.iter().flat_map(|st| st.items.iter());
+            let items = items.map(|i| &i.common);
             let (index, slot, phase) =
                 find_item(items, &args.claim).with_context(|| no_item(what, &ns, &args))?;
             pending(phase, &ns, &args)?;
@@ -110,16 +102,8 @@ async fn run_item(args: JobArgs, kind: Kind) -> Result<u8> {
                 .get(&args.session)
                 .await
                 .map_err(|e| anyhow!(read(e)))?;
-            let items = s.status.iter().flat_map(|st| st.items.iter()).map(|i| {
-                (
-                    i.runs_in_job(),
-                    i.persistent_volume_claim.as_deref(),
-                    i.namespace.as_str(),
-                    i.pod.as_str(),
-                    i.volume.as_str(),
-                    i.phase,
-                )
-            });
+            let items = s.status.iter().flat_map(|st| st.items.iter());
+            let items = items.map(|i| &i.common);
             let (index, slot, phase) =
                 find_item(items, &args.claim).with_context(|| no_item(what, &ns, &args))?;
             pending(phase, &ns, &args)?;
@@ -167,13 +151,13 @@ async fn run_item(args: JobArgs, kind: Kind) -> Result<u8> {
             .await
             .map_err(|e| anyhow!(read(e)))?
             .status
-            .and_then(|s| s.items.get(index).map(|i| i.phase)),
+            .and_then(|s| s.items.get(index).map(|i| i.common.phase)),
         Kind::Restore => restores
             .get(&args.session)
             .await
             .map_err(|e| anyhow!(read(e)))?
             .status
-            .and_then(|s| s.items.get(index).map(|i| i.phase)),
+            .and_then(|s| s.items.get(index).map(|i| i.common.phase)),
     };
     Ok(if phase == Some(ItemPhase::Succeeded) {
         0

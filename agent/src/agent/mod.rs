@@ -34,7 +34,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use stash_api::policy::HostPathAllowList;
 use stash_api::time::from_time;
-use stash_api::{BackupSession, Claim, ItemPhase, RestoreSession};
+use stash_api::{BackupSession, Claim, ItemCommon, ItemPhase, RestoreSession};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -315,12 +315,24 @@ impl Work {
             Slot::Retention => None,
         };
         match self {
-            Work::Backup(s, slot, _) => {
-                Some(s.status.as_ref()?.items.get(index(slot)?)?.claim.clone())
-            }
-            Work::Restore(s, slot, _) => {
-                Some(s.status.as_ref()?.items.get(index(slot)?)?.claim.clone())
-            }
+            Work::Backup(s, slot, _) => Some(
+                s.status
+                    .as_ref()?
+                    .items
+                    .get(index(slot)?)?
+                    .common
+                    .claim
+                    .clone(),
+            ),
+            Work::Restore(s, slot, _) => Some(
+                s.status
+                    .as_ref()?
+                    .items
+                    .get(index(slot)?)?
+                    .common
+                    .claim
+                    .clone(),
+            ),
             Work::Retention(s, _) => Some(s.status.as_ref()?.retention.as_ref()?.claim.clone()),
         }
     }
@@ -365,46 +377,6 @@ fn takeable(ctx: &Ctx, phase: ItemPhase, claim: &Claim) -> Option<Previous> {
     }
 }
 
-/// What the scan needs of a backup or restore item.
-struct ItemView<'a> {
-    namespace: &'a str,
-    pod: &'a str,
-    volume: &'a str,
-    node: &'a Option<String>,
-    phase: ItemPhase,
-    claim: &'a Claim,
-    /// A Job runs it: never a node agent's, whatever its node.
-    in_job: bool,
-}
-
-impl<'a> From<&'a stash_api::BackupItem> for ItemView<'a> {
-    fn from(i: &'a stash_api::BackupItem) -> Self {
-        ItemView {
-            namespace: &i.namespace,
-            pod: &i.pod,
-            volume: &i.volume,
-            node: &i.node,
-            phase: i.phase,
-            claim: &i.claim,
-            in_job: i.runs_in_job(),
-        }
-    }
-}
-
-impl<'a> From<&'a stash_api::RestoreItem> for ItemView<'a> {
-    fn from(i: &'a stash_api::RestoreItem) -> Self {
-        ItemView {
-            namespace: &i.namespace,
-            pod: &i.pod,
-            volume: &i.volume,
-            node: &i.node,
-            phase: i.phase,
-            claim: &i.claim,
-            in_job: i.runs_in_job(),
-        }
-    }
-}
-
 /// Every piece of work for this node, oldest session first.
 fn find_work(
     ctx: &Ctx,
@@ -427,13 +399,13 @@ fn find_work(
         }
     };
     // The items of one session on this node that can be taken, as slots.
-    let takeable_items = |items: Vec<ItemView<'_>>| -> Vec<(Slot, Previous)> {
+    let takeable_items = |items: Vec<&ItemCommon>| -> Vec<(Slot, Previous)> {
         items
             .into_iter()
             .enumerate()
-            .filter(|(_, i)| mine(i.node) && !i.in_job)
+            .filter(|(_, i)| mine(&i.node) && !i.runs_in_job())
             .filter_map(|(index, i)| {
-                let prev = takeable(ctx, i.phase, i.claim)?;
+                let prev = takeable(ctx, i.phase, &i.claim)?;
                 let slot = Slot::Item {
                     index,
                     namespace: i.namespace.to_owned(),
@@ -449,7 +421,7 @@ fn find_work(
             continue;
         };
         let created = s.metadata.creation_timestamp.as_ref().map(from_time);
-        let items = status.items.iter().map(ItemView::from);
+        let items = status.items.iter().map(|i| &i.common);
         for (slot, prev) in takeable_items(items.collect()) {
             push(created, Work::Backup(s.clone(), slot, prev));
         }
@@ -464,7 +436,7 @@ fn find_work(
             continue;
         };
         let created = s.metadata.creation_timestamp.as_ref().map(from_time);
-        let items = status.items.iter().map(ItemView::from);
+        let items = status.items.iter().map(|i| &i.common);
         for (slot, prev) in takeable_items(items.collect()) {
             push(created, Work::Restore(s.clone(), slot, prev));
         }

@@ -89,6 +89,36 @@ pub async fn pod(
         .unwrap_or_else(|e| panic!("create pod {ns}/{name}: {e}"));
 }
 
+/// The tests' usual target: pod `name` on `node`, labeled `app: db`, with
+/// one emptyDir volume `data` opted in to backups.
+pub async fn db_pod(client: &Client, ns: &str, name: &str, node: &str) {
+    pod(
+        client,
+        ns,
+        name,
+        node,
+        &[("app", "db")],
+        &[("stash.rs/backup-volumes", "data")],
+        &["data"],
+    )
+    .await;
+}
+
+/// The spec of the tests' usual BackupConfiguration: every `app: db` pod
+/// into Repository `main`, on a schedule that never fires in a test (1
+/// January), with the fields of `more` added.
+pub fn db_spec(more: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "schedule": "0 0 1 1 *",
+        "target": {"selector": {"matchLabels": {"app": "db"}}},
+        "repository": {"name": "main"},
+    });
+    if let serde_json::Value::Object(more) = more {
+        spec.as_object_mut().expect("an object").extend(more);
+    }
+    spec
+}
+
 pub async fn repository(
     client: &Client,
     ns: &str,
@@ -151,6 +181,72 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A session kind whose status tests wait on.
+pub trait Session:
+    kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    /// Its status type.
+    type Status;
+    /// Its status, once it has one.
+    fn into_status(self) -> Option<Self::Status>;
+}
+
+impl Session for BackupSession {
+    type Status = stash_api::BackupSessionStatus;
+    fn into_status(self) -> Option<Self::Status> {
+        self.status
+    }
+}
+
+impl Session for stash_api::RestoreSession {
+    type Status = stash_api::RestoreSessionStatus;
+    fn into_status(self) -> Option<Self::Status> {
+        self.status
+    }
+}
+
+/// Polls session `ns/name` until its status passes `pred`, and returns
+/// that status; panics with `what` after `timeout`.
+pub async fn status_where<K: Session>(
+    client: &Client,
+    (ns, name): (&str, &str),
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&K::Status) -> bool,
+) -> K::Status {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    eventually(timeout, what, || {
+        let api = api.clone();
+        let pred = &pred;
+        async move {
+            let st = api.get(name).await.ok()?.into_status()?;
+            pred(&st).then_some(st)
+        }
+    })
+    .await
+}
+
+/// Waits up to 20 s until the Ready condition of `name` has `reason`, and
+/// returns its message.
+pub async fn ready_message<K>(api: &Api<K>, name: &str, reason: &str) -> String
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    eventually(Duration::from_secs(20), reason, || {
+        let api = api.clone();
+        async move {
+            let obj = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+            let conditions = obj["status"]["conditions"].as_array()?;
+            let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+            (ready["reason"] == reason).then(|| ready["message"].as_str().unwrap().to_owned())
+        }
+    })
+    .await
 }
 
 /// Settings for a controller under test.
@@ -259,8 +355,13 @@ pub async fn finish_item(
     phase: stash_api::ItemPhase,
 ) {
     let path = |f: &str| format!("/status/items/{i}/{f}");
-    let mut ops = item_identity(i, &item.namespace, &item.pod, &item.volume);
-    let claim = format!("{}/agent/1", item.node.as_deref().unwrap_or("-"));
+    let mut ops = item_identity(
+        i,
+        &item.common.namespace,
+        &item.common.pod,
+        &item.common.volume,
+    );
+    let claim = format!("{}/agent/1", item.common.node.as_deref().unwrap_or("-"));
     let now = timestamp_ago(Duration::ZERO);
     ops.extend([
         json!({"op": "test", "path": path("phase"), "value": "Pending"}),

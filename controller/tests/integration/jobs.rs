@@ -96,7 +96,7 @@ async fn a_claim_no_pod_mounts_gets_a_job_whose_pod_failure_fails_the_item() {
             async move {
                 let s = sessions.get("a1").await.ok()?;
                 let i = s.status.as_ref()?.items.first()?;
-                i.job.is_some().then_some(s)
+                i.common.job.is_some().then_some(s)
             }
         },
     )
@@ -104,9 +104,9 @@ async fn a_claim_no_pod_mounts_gets_a_job_whose_pod_failure_fails_the_item() {
     let st = s.status.clone().unwrap();
     assert_eq!(st.phase, SessionPhase::Running);
     let item = &st.items[0];
-    assert_eq!(item.executor, Some(Executor::Job));
+    assert_eq!(item.common.executor, Some(Executor::Job));
     assert_eq!(item.host.as_deref(), Some("team/archive"));
-    let name = item.job.clone().unwrap();
+    let name = item.common.job.clone().unwrap();
     let job = Api::<Job>::namespaced(client.clone(), ns)
         .get(&name)
         .await
@@ -167,9 +167,9 @@ async fn a_claim_no_pod_mounts_gets_a_job_whose_pod_failure_fails_the_item() {
     .await;
     let st = done.status.unwrap();
     assert_eq!(st.phase, SessionPhase::Failed, "{st:?}");
-    assert_eq!(st.items[0].phase, ItemPhase::Failed);
+    assert_eq!(st.items[0].common.phase, ItemPhase::Failed);
     assert_eq!(
-        st.items[0].error.as_deref(),
+        st.items[0].common.error.as_deref(),
         Some(
             format!("Job pod {name}-x1: container stash terminated: OOMKilled (exit code 137)")
                 .as_str()

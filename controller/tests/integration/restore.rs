@@ -82,12 +82,12 @@ fn rows(st: &RestoreSessionStatus) -> Vec<Row<'_>> {
         .iter()
         .map(|i| {
             (
-                i.pod.as_str(),
-                i.volume.as_str(),
+                i.common.pod.as_str(),
+                i.common.volume.as_str(),
                 i.source_volume.as_str(),
-                i.node.as_deref(),
+                i.common.node.as_deref(),
                 i.source_hosts.iter().map(String::as_str).collect(),
-                i.phase,
+                i.common.phase,
             )
         })
         .collect()
@@ -164,7 +164,7 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
     // The agent restores one and fails the other.
     for (i, phase) in [(0, "Succeeded"), (1, "Failed")] {
         let item = &st.items[i];
-        let mut ops = item_identity(i, "team", &item.pod, &item.volume);
+        let mut ops = item_identity(i, "team", &item.common.pod, &item.common.volume);
         ops.extend([
             json!({"op": "test", "path": format!("/status/items/{i}/phase"), "value": "Pending"}),
             json!({"op": "replace", "path": format!("/status/items/{i}/phase"), "value": phase}),
@@ -223,12 +223,12 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
     let st = restore_where(&client, "r-map", "items", |st| !st.items.is_empty()).await;
     assert_eq!(st.items[0].source_hosts, ["team/web-0/cache"]);
     assert_eq!(
-        (st.items[0].volume.as_str(), st.items[0].phase),
+        (st.items[0].common.volume.as_str(), st.items[0].common.phase),
         ("tmp", ItemPhase::Pending)
     );
-    assert_eq!(st.items[1].phase, ItemPhase::Failed);
+    assert_eq!(st.items[1].common.phase, ItemPhase::Failed);
     assert_eq!(
-        st.items[1].error.as_deref(),
+        st.items[1].common.error.as_deref(),
         Some("pod team/web-0 has no volume named \"nope\"")
     );
     assert_eq!(st.progress.as_deref(), Some("1/2"));
@@ -375,6 +375,7 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
     assert_eq!(st.phase, SessionPhase::Failed);
     assert!(
         st.items[0]
+            .common
             .error
             .as_deref()
             .unwrap()

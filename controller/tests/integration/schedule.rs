@@ -135,11 +135,11 @@ async fn schedule_creates_sessions_on_time_with_the_opted_in_volumes() {
             .items
             .iter()
             .map(|i| {
-                assert_eq!(i.phase, ItemPhase::Pending);
+                assert_eq!(i.common.phase, ItemPhase::Pending);
                 (
-                    i.pod.as_str(),
-                    i.volume.as_str(),
-                    i.node.as_deref().unwrap_or("-"),
+                    i.common.pod.as_str(),
+                    i.common.volume.as_str(),
+                    i.common.node.as_deref().unwrap_or("-"),
                 )
             })
             .collect();

@@ -105,7 +105,7 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
     assert_eq!(items.len(), PODS);
     for (i, item) in items.iter().enumerate() {
         assert_eq!(
-            (item.pod.as_str(), item.phase),
+            (item.common.pod.as_str(), item.common.phase),
             (format!("db-{i}").as_str(), ItemPhase::Pending)
         );
     }
@@ -140,13 +140,25 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
     let st = done.status.unwrap();
     for (i, item) in st.items.iter().enumerate() {
         let updates = 5 + 3 * i as i64;
-        assert_eq!(item.phase, ItemPhase::Succeeded, "item {i}: {item:?}");
-        assert_eq!(item.snapshot_id, Some(format!("{i:064x}")), "item {i}");
-        assert_eq!(item.bytes_done, Some(updates * 1000 + i as i64), "item {i}");
-        assert_eq!(item.files_done, Some(updates), "item {i}");
+        assert_eq!(
+            item.common.phase,
+            ItemPhase::Succeeded,
+            "item {i}: {item:?}"
+        );
+        assert_eq!(
+            item.common.snapshot_id,
+            Some(format!("{i:064x}")),
+            "item {i}"
+        );
+        assert_eq!(
+            item.common.bytes_done,
+            Some(updates * 1000 + i as i64),
+            "item {i}"
+        );
+        assert_eq!(item.common.files_done, Some(updates), "item {i}");
         assert_eq!(item.bytes_added, Some(i as i64 * 7), "item {i}");
-        assert_eq!(item.claim.attempt, Some(1), "item {i}");
-        assert!(item.end_time.is_some(), "item {i}");
+        assert_eq!(item.common.claim.attempt, Some(1), "item {i}");
+        assert!(item.common.end_time.is_some(), "item {i}");
     }
     eprintln!(
         "status conflicts the controller resolved: {}",
@@ -218,12 +230,12 @@ async fn a_silent_claim_fails_only_by_the_configuration_timeout() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let st = api.get("manual").await.unwrap().status.unwrap();
     assert_eq!(
-        st.items[0].phase,
+        st.items[0].common.phase,
         ItemPhase::Running,
         "an old heartbeat alone must not fail an item (the agent takes it over)"
     );
     assert_eq!(
-        st.items[0].claim.claimed_by.as_deref(),
+        st.items[0].common.claim.claimed_by.as_deref(),
         Some("node-a/agent/dead")
     );
 
@@ -240,18 +252,20 @@ async fn a_silent_claim_fails_only_by_the_configuration_timeout() {
     )
     .await;
     for item in &st.items {
-        assert_eq!(item.phase, ItemPhase::Failed);
+        assert_eq!(item.common.phase, ItemPhase::Failed);
         assert!(
-            item.error
+            item.common
+                .error
                 .as_deref()
                 .unwrap()
                 .starts_with("timed out: not finished 6s"),
             "{:?}",
-            item.error
+            item.common.error
         );
-        assert_eq!(item.claim.claimed_by, None, "the claim is revoked");
+        assert_eq!(item.common.claim.claimed_by, None, "the claim is revoked");
     }
     assert!(st.items[0]
+        .common
         .error
         .as_deref()
         .unwrap()
@@ -328,7 +342,7 @@ async fn a_terminating_pod_is_not_backed_up() {
         .unwrap()
         .items
         .iter()
-        .map(|i| i.pod.clone())
+        .map(|i| i.common.pod.clone())
         .collect();
     assert_eq!(items, ["db-0"]);
     stop_controller(shutdown, handle).await;

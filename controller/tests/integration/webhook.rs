@@ -59,13 +59,11 @@ async fn webhook_configuration(client: &Client, url: &str) {
         .unwrap();
 }
 
-/// Starts the webhook on `listener` as the controller's main does.
-fn start_webhook(
-    client: &Client,
-    listener: tokio::net::TcpListener,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let shutdown = CancellationToken::new();
-    let certs = CertSettings {
+/// The webhook's certificate settings in these tests: a generated
+/// certificate for 127.0.0.1 in Secret `stash-system/stash-webhook-tls`,
+/// its CA in the `stash-controller` webhook configurations.
+fn test_certs() -> CertSettings {
+    CertSettings {
         dns_names: vec!["127.0.0.1".into()],
         ..CertSettings::new(
             "stash-system",
@@ -73,25 +71,46 @@ fn start_webhook(
             "unused",
             Some("stash-controller".into()),
         )
-    };
+    }
+}
+
+/// Runs the webhook on `listener` with `certs`, as the controller's main
+/// does, until the token is cancelled.
+fn run_webhook(
+    client: &Client,
+    listener: tokio::net::TcpListener,
+    certs: CertSettings,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<stash_controller::Result<()>>,
+) {
+    let shutdown = CancellationToken::new();
     let settings = WebhookSettings {
         restore_wait_image: webhook::RestoreWaitImage::Fixed(IMAGE.into()),
         host_paths: HostPathAllowList::default(),
     };
-    let handle = tokio::spawn({
-        let (client, shutdown) = (client.clone(), shutdown.clone());
-        async move {
-            webhook::run(
-                client,
-                certs,
-                settings,
-                Metrics::default(),
-                listener,
-                shutdown,
-            )
+    let handle = tokio::spawn(webhook::run(
+        client.clone(),
+        certs,
+        settings,
+        Metrics::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    (shutdown, handle)
+}
+
+/// Starts the webhook on `listener` as the controller's main does.
+fn start_webhook(
+    client: &Client,
+    listener: tokio::net::TcpListener,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let (shutdown, server) = run_webhook(client, listener, test_certs());
+    let handle = tokio::spawn(async move {
+        server
             .await
+            .expect("webhook task")
             .expect("the webhook serves");
-        }
     });
     (shutdown, handle)
 }
@@ -107,22 +126,14 @@ async fn restore(client: &Client, name: &str, kind: &str, workload: &str) {
     .await;
 }
 
-async fn status_where(
+async fn restore_where(
     client: &Client,
     name: &str,
     what: &str,
     pred: impl Fn(&RestoreSessionStatus) -> bool,
 ) -> RestoreSessionStatus {
-    let api: Api<RestoreSession> = Api::namespaced(client.clone(), "team");
-    eventually(Duration::from_secs(30), what, || {
-        let api = api.clone();
-        let pred = &pred;
-        async move {
-            let st = api.get(name).await.ok()?.status?;
-            pred(&st).then_some(st)
-        }
-    })
-    .await
+    let timeout = Duration::from_secs(30);
+    status_where::<RestoreSession>(client, ("team", name), timeout, what, pred).await
 }
 
 /// Waits until the controller has marked the pod template; returns it.
@@ -201,7 +212,7 @@ fn init_containers(p: &Pod) -> Vec<Value> {
 /// Plays the agent: claims and finishes item `i` as Succeeded.
 async fn restored(client: &Client, session: &str, i: usize, st: &RestoreSessionStatus) {
     let item = &st.items[i];
-    let mut ops = item_identity(i, "team", &item.pod, &item.volume);
+    let mut ops = item_identity(i, "team", &item.common.pod, &item.common.volume);
     ops.extend([
         json!({"op": "test", "path": format!("/status/items/{i}/phase"), "value": "Pending"}),
         json!({"op": "replace", "path": format!("/status/items/{i}/phase"), "value": "Succeeded"}),
@@ -276,7 +287,7 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
 
     restore(&client, "r-web", "Deployment", "web").await;
     let marked = marked_template(&client, "Deployment", "web", "r-web").await;
-    let st = status_where(&client, "r-web", "the rollout condition", |st| {
+    let st = restore_where(&client, "r-web", "the rollout condition", |st| {
         st.conditions
             .iter()
             .any(|c| c.type_ == "RolloutStarted" && c.status == "True")
@@ -333,18 +344,18 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
         st.conditions
     );
     bind(&client, "team", "web-bbbbb-1", "node-b").await;
-    let st = status_where(&client, "r-web", "an item", |st| !st.items.is_empty()).await;
+    let st = restore_where(&client, "r-web", "an item", |st| !st.items.is_empty()).await;
     assert_eq!(
         (
-            st.items[0].pod.as_str(),
-            st.items[0].volume.as_str(),
-            st.items[0].node.as_deref()
+            st.items[0].common.pod.as_str(),
+            st.items[0].common.volume.as_str(),
+            st.items[0].common.node.as_deref()
         ),
         ("web-bbbbb-1", "cache", Some("node-b"))
     );
     assert_eq!(st.items[0].source_hosts, ["team/web/cache"]);
     restored(&client, "r-web", 0, &st).await;
-    let st = status_where(&client, "r-web", "the end", |st| st.phase.is_finished()).await;
+    let st = restore_where(&client, "r-web", "the end", |st| st.phase.is_finished()).await;
     assert_eq!(st.phase, SessionPhase::Succeeded);
     // Later pods of the workload (a finished restore) get nothing.
     let later = pod_from(
@@ -392,7 +403,7 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
         json!(["restore-wait", "--session", "r-db", "--dir", "/var/lib/db"])
     );
     assert_eq!(init[0]["securityContext"]["runAsUser"], 999);
-    let st = status_where(&client, "r-db", "db-0's item", |st| st.items.len() == 1).await;
+    let st = restore_where(&client, "r-db", "db-0's item", |st| st.items.len() == 1).await;
     assert_eq!(st.phase, SessionPhase::Running);
     assert!(
         st.conditions.iter().any(|c| c
@@ -425,7 +436,7 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     )
     .await;
     assert!(init_containers(&bare).is_empty());
-    let st = status_where(&client, "r-db", "the missing restore-wait", |st| {
+    let st = restore_where(&client, "r-db", "the missing restore-wait", |st| {
         st.conditions
             .iter()
             .any(|c| c.type_ == "RestoreWaitMissing" && c.status == "True")
@@ -477,13 +488,13 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     )
     .await;
     assert_eq!(init_containers(&db1)[0]["name"], RESTORE_WAIT_CONTAINER);
-    let st = status_where(&client, "r-db", "db-1's item", |st| st.items.len() == 2).await;
+    let st = restore_where(&client, "r-db", "db-1's item", |st| st.items.len() == 2).await;
     assert_eq!(
-        (st.items[1].pod.as_str(), st.items[1].phase),
+        (st.items[1].common.pod.as_str(), st.items[1].common.phase),
         ("db-1", ItemPhase::Pending)
     );
     restored(&client, "r-db", 1, &st).await;
-    let st = status_where(&client, "r-db", "the end", |st| st.phase.is_finished()).await;
+    let st = restore_where(&client, "r-db", "the end", |st| st.phase.is_finished()).await;
     assert_eq!(st.phase, SessionPhase::Succeeded);
     assert!(st
         .conditions
@@ -503,7 +514,7 @@ async fn rollout_restores_get_restore_wait_from_the_webhook() {
     )
     .await;
     restore(&client, "r-pg", "Deployment", "pg").await;
-    let st = status_where(&client, "r-pg", "the refusal", |st| st.phase.is_finished()).await;
+    let st = restore_where(&client, "r-pg", "the refusal", |st| st.phase.is_finished()).await;
     assert_eq!(st.phase, SessionPhase::Failed);
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!(ready.reason, "RolloutRefused");
@@ -599,29 +610,11 @@ async fn the_webhook_certificate_is_renewed_before_it_expires() {
     )
     .await;
     let certs = CertSettings {
-        dns_names: vec!["127.0.0.1".into()],
         validity: Duration::from_secs(9),
         recheck: Duration::from_millis(300),
-        ..CertSettings::new(
-            "stash-system",
-            "stash-webhook-tls",
-            "unused",
-            Some("stash-controller".into()),
-        )
+        ..test_certs()
     };
-    let settings = WebhookSettings {
-        restore_wait_image: webhook::RestoreWaitImage::Fixed(IMAGE.into()),
-        host_paths: HostPathAllowList::default(),
-    };
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(webhook::run(
-        client.clone(),
-        certs,
-        settings,
-        Metrics::default(),
-        listener,
-        shutdown.clone(),
-    ));
+    let (shutdown, server) = run_webhook(&client, listener, certs);
     let secrets = Api::<Secret>::namespaced(client.clone(), "stash-system");
     let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
     let ca_bundle = || async {

@@ -132,8 +132,8 @@ async fn fails_and_the_schedule_goes_on(client: &Client, name: &str, reason: &st
     .await;
     assert_eq!(st.phase, SessionPhase::Failed);
     let item = &st.items[0];
-    assert_eq!(item.phase, ItemPhase::Failed);
-    let error = item.error.as_deref().unwrap_or_default();
+    assert_eq!(item.common.phase, ItemPhase::Failed);
+    let error = item.common.error.as_deref().unwrap_or_default();
     assert!(error.starts_with(&format!("{reason}: ")), "{error}");
     // The Event is published after the status write: wait for it.
     eventually(
@@ -196,6 +196,7 @@ async fn an_item_whose_pod_was_replaced_fails_as_pod_gone() {
     fails_and_the_schedule_goes_on(&client, &name, "PodGone").await;
     let api: Api<BackupSession> = Api::namespaced(client.clone(), "team");
     let error = api.get(&name).await.unwrap().status.unwrap().items[0]
+        .common
         .error
         .clone()
         .unwrap();
@@ -214,7 +215,7 @@ async fn an_item_on_a_not_ready_node_fails_and_the_next_tick_runs() {
     tokio::time::sleep(GRACE + Duration::from_secs(2)).await;
     let api: Api<BackupSession> = Api::namespaced(client.clone(), "team");
     let st = api.get(&name).await.unwrap().status.unwrap();
-    assert_eq!(st.items[0].phase, ItemPhase::Pending, "{st:?}");
+    assert_eq!(st.items[0].common.phase, ItemPhase::Pending, "{st:?}");
     node(&client, "node-a", false).await;
     fails_and_the_schedule_goes_on(&client, &name, "NodeNotReady").await;
     stop_controller(shutdown, handle).await;
