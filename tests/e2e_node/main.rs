@@ -388,6 +388,26 @@ fn apply(w: &World, obj: Value) {
     w.kubectl(&["apply", "-f", f.to_str().unwrap()]);
 }
 
+/// PersistentVolumeClaim `name` in `NS`, bound to a local
+/// PersistentVolume `<name>-pv` of 1 GiB at `dir` on the node.
+fn local_claim(w: &World, name: &str, dir: &Path) {
+    apply(
+        w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": format!("{name}-pv")},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local",
+                        "local": {"path": dir},
+                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [stash_envtest::cluster::NODE_NAME]}]}]}}}}),
+    );
+    apply(
+        w,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+                        "volumeName": format!("{name}-pv"), "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+}
+
 fn rand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1016,21 +1036,7 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    apply(
-        &w,
-        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "archive-pv"},
-               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local",
-                        "local": {"path": dir},
-                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [stash_envtest::cluster::NODE_NAME]}]}]}}}}),
-    );
-    apply(
-        &w,
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "archive", "namespace": NS},
-               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
-                        "volumeName": "archive-pv", "resources": {"requests": {"storage": "1Gi"}}}}),
-    );
+    local_claim(&w, "archive", &dir);
     apply(
         &w,
         json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration",
@@ -1147,21 +1153,7 @@ async fn a_claim_no_pod_mounts_is_backed_up_by_a_job() {
 
     // A restore Job fills a new, empty claim from the latest snapshot.
     let target = w.cluster.host_dir("restored-pv");
-    apply(
-        &w,
-        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "restored-pv"},
-               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                        "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "local",
-                        "local": {"path": target},
-                        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                            {"key": "kubernetes.io/hostname", "operator": "In", "values": [stash_envtest::cluster::NODE_NAME]}]}]}}}}),
-    );
-    apply(
-        &w,
-        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "restored", "namespace": NS},
-               "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
-                        "volumeName": "restored-pv", "resources": {"requests": {"storage": "1Gi"}}}}),
-    );
+    local_claim(&w, "restored", &target);
     apply(
         &w,
         json!({"apiVersion": "stash.rs/v1alpha1", "kind": "RestoreSession",

@@ -903,16 +903,7 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
         Some(json!({"allowedNamespaces": {"from": "Selector", "selector": {"matchLabels": {"backup": "yes"}}}})),
     )
     .await;
-    pod(
-        &client,
-        "team",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        &[("stash.rs/backup-volumes", "data")],
-        &["data"],
-    )
-    .await;
+    db_pod(&client, "team", "db-0", "node-a").await;
     for (name, repo) in [
         ("local", json!({"name": "main"})),
         ("remote", json!({"name": "shared", "namespace": "vault"})),

@@ -15,24 +15,8 @@ async fn deletion_waits_for_running_sessions_and_repository_users() {
     let (_env, client) = control_plane().await;
     namespace(&client, "team", &[]).await;
     repository(&client, "team", "main", None).await;
-    pod(
-        &client,
-        "team",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        &[("stash.rs/backup-volumes", "data")],
-        &["data"],
-    )
-    .await;
-    configuration(
-        &client,
-        "team",
-        "db",
-        json!({"schedule": "0 0 1 1 *", "target": {"selector": {"matchLabels": {"app": "db"}}},
-               "repository": {"name": "main"}}),
-    )
-    .await;
+    db_pod(&client, "team", "db-0", "node-a").await;
+    configuration(&client, "team", "db", db_spec(json!({}))).await;
     let (shutdown, handle, _m) = start_controller(&client, settings());
     let configs: Api<BackupConfiguration> = Api::namespaced(client.clone(), "team");
     let repos: Api<Repository> = Api::namespaced(client.clone(), "team");
@@ -66,36 +50,12 @@ async fn deletion_waits_for_running_sessions_and_repository_users() {
         .delete("main", &DeleteParams::default())
         .await
         .unwrap();
-    let message = eventually(Duration::from_secs(20), "Terminating", || {
-        let configs = configs.clone();
-        async move {
-            let c = configs.get("db").await.ok()?;
-            let ready = c
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.reason == "Terminating").then_some(ready.message)
-        }
-    })
-    .await;
+    let message = ready_message(&configs, "db", "Terminating").await;
     assert!(
         message.contains("waiting for session(s) s1 to finish"),
         "{message}"
     );
-    let message = eventually(Duration::from_secs(20), "InUse", || {
-        let repos = repos.clone();
-        async move {
-            let r = repos.get("main").await.ok()?;
-            let ready = r
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.reason == "InUse").then_some(ready.message)
-        }
-    })
-    .await;
+    let message = ready_message(&repos, "main", "InUse").await;
     assert!(message.contains("BackupConfiguration team/db"), "{message}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(configs.get_opt("db").await.unwrap().is_some());
@@ -179,19 +139,7 @@ async fn references_from_namespaces_a_repository_does_not_admit_do_not_block_its
         .delete("shared", &DeleteParams::default())
         .await
         .unwrap();
-    let message = eventually(Duration::from_secs(20), "InUse", || {
-        let repos = repos.clone();
-        async move {
-            let r = repos.get("shared").await.ok()?;
-            let ready = r
-                .status?
-                .conditions
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.reason == "InUse").then_some(ready.message)
-        }
-    })
-    .await;
+    let message = ready_message(&repos, "shared", "InUse").await;
     assert!(
         message.contains("BackupConfiguration friend/db"),
         "{message}"

@@ -86,16 +86,7 @@ async fn only_the_leader_schedules_and_a_successor_takes_over() {
     namespace(&client, "stash-system", &[]).await;
     namespace(&client, "ha", &[]).await;
     repository(&client, "ha", "main", None).await;
-    pod(
-        &client,
-        "ha",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        &[("stash.rs/backup-volumes", "data")],
-        &["data"],
-    )
-    .await;
+    db_pod(&client, "ha", "db-0", "node-a").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "stash-system");
 
     let mut a = Some(replica(

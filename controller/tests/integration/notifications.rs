@@ -82,37 +82,20 @@ async fn outcomes_reach_webhook_slack_and_alertmanager_once_and_metadata_is_refu
         .await
         .unwrap();
     for (i, node) in ["node-a", "node-b"].iter().enumerate() {
-        pod(
-            &client,
-            ns,
-            &format!("db-{i}"),
-            node,
-            &[("app", "db")],
-            &[("stash.rs/backup-volumes", "data")],
-            &["data"],
-        )
-        .await;
+        db_pod(&client, ns, &format!("db-{i}"), node).await;
     }
-    configuration(
-        &client,
-        ns,
-        "db",
-        json!({
-            "schedule": "0 0 1 1 *",
-            "target": {"selector": {"matchLabels": {"app": "db"}}},
-            "repository": {"name": "main"},
-            "notifications": [
-                {"name": "hook", "format": "Webhook", "url": format!("{base}/hook"),
-                 "on": ["Succeeded", "PartiallyFailed", "Failed"]},
-                {"name": "chat", "format": "Slack", "secret": "slack"},
-                {"name": "am", "format": "Alertmanager", "url": format!("{base}/am")},
-                {"name": "flaky", "format": "Webhook", "url": format!("{base}/flaky")},
-                {"name": "metadata", "format": "Webhook", "url": "http://169.254.169.254/latest/meta-data/"},
-                {"name": "only-success", "format": "Webhook", "url": format!("{base}/only-success"), "on": ["Succeeded"]},
-            ],
-        }),
-    )
-    .await;
+    let spec = db_spec(json!({
+        "notifications": [
+            {"name": "hook", "format": "Webhook", "url": format!("{base}/hook"),
+             "on": ["Succeeded", "PartiallyFailed", "Failed"]},
+            {"name": "chat", "format": "Slack", "secret": "slack"},
+            {"name": "am", "format": "Alertmanager", "url": format!("{base}/am")},
+            {"name": "flaky", "format": "Webhook", "url": format!("{base}/flaky")},
+            {"name": "metadata", "format": "Webhook", "url": "http://169.254.169.254/latest/meta-data/"},
+            {"name": "only-success", "format": "Webhook", "url": format!("{base}/only-success"), "on": ["Succeeded"]},
+        ],
+    }));
+    configuration(&client, ns, "db", spec).await;
     // A configuration whose target matches no pod: its session fails at once.
     configuration(
         &client,

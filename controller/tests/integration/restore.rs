@@ -49,16 +49,8 @@ async fn restore_where(
     what: &str,
     pred: impl Fn(&RestoreSessionStatus) -> bool,
 ) -> RestoreSessionStatus {
-    let api: Api<RestoreSession> = Api::namespaced(client.clone(), "team");
-    eventually(Duration::from_secs(20), what, || {
-        let api = api.clone();
-        let pred = &pred;
-        async move {
-            let st = api.get(name).await.ok()?.status?;
-            pred(&st).then_some(st)
-        }
-    })
-    .await
+    let timeout = Duration::from_secs(20);
+    status_where::<RestoreSession>(client, ("team", name), timeout, what, pred).await
 }
 
 fn ready_reason(st: &RestoreSessionStatus) -> Option<&str> {
@@ -385,43 +377,38 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
     );
 
     // Refusals.
-    restore(
-        &client,
-        "r-private",
-        json!({"target": {"pod": "web-0"},
-        "repository": {"name": "private", "namespace": "infra"}}),
-    )
-    .await;
-    let st = restore_where(&client, "r-private", "refusal", |st| st.phase.is_finished()).await;
-    assert_eq!(
-        (st.phase, ready_reason(&st)),
-        (SessionPhase::Failed, Some("RepositoryNotAllowed"))
-    );
-    restore(
-        &client,
-        "r-steal",
-        json!({"target": {"pod": "web-0"},
-        "repository": {"name": "shared", "namespace": "infra"},
-        "source": {"namespace": "other", "name": "web"}}),
-    )
-    .await;
-    let st = restore_where(&client, "r-steal", "refusal", |st| st.phase.is_finished()).await;
-    assert_eq!(
-        (st.phase, ready_reason(&st)),
-        (SessionPhase::Failed, Some("SourceNotAllowed"))
-    );
-    restore(
-        &client,
-        "r-host",
-        json!({"target": {"pod": "host-0"},
-        "volumes": [{"source": "root", "target": "root"}]}),
-    )
-    .await;
-    let st = restore_where(&client, "r-host", "refusal", |st| st.phase.is_finished()).await;
-    assert_eq!(
-        (st.phase, ready_reason(&st)),
-        (SessionPhase::Failed, Some("NoVolumes"))
-    );
+    let refused = [
+        (
+            "r-private",
+            json!({"target": {"pod": "web-0"},
+                   "repository": {"name": "private", "namespace": "infra"}}),
+            "RepositoryNotAllowed",
+        ),
+        (
+            "r-steal",
+            json!({"target": {"pod": "web-0"},
+                   "repository": {"name": "shared", "namespace": "infra"},
+                   "source": {"namespace": "other", "name": "web"}}),
+            "SourceNotAllowed",
+        ),
+        (
+            "r-host",
+            json!({"target": {"pod": "host-0"},
+                   "volumes": [{"source": "root", "target": "root"}]}),
+            "NoVolumes",
+        ),
+    ];
+    let mut st = RestoreSessionStatus::default();
+    for (name, spec, reason) in refused {
+        restore(&client, name, spec).await;
+        st = restore_where(&client, name, "refusal", |st| st.phase.is_finished()).await;
+        assert_eq!(
+            (st.phase, ready_reason(&st)),
+            (SessionPhase::Failed, Some(reason)),
+            "{name}"
+        );
+    }
+    // r-host's refusal says which volume.
     let c = st
         .conditions
         .iter()

@@ -17,23 +17,9 @@ async fn setup(client: &kube::Client, timeout: Option<&str>) {
     namespace(client, "team", &[]).await;
     repository(client, "team", "main", None).await;
     for (i, node) in ["node-a", "node-b", "node-c"].iter().enumerate() {
-        pod(
-            client,
-            "team",
-            &format!("db-{i}"),
-            node,
-            &[("app", "db")],
-            &[("stash.rs/backup-volumes", "data")],
-            &["data"],
-        )
-        .await;
+        db_pod(client, "team", &format!("db-{i}"), node).await;
     }
-    let mut spec = json!({
-        "schedule": "0 0 1 1 *",
-        "target": {"selector": {"matchLabels": {"app": "db"}}},
-        "repository": {"name": "main"},
-        "retention": {"keepLast": 4},
-    });
+    let mut spec = db_spec(json!({"retention": {"keepLast": 4}}));
     if let Some(t) = timeout {
         spec["timeout"] = json!(t);
     }
@@ -46,16 +32,8 @@ async fn session_where(
     what: &str,
     pred: impl Fn(&stash_api::BackupSessionStatus) -> bool,
 ) -> stash_api::BackupSessionStatus {
-    let api: Api<BackupSession> = Api::namespaced(client.clone(), "team");
-    eventually(Duration::from_secs(20), what, || {
-        let api = api.clone();
-        let pred = &pred;
-        async move {
-            let st = api.get(name).await.ok()?.status?;
-            pred(&st).then_some(st)
-        }
-    })
-    .await
+    let timeout = Duration::from_secs(20);
+    status_where::<BackupSession>(client, ("team", name), timeout, what, pred).await
 }
 
 #[tokio::test]

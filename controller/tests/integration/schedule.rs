@@ -10,8 +10,7 @@ use chrono::{DateTime, Utc};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use stash_api::{BackupSession, ItemPhase, Repository, SessionPhase};
-use stash_controller::{Metrics, Settings};
-use tokio_util::sync::CancellationToken;
+use stash_controller::Settings;
 
 use crate::common::*;
 
@@ -69,15 +68,7 @@ async fn schedule_creates_sessions_on_time_with_the_opted_in_volumes() {
     )
     .await;
 
-    let metrics = Metrics::default();
-    let shutdown = CancellationToken::new();
-    let settings = Settings::new("test");
-    let controller = tokio::spawn(stash_controller::run_controllers(
-        client.clone(),
-        settings,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, controller, metrics) = start_controller(&client, Settings::new("test"));
 
     configuration(
         &client,
@@ -226,9 +217,5 @@ async fn schedule_creates_sessions_on_time_with_the_opted_in_volumes() {
         "Repository status has no lastBackupTime"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), controller)
-        .await
-        .expect("the controller stops within 10 s of shutdown")
-        .expect("controller task");
+    stop_controller(shutdown, controller).await;
 }

@@ -7,8 +7,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stash_api::{BackupConfiguration, BackupSession, SessionPhase};
-use stash_controller::{Metrics, Settings};
-use tokio_util::sync::CancellationToken;
+use stash_controller::Settings;
 
 use crate::common::*;
 
@@ -18,26 +17,9 @@ async fn cross_namespace_repository_is_refused_with_a_condition() {
     namespace(&client, "infra", &[]).await;
     namespace(&client, "team", &[("backup", "yes")]).await;
     repository(&client, "infra", "shared", None).await;
-    pod(
-        &client,
-        "team",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        &[("stash.rs/backup-volumes", "data")],
-        &["data"],
-    )
-    .await;
+    db_pod(&client, "team", "db-0", "node-a").await;
 
-    let metrics = Metrics::default();
-    let shutdown = CancellationToken::new();
-    let settings = Settings::new("test");
-    let controller = tokio::spawn(stash_controller::run_controllers(
-        client.clone(),
-        settings,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let (shutdown, controller, metrics) = start_controller(&client, Settings::new("test"));
 
     configuration(
         &client,
@@ -133,9 +115,5 @@ async fn cross_namespace_repository_is_refused_with_a_condition() {
     })
     .await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), controller)
-        .await
-        .expect("stops")
-        .expect("task");
+    stop_controller(shutdown, controller).await;
 }

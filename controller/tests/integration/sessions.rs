@@ -76,28 +76,9 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
     repository(&client, ns, "main", None).await;
     const PODS: usize = 6;
     for i in 0..PODS {
-        pod(
-            &client,
-            ns,
-            &format!("db-{i}"),
-            &format!("node-{i}"),
-            &[("app", "db")],
-            &[("stash.rs/backup-volumes", "data")],
-            &["data"],
-        )
-        .await;
+        db_pod(&client, ns, &format!("db-{i}"), &format!("node-{i}")).await;
     }
-    configuration(
-        &client,
-        ns,
-        "db",
-        json!({
-            "schedule": "0 0 1 1 *",
-            "target": {"selector": {"matchLabels": {"app": "db"}}},
-            "repository": {"name": "main"},
-        }),
-    )
-    .await;
+    configuration(&client, ns, "db", db_spec(json!({}))).await;
     let (shutdown, handle, metrics) = start_controller(&client, settings());
     backup_session(&client, ns, "manual", "db").await;
     let s = resolved(&client, ns, "manual").await;
@@ -189,29 +170,9 @@ async fn a_silent_claim_fails_only_by_the_configuration_timeout() {
     namespace(&client, ns, &[]).await;
     repository(&client, ns, "main", None).await;
     for i in 0..2 {
-        pod(
-            &client,
-            ns,
-            &format!("db-{i}"),
-            "node-a",
-            &[("app", "db")],
-            &[("stash.rs/backup-volumes", "data")],
-            &["data"],
-        )
-        .await;
+        db_pod(&client, ns, &format!("db-{i}"), "node-a").await;
     }
-    configuration(
-        &client,
-        ns,
-        "db",
-        json!({
-            "schedule": "0 0 1 1 *",
-            "target": {"selector": {"matchLabels": {"app": "db"}}},
-            "repository": {"name": "main"},
-            "timeout": "6s",
-        }),
-    )
-    .await;
+    configuration(&client, ns, "db", db_spec(json!({"timeout": "6s"}))).await;
     let (shutdown, handle, _metrics) = start_controller(&client, settings());
     backup_session(&client, ns, "manual", "db").await;
     resolved(&client, ns, "manual").await;
@@ -292,16 +253,7 @@ async fn a_terminating_pod_is_not_backed_up() {
     namespace(&client, ns, &[]).await;
     repository(&client, ns, "main", None).await;
     for i in 0..2 {
-        pod(
-            &client,
-            ns,
-            &format!("db-{i}"),
-            "node-a",
-            &[("app", "db")],
-            &[("stash.rs/backup-volumes", "data")],
-            &["data"],
-        )
-        .await;
+        db_pod(&client, ns, &format!("db-{i}"), "node-a").await;
     }
     // A finalizer keeps db-1 terminating (no kubelet here to finish it).
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
@@ -322,17 +274,7 @@ async fn a_terminating_pod_is_not_backed_up() {
         .metadata
         .deletion_timestamp
         .is_some());
-    configuration(
-        &client,
-        ns,
-        "db",
-        json!({
-            "schedule": "0 0 1 1 *",
-            "target": {"selector": {"matchLabels": {"app": "db"}}},
-            "repository": {"name": "main"},
-        }),
-    )
-    .await;
+    configuration(&client, ns, "db", db_spec(json!({}))).await;
     let (shutdown, handle, _metrics) = start_controller(&client, settings());
     backup_session(&client, ns, "manual", "db").await;
     let s = resolved(&client, ns, "manual").await;

@@ -61,16 +61,7 @@ async fn setup(client: &Client, schedule: &str) {
     namespace(client, ns, &[]).await;
     repository(client, ns, "main", None).await;
     node(client, "node-a", true).await;
-    pod(
-        client,
-        ns,
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        &[("stash.rs/backup-volumes", "data")],
-        &["data"],
-    )
-    .await;
+    db_pod(client, ns, "db-0", "node-a").await;
     configuration(
         client,
         ns,
@@ -183,16 +174,7 @@ async fn an_item_whose_pod_was_replaced_fails_as_pod_gone() {
     let name = first.metadata.name.clone().unwrap();
     delete_now(&client, "db-0").await;
     // A StatefulSet's replacement: the same name, another UID.
-    pod(
-        &client,
-        "team",
-        "db-0",
-        "node-a",
-        &[("app", "db")],
-        &[("stash.rs/backup-volumes", "data")],
-        &["data"],
-    )
-    .await;
+    db_pod(&client, "team", "db-0", "node-a").await;
     fails_and_the_schedule_goes_on(&client, &name, "PodGone").await;
     let api: Api<BackupSession> = Api::namespaced(client.clone(), "team");
     let error = api.get(&name).await.unwrap().status.unwrap().items[0]
