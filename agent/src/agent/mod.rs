@@ -314,27 +314,14 @@ impl Work {
             Slot::Item { index, .. } => Some(*index),
             Slot::Retention => None,
         };
-        match self {
-            Work::Backup(s, slot, _) => Some(
-                s.status
-                    .as_ref()?
-                    .items
-                    .get(index(slot)?)?
-                    .common
-                    .claim
-                    .clone(),
-            ),
-            Work::Restore(s, slot, _) => Some(
-                s.status
-                    .as_ref()?
-                    .items
-                    .get(index(slot)?)?
-                    .common
-                    .claim
-                    .clone(),
-            ),
-            Work::Retention(s, _) => Some(s.status.as_ref()?.retention.as_ref()?.claim.clone()),
-        }
+        let item = match self {
+            Work::Backup(s, slot, _) => &s.status.as_ref()?.items.get(index(slot)?)?.common,
+            Work::Restore(s, slot, _) => &s.status.as_ref()?.items.get(index(slot)?)?.common,
+            Work::Retention(s, _) => {
+                return Some(s.status.as_ref()?.retention.as_ref()?.claim.clone())
+            }
+        };
+        Some(item.claim.clone())
     }
 
     fn key(&self) -> WorkKey {
