@@ -86,6 +86,8 @@ pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Act
     let ns = rs.namespace().unwrap_or_default();
     let name = rs.name_any();
     let api: Api<RestoreSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let wanted = stash_api::nodes::wanted_for_restore(rs.status.as_ref());
+    crate::node_labels::sync(&api, &rs, &wanted, "label RestoreSession").await?;
     let mut current = rs;
     for _ in 0..ATTEMPTS {
         if let Some(action) = step(&current, &ctx).await? {

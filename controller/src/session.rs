@@ -94,6 +94,8 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
     let ns = session.namespace().unwrap_or_default();
     let name = session.name_any();
     let api: Api<BackupSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let wanted = stash_api::nodes::wanted_for_backup(session.status.as_ref());
+    crate::node_labels::sync(&api, &session, &wanted, "label BackupSession").await?;
     let mut current = session;
     for _ in 0..ATTEMPTS {
         if let Some(action) = step(&current, &ctx).await? {
@@ -990,6 +992,14 @@ mod tests {
         let (ctx, mut handle) = context(vec![]);
         let task = tokio::spawn(reconcile(Arc::new(s), ctx));
 
+        // Item c still runs on node-c: its agent watches the session by
+        // that node's label (merged in, the session's version not tested).
+        let (body, send) = expect(&mut handle, "PATCH", SESSION).await;
+        assert_eq!(
+            body,
+            json!({"metadata": {"labels": {"node.stash.rs/node-c": "true"}}})
+        );
+        answer(send, 200, &session("7", json!({})));
         // Decided on version 7, where item c still runs: progress only.
         let (_, send) = expect(&mut handle, "GET", CFG).await;
         answer(send, 200, &config());
