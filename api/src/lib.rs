@@ -47,6 +47,7 @@ mod common;
 mod duration;
 pub mod identity;
 pub mod lease;
+pub mod nodes;
 mod notification;
 pub mod policy;
 mod repository;

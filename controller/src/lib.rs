@@ -29,6 +29,8 @@
 //!   trust in it;
 //! - [`notify`] tells webhooks, Slack and Alertmanager of finished
 //!   sessions, from a bounded queue, never holding a reconcile back;
+//! - `node_labels` labels each unfinished session with the nodes that
+//!   have agent work in it, so a node agent watches only its own;
 //! - [`metrics`] serves `/metrics` and `/healthz`.
 //!
 //! [`run`] ties them together; `main.rs` only parses flags and builds the
@@ -45,6 +47,7 @@ pub mod finalizers;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
+mod node_labels;
 pub mod notify;
 pub mod restore;
 pub mod scheduler;

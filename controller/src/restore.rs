@@ -83,6 +83,8 @@ pub async fn reconcile(rs: Arc<RestoreSession>, ctx: Arc<Context>) -> Result<Act
         .inc();
     let api: Api<RestoreSession> =
         Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+    let wanted = stash_api::nodes::wanted_for_restore(rs.status.as_ref());
+    crate::node_labels::sync(&api, &rs, &wanted, "label RestoreSession").await?;
     let conflicts = &ctx.metrics.status_conflicts;
     decide_until_written(&api, rs, conflicts, "get RestoreSession", |s| {
         let ctx = ctx.clone();

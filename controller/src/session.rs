@@ -89,6 +89,8 @@ pub async fn reconcile(session: Arc<BackupSession>, ctx: Arc<Context>) -> Result
     ctx.firing.yield_to_ticks().await;
     let api: Api<BackupSession> =
         Api::namespaced(ctx.client.clone(), &session.namespace().unwrap_or_default());
+    let wanted = stash_api::nodes::wanted_for_backup(session.status.as_ref());
+    crate::node_labels::sync(&api, &session, &wanted, "label BackupSession").await?;
     let conflicts = &ctx.metrics.status_conflicts;
     decide_until_written(&api, session, conflicts, "get BackupSession", |s| {
         let ctx = ctx.clone();
@@ -992,6 +994,14 @@ mod tests {
         let (ctx, mut handle) = context(vec![]);
         let task = tokio::spawn(reconcile(Arc::new(s), ctx));
 
+        // Item c still runs on node-c: its agent watches the session by
+        // that node's label (merged in, the session's version not tested).
+        let (body, send) = expect(&mut handle, "PATCH", SESSION).await;
+        assert_eq!(
+            body,
+            json!({"metadata": {"labels": {"node.stash.rs/node-c": "true"}}})
+        );
+        answer(send, 200, &session("7", json!({})));
         // Decided on version 7, where item c still runs: progress only.
         respond(&mut handle, "GET", CFG, 200, &config()).await;
         pod_and_node_exist(&mut handle, "c", "node-c").await;

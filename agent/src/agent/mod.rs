@@ -208,15 +208,16 @@ async fn run_async(args: AgentArgs) -> Result<()> {
     ));
 
     let changed = Arc::new(Notify::new());
+    // Only the sessions with unfinished work on this node (the controller
+    // labels them), and without the fields the agent never reads: the
+    // agent's memory does not grow with the cluster.
+    let mine = watcher::Config::default().labels(&stash_api::nodes::node_label(&ctx.node));
     let (backups, backup_writer) = reflector::store();
     let (restores, restore_writer) = reflector::store();
     let watch_backups = watch(
         reflector::reflector(
             backup_writer,
-            watcher(
-                Api::<BackupSession>::all(client.clone()),
-                watcher::Config::default(),
-            ),
+            watcher(Api::<BackupSession>::all(client.clone()), mine.clone()).modify(slim),
         ),
         changed.clone(),
         shutdown.clone(),
@@ -224,10 +225,7 @@ async fn run_async(args: AgentArgs) -> Result<()> {
     let watch_restores = watch(
         reflector::reflector(
             restore_writer,
-            watcher(
-                Api::<RestoreSession>::all(client.clone()),
-                watcher::Config::default(),
-            ),
+            watcher(Api::<RestoreSession>::all(client.clone()), mine.clone()).modify(slim),
         ),
         changed.clone(),
         shutdown.clone(),
@@ -277,6 +275,17 @@ async fn run_async(args: AgentArgs) -> Result<()> {
     // Running items keep their claim; a restarted agent takes them over.
     server.await.context("metrics server task")??;
     Ok(())
+}
+
+/// Drops what the agent never reads from a watched session before it is
+/// cached: managed fields and the last-applied annotation of `kubectl
+/// apply`, often larger than the rest of the object.
+fn slim<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 fn rand_nonce() -> u32 {

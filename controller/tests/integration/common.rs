@@ -484,3 +484,37 @@ pub async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<(String, St
         })
         .collect()
 }
+
+/// Waits until the `node.stash.rs/` labels of session `name` name exactly
+/// the nodes `want`: the nodes whose agents watch it.
+pub async fn node_labels_become<K>(client: &kube::Client, ns: &str, name: &str, want: &[&str])
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let want: std::collections::BTreeSet<String> = want
+        .iter()
+        .map(|n| stash_api::nodes::node_label(n))
+        .collect();
+    let what = format!("node labels {want:?} on {name}");
+    eventually(Duration::from_secs(20), &what, || {
+        let (api, want) = (api.clone(), want.clone());
+        async move {
+            let s = api.get(name).await.ok()?;
+            let have: std::collections::BTreeSet<String> = s
+                .meta()
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with(stash_api::nodes::NODE_LABEL_PREFIX))
+                .cloned()
+                .collect();
+            (have == want).then_some(())
+        }
+    })
+    .await;
+}

@@ -153,6 +153,8 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
             ),
         ]
     );
+    // Node a's agent watches it; no other agent does.
+    node_labels_become::<RestoreSession>(&client, "team", "r-pod", &["node-a"]).await;
     // The agent restores one and fails the other.
     for (i, phase) in [(0, "Succeeded"), (1, "Failed")] {
         let item = &st.items[i];
@@ -173,6 +175,7 @@ async fn restores_resolve_targets_wait_for_scheduling_and_aggregate() {
     assert_eq!(st.phase, SessionPhase::PartiallyFailed);
     assert_eq!(st.progress.as_deref(), Some("2/2"));
     assert!(st.completion_time.is_some());
+    node_labels_become::<RestoreSession>(&client, "team", "r-pod", &[]).await;
     eventually(Duration::from_secs(10), "a PartiallyFailed event", || {
         let client = client.clone();
         async move {

@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use kube::api::Api;
+use kube::api::{Api, ListParams};
+use kube::ResourceExt;
 use serde_json::json;
 use stash_api::{BackupSession, ItemPhase, SessionPhase};
 
@@ -91,6 +92,25 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
         );
     }
 
+    // Each node's agent sees the session through its own node's label.
+    let nodes: Vec<String> = (0..PODS).map(|i| format!("node-{i}")).collect();
+    let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    node_labels_become::<BackupSession>(&client, ns, "manual", &names).await;
+    let sessions: Api<BackupSession> = Api::all(client.clone());
+    let watched = |node: &str| {
+        let sessions = sessions.clone();
+        let selector = stash_api::nodes::node_label(node);
+        async move {
+            let list = sessions
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .unwrap();
+            list.items.iter().map(|s| s.name_any()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(watched("node-3").await, ["manual"]);
+    assert!(watched("node-elsewhere").await.is_empty());
+
     // Every agent at once: each finish makes the controller write progress
     // while the others still report theirs.
     let workers: Vec<_> = (0..PODS)
@@ -151,6 +171,10 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
         wait_retention_pending(&client, ns, "manual").await,
         "node-0"
     );
+    // Finished items no longer concern their nodes; the retention run's
+    // node still does.
+    node_labels_become::<BackupSession>(&client, ns, "manual", &["node-0"]).await;
+    assert!(watched("node-3").await.is_empty());
     finish_retention(&client, ns, "manual", ItemPhase::Succeeded, None).await;
     eventually(Duration::from_secs(10), "the session to succeed", || {
         let api = api.clone();
@@ -160,6 +184,8 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
         }
     })
     .await;
+    // A finished session concerns no agent.
+    node_labels_become::<BackupSession>(&client, ns, "manual", &[]).await;
     stop_controller(shutdown, handle).await;
 }
 

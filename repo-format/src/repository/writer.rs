@@ -18,6 +18,7 @@ use std::str::FromStr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, FileType};
 use crate::error::{Error, Result};
@@ -74,6 +75,9 @@ impl FromStr for Compression {
     }
 }
 
+/// How long uploaded packs may wait for an index file by default.
+pub const DEFAULT_INDEX_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
 /// Settings for writing.
 #[derive(Debug, Clone)]
 pub struct WriteOptions {
@@ -83,6 +87,12 @@ pub struct WriteOptions {
     pub compression: Compression,
     /// An index file is written once this many blobs are pending.
     pub index_max_blobs: usize,
+    /// ... or once the oldest pending pack was uploaded this long ago, so
+    /// that a backup killed after hours of uploads (an agent pod deleted,
+    /// a node lost) leaves at most this much work unindexed: the next run,
+    /// in any process, reuses the indexed packs without waiting for the
+    /// dead run's lock to go stale. restic uses 10 minutes.
+    pub index_max_age: Duration,
     /// Uploader threads (concurrent pack uploads).
     pub upload_threads: usize,
 }
@@ -93,6 +103,7 @@ impl Default for WriteOptions {
             pack_size: 16 << 20,
             compression: Compression::Auto,
             index_max_blobs: crate::format::repofile::index::INDEX_FILE_MAX_BLOBS,
+            index_max_age: DEFAULT_INDEX_MAX_AGE,
             upload_threads: 2,
         }
     }
@@ -123,6 +134,8 @@ struct WriteState {
     pending: Vec<IndexPack>,
     /// Blobs in `pending`.
     pending_blobs: usize,
+    /// When the first pack in `pending` was uploaded.
+    pending_since: Option<Instant>,
 }
 
 /// What the uploader threads share with the writer.
@@ -147,6 +160,7 @@ struct Shared {
     pack_buffers: Mutex<Vec<Vec<u8>>>,
     max_uploads: usize,
     index_max_blobs: usize,
+    index_max_age: Duration,
 }
 
 #[derive(Debug)]
@@ -245,8 +259,10 @@ impl Shared {
             }
             w.pending_blobs += ipack.blobs.len();
             w.pending.push(ipack);
-            if w.pending_blobs >= self.index_max_blobs {
+            let since = *w.pending_since.get_or_insert_with(Instant::now);
+            if w.pending_blobs >= self.index_max_blobs || since.elapsed() >= self.index_max_age {
                 w.pending_blobs = 0;
+                w.pending_since = None;
                 std::mem::take(&mut w.pending)
             } else {
                 Vec::new()
@@ -318,6 +334,7 @@ impl BlobWriter {
                 max_uploads: opts.upload_threads.max(1),
                 pack_buffers: Mutex::new(Vec::new()),
                 index_max_blobs: opts.index_max_blobs,
+                index_max_age: opts.index_max_age,
             }),
             blob_level: level,
             opts,
@@ -612,6 +629,7 @@ impl BlobWriter {
         let pending = {
             let mut w = self.shared.state.lock().expect("write state");
             w.pending_blobs = 0;
+            w.pending_since = None;
             std::mem::take(&mut w.pending)
         };
         self.shared.write_index(pending)
@@ -801,6 +819,51 @@ mod tests {
         assert_eq!(saved.load(Ordering::SeqCst), 64);
         assert!(gated.max_writing.load(Ordering::SeqCst) <= 2);
         assert_eq!(gated.packs.load(Ordering::SeqCst), 32);
+    }
+
+    /// Packs uploaded long enough ago are indexed before the writer is
+    /// flushed (a killed run's successor can reuse them); younger ones
+    /// wait for the flush.
+    #[test]
+    fn uploaded_packs_are_indexed_once_the_oldest_is_old_enough() {
+        let write = |max_age: Duration| {
+            let d = tempfile::tempdir().unwrap();
+            let backend = Arc::new(LocalBackend::new(d.path()));
+            backend.create().unwrap();
+            let opts = WriteOptions {
+                pack_size: 64 << 10,
+                compression: Compression::Off,
+                index_max_age: max_age,
+                ..WriteOptions::default()
+            };
+            let writer = BlobWriter::new(
+                backend.clone(),
+                Key::random(),
+                2,
+                Arc::new(RwLock::new(Index::new())),
+                opts,
+            );
+            for i in 0..16u32 {
+                let blob: Vec<u8> = (0..32 << 10)
+                    .map(|j: u32| (j ^ i).wrapping_mul(2654435761) as u8)
+                    .collect();
+                writer.save(BlobType::Data, Id::hash(&blob), &blob).unwrap();
+            }
+            // Let the uploads of the full packs finish.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while backend.list(FileType::Pack).unwrap().len() < 7 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let before = backend.list(FileType::Index).unwrap().len();
+            writer.flush().unwrap();
+            let after = backend.list(FileType::Index).unwrap().len();
+            (before, after, d)
+        };
+        let (before, after, _d) = write(Duration::ZERO);
+        assert!(before >= 6, "indexed while running: {before} index files");
+        assert!(after >= before);
+        let (before, after, _d) = write(Duration::from_secs(3600));
+        assert_eq!((before, after), (0, 1), "one index file, at the flush");
     }
 
     #[test]
