@@ -47,6 +47,20 @@ impl Schedule {
                 .parse::<Tz>()
                 .map_err(|_| ScheduleError::TimeZone(name.to_owned()))?,
         };
+        // The schema's rule first: croner also takes forms it refuses (a
+        // lone `+`, an empty list item) that match no minute or second, and
+        // looking for their ticks took seconds (found by the fuzz target
+        // `cron`); a schedule from elsewhere (an annotation) must not get
+        // through either.
+        static SCHEMA: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+        let schema = SCHEMA
+            .get_or_init(|| regex_lite::Regex::new(&cron_regex()).expect("cron_regex compiles"));
+        if !schema.is_match(schedule.trim()) {
+            return Err(ScheduleError::Cron {
+                schedule: schedule.to_owned(),
+                reason: "it is not 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly".into(),
+            });
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -183,6 +197,12 @@ mod tests {
             let start = std::time::Instant::now();
             let err = Schedule::parse(never, Some("Europe/Berlin")).unwrap_err();
             assert!(err.to_string().contains("never fires"), "{never}: {err}");
+            assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        }
+        // Forms croner takes but the schema refuses: refused as quickly.
+        for odd in [", * * * *", "*/5 * * * * +", ", 0 3 * *", "0 3 * * l"] {
+            let start = std::time::Instant::now();
+            assert!(Schedule::parse(odd, None).is_err(), "{odd:?}");
             assert!(start.elapsed() < std::time::Duration::from_millis(500));
         }
         // Rare is not never: leap days, the 31st, a weekday of a date.
