@@ -18,7 +18,7 @@ import re
 import sys
 
 ROOTS_DEFAULT = ["repo-format/src", "agent/src", "api/src", "controller/src",
-                 "envtest/src", "tests/src"]
+                 "envtest/src", "tests/src", "fuzz/src"]
 
 
 def module_files(src):

@@ -78,3 +78,22 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# cargo-afl, the fuzzer of hack/fuzz.sh (fuzz/README.md says why AFL++):
+# installed from crates.io into ~/.cache/stash-fuzz, where its install also
+# builds AFL++ from the source it ships (needs make and a C compiler) under
+# XDG_DATA_HOME. AFL++ is built per rustc version, so a new toolchain
+# rebuilds it (`cargo afl config --build`). Cold: about 2 min 20 s on 2 cores.
+afl_version=0.18.2
+afl_root="$HOME/.cache/stash-fuzz"
+export XDG_DATA_HOME="$afl_root/share"
+if [[ $("$afl_root/bin/cargo-afl" afl --version 2>/dev/null) == "cargo-afl $afl_version "* ]]; then
+    say "cargo-afl: present ($("$afl_root/bin/cargo-afl" afl --version))"
+else
+    say "cargo-afl: missing, cargo install cargo-afl $afl_version into $afl_root"
+    cargo install --locked --root "$afl_root" --version "$afl_version" cargo-afl
+fi
+if ! compgen -G "$XDG_DATA_HOME/afl.rs/rustc-$(rustc --version | awk '{print $2}')-*/afl.rs-$afl_version/afl/bin/afl-fuzz" >/dev/null; then
+    say "AFL++: not built for this rustc, cargo afl config --build"
+    "$afl_root/bin/cargo-afl" afl config --build --force
+fi

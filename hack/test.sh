@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command, for developers and for CI (.ci/run). In order, stopping
 # at the first failure:
-#   1. hack/install-deps.sh     restic (the test oracle), attr, rustfmt, clippy
+#   1. hack/install-deps.sh     restic (the test oracle), attr, rustfmt, clippy,
+#                               cargo-afl (cached in ~/.cache/stash-fuzz)
 #   2. cargo fmt --all --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #      hack/import-cycles.py     no two files of a crate import each other
@@ -18,6 +19,8 @@
 #      hack/helm.sh             builds (once; cached in ~/.cache/stash-helm)
 #                               helm, for the chart's test
 #   6. hack/crdgen-check.sh     deploy/crds/ must equal what api/ generates
+#      hack/fuzz.sh 20          every fuzz target (fuzz/) under AFL++ for 20 s,
+#                               two at a time; fails on a crash or hang
 #   7. cargo build -p stash-controller --bin stash-controller (the
 #      controller image of the real-node test is made from it), then
 #      cargo test --workspace   unit, integration and restic-oracle tests; the
@@ -44,6 +47,7 @@ step bash hack/envtest.sh
 step bash hack/node.sh
 step bash hack/helm.sh
 step bash hack/crdgen-check.sh
+step bash hack/fuzz.sh 20
 step cargo build -p stash-controller --bin stash-controller
 echo
 echo "==> cargo test --workspace"

@@ -6,7 +6,7 @@
 //! `@yearly`, `@annually`, `@monthly`, `@weekly`, `@daily`, `@hourly`;
 //! evaluated in a time zone from the tz database (UTC by default).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
@@ -47,6 +47,20 @@ impl Schedule {
                 .parse::<Tz>()
                 .map_err(|_| ScheduleError::TimeZone(name.to_owned()))?,
         };
+        // The schema's rule first: croner also takes forms it refuses (a
+        // lone `+`, an empty list item) that match no minute or second, and
+        // looking for their ticks took seconds (found by the fuzz target
+        // `cron`); a schedule from elsewhere (an annotation) must not get
+        // through either.
+        static SCHEMA: std::sync::OnceLock<regex_lite::Regex> = std::sync::OnceLock::new();
+        let schema = SCHEMA
+            .get_or_init(|| regex_lite::Regex::new(&cron_regex()).expect("cron_regex compiles"));
+        if !schema.is_match(schedule.trim()) {
+            return Err(ScheduleError::Cron {
+                schedule: schedule.to_owned(),
+                reason: "it is not 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, or @hourly, @daily, @weekly, @monthly, @yearly".into(),
+            });
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -56,6 +70,24 @@ impl Schedule {
                 schedule: schedule.to_owned(),
                 reason: e.to_string(),
             })?;
+        // A pattern no date satisfies (the 30th of February) would never
+        // tick, silently, and croner looks for its next tick up to the year
+        // 5000: about a second per evaluation, on every reconcile (found by
+        // the fuzz target `cron`). The calendar of a year is fixed by its
+        // weekday of 1 January and whether it is a leap year, and the 28
+        // years 4972-4999 (no century year among them) hold all 14 kinds,
+        // so a pattern that ever fires fires in them: looking there costs
+        // a hundredth of the full search.
+        let window = tz
+            .with_ymd_and_hms(4972, 1, 1, 0, 0, 0)
+            .earliest()
+            .expect("midnight of 1 January 4972 exists in every zone");
+        if cron.find_next_occurrence(&window, true).is_err() {
+            return Err(ScheduleError::Cron {
+                schedule: schedule.to_owned(),
+                reason: "it never fires: no date matches its day-of-month, month and day-of-week fields together".into(),
+            });
+        }
         Ok(Self { cron, tz })
     }
 
@@ -81,8 +113,8 @@ impl Schedule {
 /// Regular expression (RE2 syntax, no backslashes so it can sit in a CEL
 /// string) for the cron patterns [`Schedule::parse`] accepts. The schema
 /// checks it, so the API server refuses a malformed schedule; a pattern it
-/// lets through that croner still refuses (e.g. a step of 0) becomes an
-/// `InvalidSchedule` condition.
+/// lets through that croner still refuses (e.g. a step of 0) or that never
+/// fires (the 30th of February) becomes an `InvalidSchedule` condition.
 pub fn cron_regex() -> String {
     fn item(n: &str) -> String {
         format!("(?:[*]|{n}(?:-{n})?)(?:/[1-9][0-9]*)?")
@@ -150,6 +182,40 @@ mod tests {
         assert!(err
             .to_string()
             .contains("unknown time zone \"Mars/Olympus\""));
+    }
+
+    /// A schedule no date satisfies is refused, and quickly: it used to
+    /// parse, never tick, and cost about a second per evaluation.
+    #[test]
+    fn schedules_that_never_fire_are_refused() {
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
+            "0 0 31 2 *",
+            "*/5 * 30 FEB *",
+        ] {
+            let start = std::time::Instant::now();
+            let err = Schedule::parse(never, Some("Europe/Berlin")).unwrap_err();
+            assert!(err.to_string().contains("never fires"), "{never}: {err}");
+            assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        }
+        // Forms croner takes but the schema refuses: refused as quickly.
+        for odd in [", * * * *", "*/5 * * * * +", ", 0 3 * *", "0 3 * * l"] {
+            let start = std::time::Instant::now();
+            assert!(Schedule::parse(odd, None).is_err(), "{odd:?}");
+            assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        }
+        // Rare is not never: leap days, the 31st, a weekday of a date.
+        for rare in [
+            "0 0 29 2 *",
+            "0 0 31 * *",
+            "0 0 29 2 1",
+            "0 0 L 2 *",
+            "0 0 ? 2 1#5",
+        ] {
+            let s = Schedule::parse(rare, None).unwrap_or_else(|e| panic!("{rare}: {e}"));
+            assert!(s.next_after(utc(2026, 3, 1, 0, 0, 0)).is_some(), "{rare}");
+        }
     }
 
     #[test]

@@ -219,8 +219,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// scrypt refused the parameters.
-    #[error("key derivation: invalid scrypt parameters N={n} r={r} p={p}")]
+    /// scrypt refused the parameters, or they ask for more than
+    /// `KdfParams::MAX_MEMORY` or `KdfParams::MAX_WORK`.
+    #[error("key derivation: invalid scrypt parameters N={n} r={r} p={p} (N must be a power of two above 1, r and p above 0, and 128·r·N at most 1 GiB, times p at most 16 GiB): the key file is damaged or was not written by restic")]
     Kdf {
         /// N
         n: u64,

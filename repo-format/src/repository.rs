@@ -497,7 +497,11 @@ pub struct RepositoryStats {
 }
 
 /// Decrypts, decompresses and verifies a blob read from `loc`.
-pub(crate) fn open_blob(
+///
+/// Public for the fuzz targets (`fuzz/`) only: callers go through
+/// [`Repository::decode_blob`].
+#[doc(hidden)]
+pub fn open_blob(
     key: &Key,
     tpe: BlobType,
     id: &Id,
@@ -537,8 +541,6 @@ pub(crate) fn open_blob(
     Ok(plain)
 }
 
-/// Interprets a decrypted unpacked file: `0x02 ‖ zstd` (version 2) or
-/// plain JSON (`{` / `[`).
 /// The largest a repository file other than a pack may be once
 /// decompressed. restic's biggest are index files of at most 50 000 blobs
 /// (about 10 MiB of JSON); a crafted file that inflates past this (a zstd
@@ -568,7 +570,13 @@ pub(crate) fn check_blob_size(tpe: BlobType, u: u32, what: &dyn Fn() -> String) 
     Ok(())
 }
 
-fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+/// Interprets a decrypted unpacked file: `0x02 ‖ zstd` (version 2) or
+/// plain JSON (`{` / `[`).
+///
+/// Public for the fuzz targets (`fuzz/`) only: callers go through
+/// [`Repository::load_unpacked`].
+#[doc(hidden)]
+pub fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>> {
     match plain.first() {
         Some(b'{') | Some(b'[') => Ok(plain),
         Some(2) => {

@@ -49,14 +49,38 @@ impl KdfParams {
         params
     }
 
-    fn log_n(self) -> Result<u8> {
-        if self.n < 2 || !self.n.is_power_of_two() || self.r == 0 || self.p == 0 {
+    /// The most memory one derivation may take (scrypt needs 128·r·N
+    /// bytes). restic calibrates to at most 60 MiB; the parameters come
+    /// from a key file in the repository, and without a bound a crafted
+    /// N = 2^40 would make scrypt allocate a PiB and abort the process.
+    pub const MAX_MEMORY: u64 = 1 << 30;
+
+    /// The most work one derivation may take, as memory times p (about a
+    /// quarter of a minute of scrypt on today's machines).
+    pub const MAX_WORK: u64 = 16 << 30;
+
+    /// Refuses parameters scrypt cannot use (N not a power of two above 1,
+    /// r or p zero) and those above [`Self::MAX_MEMORY`] or
+    /// [`Self::MAX_WORK`].
+    pub fn check(self) -> Result<()> {
+        let memory = 128u64
+            .checked_mul(u64::from(self.r))
+            .and_then(|m| m.checked_mul(self.n));
+        let within = memory.is_some_and(|m| {
+            m <= Self::MAX_MEMORY && m.saturating_mul(u64::from(self.p)) <= Self::MAX_WORK
+        });
+        if self.n < 2 || !self.n.is_power_of_two() || self.r == 0 || self.p == 0 || !within {
             return Err(Error::Kdf {
                 n: self.n,
                 r: self.r,
                 p: self.p,
             });
         }
+        Ok(())
+    }
+
+    fn log_n(self) -> Result<u8> {
+        self.check()?;
         Ok(self.n.trailing_zeros() as u8)
     }
 }
@@ -193,6 +217,56 @@ mod tests {
         assert_eq!(parsed.salt.len(), 64);
         assert_eq!(parsed.open(b"geheim", "k").unwrap(), master);
         assert!(matches!(parsed.open(b"wrong", "k"), Err(Error::Mac { .. })));
+    }
+
+    /// A key file is repository bytes: its scrypt parameters must not make
+    /// opening allocate without bound (N = 2^40 asked scrypt for a PiB,
+    /// which aborts the process) or run for hours (a huge p). Restic's own
+    /// parameters and our calibrated ones stay accepted.
+    #[test]
+    fn key_file_with_unbounded_scrypt_parameters_is_refused() {
+        let master = Key::random();
+        let kf =
+            KeyFile::create(&master, b"geheim", KdfParams::INSECURE_FOR_TESTS, "u", "h").unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&kf.to_json()).unwrap();
+        for (n, r, p) in [
+            (1u64 << 40, 8u32, 1u32),
+            (1 << 62, 1 << 20, 1),
+            (1 << 20, 8, 1 << 20),
+            (1 << 23, 8, 2),
+            (3, 8, 1),
+        ] {
+            v["N"] = n.into();
+            v["r"] = r.into();
+            v["p"] = p.into();
+            let parsed = KeyFile::from_json(&serde_json::to_vec(&v).unwrap(), "k").unwrap();
+            let start = std::time::Instant::now();
+            assert!(
+                matches!(parsed.open(b"geheim", "k"), Err(Error::Kdf { .. })),
+                "N={n} r={r} p={p}"
+            );
+            assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        }
+        for ok in [
+            KdfParams {
+                n: 1 << 15,
+                r: 8,
+                p: 1,
+            },
+            KdfParams {
+                n: 1 << 15,
+                r: 8,
+                p: 16,
+            },
+            KdfParams {
+                n: 1 << 20,
+                r: 8,
+                p: 1,
+            },
+            KdfParams::INSECURE_FOR_TESTS,
+        ] {
+            ok.check().unwrap();
+        }
     }
 
     /// rustic writes key files without `created`, `username` and
