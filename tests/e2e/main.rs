@@ -587,6 +587,17 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
     )
     .await;
     w.node("node-b").kill_agent();
+    // The agent warned at its start that an allowed host directory is not
+    // mounted where it looks for it (node-b has no /srv); once it is, a
+    // restarted agent does not warn again.
+    let unmounted = "--allow-host-path /srv: ";
+    assert_eq!(
+        w.node("node-b").log().matches(unmounted).count(),
+        1,
+        "{}",
+        w.node("node-b").log()
+    );
+    fs::create_dir_all(w.node("node-b").host_root.join("srv")).unwrap();
     let killed_claim = item(&running, "db", "data")
         .common
         .claim
@@ -608,6 +619,11 @@ async fn node_agents_back_up_and_restore_pod_volumes_end_to_end() {
         |s| s.name_any() == first_name && finished_ok(s),
     )
     .await;
+    assert_eq!(
+        w.node("node-b").log().matches(unmounted).count(),
+        1,
+        "the restarted agent finds /srv"
+    );
     let st = first.status.as_ref().unwrap();
     assert_eq!(st.items.len(), 3, "{st:?}");
     for (pod, volume, node) in [
