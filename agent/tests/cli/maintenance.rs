@@ -270,10 +270,8 @@ fn prune_killed_at_random_points_leaves_a_sound_repository() {
         *outcomes
             .entry(if finished { "finished" } else { "killed" })
             .or_default() += 1;
-        // No unlock by hand: our next command's lock removes the dead
-        // process's stale one, so restic's check (which refuses to run
-        // beside an exclusive lock) gets in.
-        stash.ok(&["snapshots"]);
+        // restic's own unlock removes the dead process's lock, as a user would.
+        env.restic().run_ok(["unlock"]);
         let check = env.restic().run(["check", "--read-data"]);
         assert!(
             check.status.success(),
