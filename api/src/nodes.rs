@@ -165,8 +165,10 @@ mod tests {
         let restore: RestoreSessionStatus = serde_json::from_value(json!({
             "phase": "Running",
             "items": [
-                {"namespace": "a", "pod": "p1", "volume": "v", "node": "n1", "phase": "Pending"},
-                {"namespace": "a", "pod": "p2", "volume": "v", "node": "n2", "phase": "Failed"},
+                {"namespace": "a", "pod": "p1", "volume": "v", "sourceVolume": "v", "node": "n1",
+                 "phase": "Pending"},
+                {"namespace": "a", "pod": "p2", "volume": "v", "sourceVolume": "v", "node": "n2",
+                 "phase": "Failed"},
             ],
         }))
         .unwrap();
