@@ -292,7 +292,9 @@ fn prune_killed_at_random_points_leaves_a_sound_repository() {
         }
     }
     assert!(
-        outcomes.get("killed").copied().unwrap_or(0) >= 20,
+        // Ideally 24/1.1 ≈ 22 land; a loaded machine makes prune's time
+        // vary, and 18 were seen with the whole suite running on 2 cores.
+        outcomes.get("killed").copied().unwrap_or(0) >= 16,
         "too few kills landed while prune ran: {outcomes:?} (prune took {full:?})"
     );
 }
