@@ -135,11 +135,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
 
-    // Pods: pod i is in namespace i % NAMESPACES, on node i % NODES, and
-    // selected by configuration i / per_session.
+    // Pods: pod i is selected by configuration c = i / per_session, in
+    // that configuration's namespace c % NAMESPACES, on node i % NODES.
     let t = Instant::now();
     let pod_of = |i: usize| {
-        let ns = namespaces[i % namespaces_n].clone();
+        let ns = namespaces[(i / per_session) % namespaces_n].clone();
         let node = format!("node-{}", i % nodes_n);
         (ns, format!("pod-{i}"), node, i / per_session)
     };
@@ -227,9 +227,8 @@ async fn main() -> anyhow::Result<()> {
     futures::stream::iter(0..sessions_n)
         .map(|c| {
             let client = client.clone();
-            // Configuration c selects pods c*per_session.., whose namespaces
-            // vary: one configuration per namespace that holds them.
-            let ns = namespaces[(c * per_session) % namespaces_n].clone();
+            // Configuration c selects pods c*per_session.. in its namespace.
+            let ns = namespaces[c % namespaces_n].clone();
             async move {
                 let cfg = format!("cfg-{c}");
                 create::<BackupConfiguration>(
@@ -292,8 +291,9 @@ async fn main() -> anyhow::Result<()> {
             .arg(base.join(node).join("kubelet"))
             .arg("--host-root")
             .arg(&host)
+            // Local repositories must lie strictly inside an allowed directory.
             .arg("--allow-local-repository")
-            .arg(&repo)
+            .arg(&base)
             .args(["--metrics-addr", "127.0.0.1:0", "--namespace", "default"])
             .env("KUBECONFIG", env.kubeconfig())
             .env("RUST_LOG", "warn")
@@ -330,9 +330,13 @@ async fn main() -> anyhow::Result<()> {
             }
             if done == all {
                 if failed > 0 {
+                    let log = fs::read_to_string(base.join(format!("agent-{}.log", a.node)))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(10).collect();
                     bail!(
-                        "{failed} of {all} items of {} failed; see its log in a kept run",
-                        a.node
+                        "{failed} of {all} items of {} failed; its log ends:\n{}",
+                        a.node,
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     );
                 }
                 a.done_after = Some(a.started.elapsed());
