@@ -33,7 +33,8 @@
 //! - finish: test the claim, then set `phase`, the result or `error`, and
 //!   `endTime`.
 //!
-//! [`RetentionStatus`] follows the same protocol.
+//! [`RetentionStatus`] and a Repository's [`check::CheckRun`] follow the
+//! same protocol.
 
 // Each `printcolumn(...)` in `#[kube(...)]` repeats `type_ = ...`, which
 // clippy mistakes for a duplicated attribute.
@@ -43,6 +44,7 @@ pub mod adopt;
 pub mod annotations;
 mod backup_configuration;
 mod backup_session;
+pub mod check;
 mod common;
 mod duration;
 pub mod identity;

@@ -283,6 +283,7 @@ mod tests {
                     allowed_namespaces: AllowedNamespaces { from, selector },
                 }),
                 maintenance: None,
+                check: None,
             },
         );
         r.metadata.namespace = Some(ns.into());

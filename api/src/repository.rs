@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use crate::check::{CheckPolicy, CheckRun};
 use crate::common::SecretKeyReference;
 
 /// A restic-format repository: where it is, how to open it, who may use it.
@@ -36,6 +37,17 @@ use crate::common::SecretKeyReference;
         json_path = ".status.lastBackupTime"
     ),
     printcolumn(
+        name = "Check",
+        type_ = "string",
+        json_path = ".status.lastCheckResult"
+    ),
+    printcolumn(
+        name = "Last Check",
+        type_ = "date",
+        json_path = ".status.lastCheckTime",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -64,6 +76,14 @@ pub struct RepositorySpec {
     /// namespaces using it; backups wait for a running prune.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<Maintenance>,
+    /// Scheduled integrity checks (restic's `check`, optionally reading a
+    /// subset of the data), run by an agent under the repository's
+    /// maintenance Lease so they never overlap a prune. Results land in
+    /// `status.check`, `lastCheckTime` and `lastCheckResult`, in an Event
+    /// and in the controller's metrics. The annotation
+    /// `stash.rs/check-now: <any new value>` asks for a check at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckPolicy>,
 }
 
 /// When a Repository's unreferenced data is pruned.
@@ -231,6 +251,18 @@ pub struct RepositoryStatus {
     /// When the last successful backup into this repository finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_time: Option<Time>,
+    /// The current or last check run (see `spec.check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckRun>,
+    /// When the last check run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+    /// `Passed` or `Failed`: how the last check run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_result: Option<String>,
+    /// The last tick of `spec.check.schedule` that started a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_schedule_time: Option<Time>,
     /// Standard conditions (`Ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -17,7 +17,8 @@
 //!   repository's data.)
 //!
 //! Each reconcile of a Repository also brings the agents' Secrets Role of
-//! its namespace up to date ([`crate::agent_secrets`]).
+//! its namespace up to date ([`crate::agent_secrets`]) and schedules its
+//! checks ([`crate::checks`]).
 //!
 //! Finalizer lists are written with the object's `resourceVersion` as a
 //! precondition, so a concurrent change is never lost.
@@ -40,7 +41,7 @@ use stash_api::{BackupConfiguration, Repository, RestoreSession};
 
 use crate::error::{kube_err, Error, Result};
 use crate::events::publish;
-use crate::{agent_secrets, conditions, Context};
+use crate::{agent_secrets, checks, conditions, Context};
 use stash_api::time::to_time;
 
 /// Finalizer on BackupConfigurations: their running sessions finish first.
@@ -101,7 +102,10 @@ pub async fn reconcile_repository(repo: Arc<Repository>, ctx: Arc<Context>) -> R
             return Ok(Action::requeue(Duration::from_millis(200)));
         }
         agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, None)).await?;
-        return Ok(Action::await_change());
+        return Ok(match checks::reconcile(&ctx, &repo).await? {
+            Some(after) => Action::requeue(after),
+            None => Action::await_change(),
+        });
     }
     if !repo.finalizers().iter().any(|f| f == IN_USE) {
         agent_secrets::sync(&ctx, &ns, |r| needs_secrets(r, Some(&name))).await?;

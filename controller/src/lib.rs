@@ -39,6 +39,7 @@
 pub mod agent_secrets;
 pub mod auto_backup;
 pub mod certs;
+pub mod checks;
 pub mod clock;
 pub mod conditions;
 pub mod error;

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub admissions: IntCounterVec,
     /// Notifications, by format and result (`sent`, `failed`, `dropped`).
     pub notifications: IntCounterVec,
+    /// Unix time the last check of a Repository ended, by namespace and
+    /// repository.
+    pub check_time: IntGaugeVec,
+    /// 1 when the last check of a Repository passed, 0 when it failed.
+    pub check_passed: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -106,8 +111,26 @@ impl Default for Metrics {
             &["format", "result"],
         )
         .expect("valid metric");
+        let check_time = IntGaugeVec::new(
+            Opts::new(
+                "repository_last_check_timestamp_seconds",
+                "Unix time the last check of a Repository ended",
+            ),
+            &["namespace", "repository"],
+        )
+        .expect("valid metric");
+        let check_passed = IntGaugeVec::new(
+            Opts::new(
+                "repository_check_passed",
+                "1 when the last check of a Repository found no damage, 0 when it failed",
+            ),
+            &["namespace", "repository"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(check_time.clone()),
+            Box::new(check_passed.clone()),
             Box::new(notifications.clone()),
             Box::new(admissions.clone()),
             Box::new(reconcile_errors.clone()),
@@ -132,6 +155,8 @@ impl Default for Metrics {
             status_conflicts,
             admissions,
             notifications,
+            check_time,
+            check_passed,
         }
     }
 }

@@ -1702,3 +1702,233 @@ async fn tampered_item_status_never_chooses_the_snapshot_identity() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
 }
+
+/// The check run of Repository `main`, as last read.
+async fn check_run(c: &Client) -> Repository {
+    Api::<Repository>::namespaced(c.clone(), NS)
+        .get("main")
+        .await
+        .unwrap()
+}
+
+fn run_of(r: &Repository) -> Option<&stash_api::check::CheckRun> {
+    r.status.as_ref().and_then(|s| s.check.as_ref())
+}
+
+/// Asks for a check of `main` now (a new `stash.rs/check-now` value) and
+/// waits until it is recorded.
+async fn check_now(w: &World, value: &str, timeout: Duration) -> Repository {
+    Api::<Repository>::namespaced(w.client.clone(), NS)
+        .patch(
+            "main",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {(stash_api::check::CHECK_NOW): value}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let c = w.client.clone();
+    wait_for(
+        w,
+        &format!("check {value} to be recorded"),
+        timeout,
+        async || check_run(&c).await,
+        |r| {
+            run_of(r).is_some_and(|run| run.request.as_deref() == Some(value) && run.is_finished())
+                && r.status.as_ref().unwrap().last_check_time
+                    == run_of(r).and_then(|run| run.end_time.clone())
+        },
+    )
+    .await
+}
+
+/// Issue 17, scheduled checks: a check asked for on a Repository is taken
+/// by one agent (with the permissions deploy/ gives it), waits while
+/// another maintenance run holds the repository's Lease (a check never
+/// overlaps a prune), reads the data subset, and reports damage in the
+/// status and an Event, as restic's own check does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checks_run_on_an_agent_never_beside_maintenance_and_report_damage() {
+    let w = setup().await;
+    let shutdown = CancellationToken::new();
+    let controller = start_controller(w.client.clone(), shutdown.clone());
+    let c = w.client.clone();
+    // A snapshot made by restic, of data that does not compress away.
+    let data = w.base.join("data");
+    fs::create_dir_all(&data).unwrap();
+    for i in 0..4u64 {
+        write_random_file(&data.join(format!("f{i}")), 2_000_000, i).unwrap();
+    }
+    w.restic.backup_contents(&data, &[]);
+    let repos: Api<Repository> = Api::namespaced(c.clone(), NS);
+    repos
+        .patch(
+            "main",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"check": {"readDataSubset": "100%"}}})),
+        )
+        .await
+        .unwrap();
+
+    // 1. A healthy repository passes; one agent ran it and read every pack.
+    let r = check_now(&w, "1", Duration::from_secs(90)).await;
+    let st = r.status.clone().unwrap();
+    let run = st.check.clone().unwrap();
+    assert_eq!(
+        st.last_check_result.as_deref(),
+        Some("Passed"),
+        "{run:?}\n{}",
+        w.logs()
+    );
+    assert_eq!(run.phase, ItemPhase::Succeeded);
+    assert_eq!(run.snapshots, Some(1), "{run:?}");
+    assert_eq!(run.error_count, Some(0), "{run:?}");
+    assert!(run.packs_read.unwrap_or(0) >= 1, "{run:?}");
+    assert_eq!(run.read_data_subset.as_deref(), Some("100%"));
+    let node = run.node.clone().unwrap();
+    assert!(["node-a", "node-b"].contains(&node.as_str()), "{run:?}");
+    assert!(
+        run.claim
+            .claimed_by
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&node),
+        "{run:?}"
+    );
+    assert!(!r.labels().contains_key(stash_api::check::CHECK_LABEL));
+    // The check took the repository's maintenance Lease, and released it.
+    let leases = maintenance_leases(&c).await;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let lease_name = leases[0].name_any();
+    assert!(leases[0].spec.as_ref().unwrap().holder_identity.is_none());
+
+    // 2. While a maintenance run holds the Lease, the check waits, saying
+    // so, and runs once it is released.
+    let leases_api: Api<Lease> = Api::namespaced(c.clone(), "stash-system");
+    let held = stash_api::lease::take_or_renew(
+        &leases_api,
+        &lease_name,
+        "test-holder",
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(held, stash_api::lease::Attempt::Held(_)),
+        "{held:?}"
+    );
+    repos
+        .patch(
+            "main",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {(stash_api::check::CHECK_NOW): "2"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let waiting = wait_for(
+        &w,
+        "the check to wait for the Lease",
+        Duration::from_secs(60),
+        async || check_run(&c).await,
+        |r| {
+            run_of(r).is_some_and(|run| {
+                run.request.as_deref() == Some("2")
+                    && run.phase == ItemPhase::Running
+                    && run.claim.message.as_deref().unwrap_or("").contains(
+                        "waiting for the maintenance run of test-holder on this repository",
+                    )
+            })
+        },
+    )
+    .await;
+    assert!(run_of(&waiting).unwrap().end_time.is_none());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        run_of(&check_run(&c).await).unwrap().phase,
+        ItemPhase::Running
+    );
+    assert!(
+        stash_api::lease::release(&leases_api, &lease_name, "test-holder", |_| {})
+            .await
+            .unwrap()
+    );
+    let c2 = c.clone();
+    let r = wait_for(
+        &w,
+        "the waiting check to pass",
+        Duration::from_secs(60),
+        async || check_run(&c2).await,
+        |r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.check.as_ref())
+                .is_some_and(|run| run.request.as_deref() == Some("2") && run.is_finished())
+        },
+    )
+    .await;
+    assert_eq!(
+        run_of(&r).unwrap().phase,
+        ItemPhase::Succeeded,
+        "{}",
+        w.logs()
+    );
+
+    // 3. A damaged pack: the next check fails naming it, as restic's does.
+    let url = r.spec.url.clone();
+    let damaged = tokio::task::spawn_blocking(move || {
+        let repo = tenant_repository(&url);
+        let b = repo.backend();
+        let mut packs = b.list(repo_format::FileType::Pack).unwrap();
+        packs.sort_by_key(|p| std::cmp::Reverse(p.size));
+        let name = packs[0].name.clone();
+        let mut bytes = b.read(repo_format::FileType::Pack, &name).unwrap();
+        let mid = bytes.len() / 3;
+        bytes[mid] ^= 0xff;
+        b.write(repo_format::FileType::Pack, &name, &bytes).unwrap();
+        name
+    })
+    .await
+    .unwrap();
+    let out = w.restic.run(["check", "--read-data"]);
+    assert!(!out.status.success(), "restic finds the damage too");
+    let r = check_now(&w, "3", Duration::from_secs(90)).await;
+    let st = r.status.clone().unwrap();
+    let run = st.check.clone().unwrap();
+    assert_eq!(st.last_check_result.as_deref(), Some("Failed"), "{run:?}");
+    assert!(run.error_count.unwrap_or(0) >= 1, "{run:?}");
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&damaged[..8]),
+        "names pack {damaged}: {error}"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let reasons: Vec<(String, String)> = events
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|o| o.kind.as_deref()) == Some("Repository"))
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.note.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|(r, _)| r == "CheckPassed"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(r, n)| r == "CheckFailed" && n.contains(&damaged[..8])),
+        "{reasons:?}"
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+}

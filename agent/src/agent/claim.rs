@@ -23,6 +23,12 @@ pub enum Slot {
     },
     /// `status.retention`.
     Retention,
+    /// A Repository's `status.check`, with the run's `scheduledTime` (as
+    /// written) that identifies it.
+    Check {
+        /// The run's `scheduledTime`, as the status holds it.
+        scheduled: String,
+    },
 }
 
 impl Slot {
@@ -30,6 +36,7 @@ impl Slot {
         match self {
             Slot::Item { index, .. } => format!("/status/items/{index}"),
             Slot::Retention => "/status/retention".to_owned(),
+            Slot::Check { .. } => "/status/check".to_owned(),
         }
     }
 
@@ -47,6 +54,7 @@ impl Slot {
                 test(&base, "volume", json!(volume)),
             ],
             Slot::Retention => Vec::new(),
+            Slot::Check { scheduled } => vec![test(&base, "scheduledTime", json!(scheduled))],
         }
     }
 }
@@ -204,6 +212,29 @@ mod tests {
         assert!(!proves_loss(&kube::Error::Service(
             "connection reset".into()
         )));
+    }
+
+    #[test]
+    fn a_check_claim_names_its_run() {
+        let now = stash_api::time::to_time(Utc.with_ymd_and_hms(2026, 12, 6, 3, 0, 5).unwrap());
+        let mut doc = json!({"status": {"check": {
+            "phase": "Pending", "scheduledTime": "2026-12-06T03:00:00Z"}}});
+        let old = Slot::Check {
+            scheduled: "2026-12-05T03:00:00Z".into(),
+        };
+        assert!(apply(&mut doc, claim(&old, &Previous::Pending, "n/a/1", 1, &now)).is_err());
+        let run = Slot::Check {
+            scheduled: "2026-12-06T03:00:00Z".into(),
+        };
+        apply(&mut doc, claim(&run, &Previous::Pending, "n/a/1", 1, &now)).unwrap();
+        assert_eq!(doc["status"]["check"]["claimedBy"], "n/a/1");
+        assert!(apply(&mut doc, claim(&run, &Previous::Pending, "n/b/1", 1, &now)).is_err());
+        // The controller expired it (claimedBy removed): the holder is out.
+        doc["status"]["check"]
+            .as_object_mut()
+            .unwrap()
+            .remove("claimedBy");
+        assert!(apply(&mut doc, update(&run, "n/a/1", &now, Map::new())).is_err());
     }
 
     #[test]

@@ -34,13 +34,14 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use stash_api::policy::HostPathAllowList;
 use stash_api::time::from_time;
-use stash_api::{BackupSession, Claim, ItemCommon, ItemPhase, RestoreSession};
+use stash_api::{BackupSession, Claim, ItemCommon, ItemPhase, Repository, RestoreSession};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::AgentArgs;
 use claim::{Previous, Slot};
 use metrics::Metrics;
+use serde_json::Value;
 
 /// What every piece of work shares.
 pub struct Ctx {
@@ -117,6 +118,9 @@ pub enum Work {
     Restore(Arc<RestoreSession>, Slot, Previous),
     /// Run the retention of the session.
     Retention(Arc<BackupSession>, Previous),
+    /// Run the check a Repository's status asks for, identified by the
+    /// run's `scheduledTime`.
+    Check(Arc<Repository>, Slot, Previous),
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C.
@@ -230,6 +234,22 @@ async fn run_async(args: AgentArgs) -> Result<()> {
         changed.clone(),
         shutdown.clone(),
     );
+    // Repositories only while a check run is unfinished (the controller
+    // labels them): any agent may take a check.
+    let (repositories, repository_writer) = reflector::store();
+    let checking = watcher::Config::default().labels(&format!(
+        "{}={}",
+        stash_api::check::CHECK_LABEL,
+        stash_api::check::CHECK_LABEL_VALUE
+    ));
+    let watch_repositories = watch(
+        reflector::reflector(
+            repository_writer,
+            watcher(Api::<Repository>::all(client.clone()), checking).modify(slim),
+        ),
+        changed.clone(),
+        shutdown.clone(),
+    );
     let slots = Arc::new(Semaphore::new(args.max_concurrent.max(1) as usize));
     let rescan = Duration::from_secs(2)
         .min(ctx.takeover_after / 2)
@@ -237,11 +257,13 @@ async fn run_async(args: AgentArgs) -> Result<()> {
     let scan_loop = {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         let (backups, restores) = (backups.clone(), restores.clone());
+        let repositories = repositories.clone();
         async move {
             let _ = backups.wait_until_ready().await;
             let _ = restores.wait_until_ready().await;
+            let _ = repositories.wait_until_ready().await;
             loop {
-                for w in find_work(&ctx, &backups, &restores) {
+                for w in find_work(&ctx, &backups, &restores, &repositories) {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         break;
                     };
@@ -271,7 +293,7 @@ async fn run_async(args: AgentArgs) -> Result<()> {
             }
         }
     };
-    tokio::join!(watch_backups, watch_restores, scan_loop);
+    tokio::join!(watch_backups, watch_restores, watch_repositories, scan_loop);
     // Running items keep their claim; a restarted agent takes them over.
     server.await.context("metrics server task")??;
     Ok(())
@@ -321,7 +343,7 @@ impl Work {
     fn current_claim(&self) -> Option<Claim> {
         let index = |slot: &Slot| match slot {
             Slot::Item { index, .. } => Some(*index),
-            Slot::Retention => None,
+            Slot::Retention | Slot::Check { .. } => None,
         };
         let item = match self {
             Work::Backup(s, slot, _) => &s.status.as_ref()?.items.get(index(slot)?)?.common,
@@ -329,6 +351,7 @@ impl Work {
             Work::Retention(s, _) => {
                 return Some(s.status.as_ref()?.retention.as_ref()?.claim.clone())
             }
+            Work::Check(r, _, _) => return Some(r.status.as_ref()?.check.as_ref()?.claim.clone()),
         };
         Some(item.claim.clone())
     }
@@ -349,6 +372,11 @@ impl Work {
                 kind: "retention",
                 uid: s.uid().unwrap_or_default(),
                 slot: Slot::Retention,
+            },
+            Work::Check(r, slot, _) => WorkKey {
+                kind: "check",
+                uid: r.uid().unwrap_or_default(),
+                slot: slot.clone(),
             },
         }
     }
@@ -373,11 +401,13 @@ fn takeable(ctx: &Ctx, phase: ItemPhase, claim: &Claim) -> Option<Previous> {
     }
 }
 
-/// Every piece of work for this node, oldest session first.
+/// Every piece of work for this node, oldest session first, then the
+/// checks.
 fn find_work(
     ctx: &Ctx,
     backups: &Store<BackupSession>,
     restores: &Store<RestoreSession>,
+    repositories: &Store<Repository>,
 ) -> Vec<Work> {
     let mut skip = ctx.running.lock().expect("running set").clone();
     {
@@ -437,7 +467,38 @@ fn find_work(
             push(created, Work::Restore(s.clone(), slot, prev));
         }
     }
-    // Retention after items, and older sessions first.
-    out.sort_by_key(|(t, w)| (matches!(w, Work::Retention(..)), *t));
+    // Checks: any agent may take one (the claim decides); not a Job.
+    if matches!(ctx.scope, Scope::Node) {
+        for r in repositories.state() {
+            let Some(run) = r.status.as_ref().and_then(|s| s.check.as_ref()) else {
+                continue;
+            };
+            let Some(scheduled) = run.scheduled_time.as_ref() else {
+                continue;
+            };
+            let Ok(Value::String(scheduled)) = serde_json::to_value(scheduled) else {
+                continue;
+            };
+            // A takeover is of a run whose heartbeat stopped, on any node.
+            if let Some(prev) = takeable(ctx, run.phase, &run.claim) {
+                let asked = Some(from_time(
+                    run.scheduled_time.as_ref().expect("checked above"),
+                ));
+                push(
+                    asked,
+                    Work::Check(r.clone(), Slot::Check { scheduled }, prev),
+                );
+            }
+        }
+    }
+    // Retention after items, checks last, and older sessions first.
+    out.sort_by_key(|(t, w)| {
+        let rank = match w {
+            Work::Backup(..) | Work::Restore(..) => 0,
+            Work::Retention(..) => 1,
+            Work::Check(..) => 2,
+        };
+        (rank, *t)
+    });
     out.into_iter().map(|(_, w)| w).collect()
 }

@@ -84,6 +84,9 @@ struct Done {
     bytes: u64,
     files: u64,
     file_errors: u64,
+    /// The work ran to its end but failed (a check that found damage): the
+    /// fields are written with phase Failed and this error.
+    failure: Option<String>,
 }
 
 /// A claimed piece of work: where to write its status.
@@ -103,6 +106,13 @@ impl Claimed<'_> {
         match self.kind {
             "restore" => {
                 let api: Api<RestoreSession> =
+                    Api::namespaced(self.ctx.client.clone(), &self.namespace);
+                api.patch_status(&self.name, &pp, &Patch::Json::<()>(patch))
+                    .await
+                    .map(|_| ())
+            }
+            "check" => {
+                let api: Api<stash_api::Repository> =
                     Api::namespaced(self.ctx.client.clone(), &self.namespace);
                 api.patch_status(&self.name, &pp, &Patch::Json::<()>(patch))
                     .await
@@ -169,6 +179,7 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         Work::Backup(s, slot, p) => ("backup", s.namespace(), s.name_any(), slot.clone(), p),
         Work::Restore(s, slot, p) => ("restore", s.namespace(), s.name_any(), slot.clone(), p),
         Work::Retention(s, p) => ("retention", s.namespace(), s.name_any(), Slot::Retention, p),
+        Work::Check(r, slot, p) => ("check", r.namespace(), r.name_any(), slot.clone(), p),
     };
     let (namespace, previous) = (namespace.unwrap_or_default(), previous.clone());
     let current = work.current_claim().unwrap_or_default();
@@ -183,6 +194,7 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         Work::Backup(s, slot, _) => prepare_backup(ctx, s, slot).await.map(Prepared::Backup),
         Work::Restore(s, slot, _) => prepare_restore(ctx, s, slot).await.map(Prepared::Restore),
         Work::Retention(s, _) => prepare_retention(ctx, s).await.map(Prepared::Retention),
+        Work::Check(r, _, _) => prepare_check(ctx, r).await.map(Prepared::Check),
     };
     let prepared = match prepared {
         Ok(p) => Ok(p),
@@ -239,11 +251,22 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
         .observe(started.elapsed().as_secs_f64());
     let mut fields = Map::new();
     fields.insert("endTime".into(), json!(now()));
-    if matches!(ctx.scope, Scope::Job { .. }) {
-        // Which node the Job's pod ran on; the retention run goes to that
-        // node's agent.
+    if matches!(ctx.scope, Scope::Job { .. }) || kind == "check" {
+        // Which node the Job's pod ran on (the retention run goes to that
+        // node's agent), or which agent checked.
         fields.insert("node".into(), json!(ctx.node));
     }
+    let result = match result {
+        Ok(Done {
+            fields: f,
+            failure: Some(why),
+            ..
+        }) => {
+            fields.extend(f);
+            Err(why)
+        }
+        r => r,
+    };
     match result {
         Ok(done) => {
             ctx.metrics
@@ -292,9 +315,20 @@ enum Prepared {
     Backup(BackupPlan),
     Restore(RestorePlan),
     Retention(RetentionPlan),
+    Check(CheckPlan),
 }
 
 impl Prepared {
+    /// The repository whose maintenance Lease the work must hold: a
+    /// forget/prune, or a check (never beside a prune).
+    fn maintenance(&self) -> Option<&RepoAccess> {
+        match self {
+            Prepared::Retention(r) => Some(&r.repo),
+            Prepared::Check(c) => Some(&c.repo),
+            Prepared::Backup(_) | Prepared::Restore(_) => None,
+        }
+    }
+
     fn labels(&self) -> (String, String) {
         match self {
             Prepared::Backup(p) => (p.repo.name.clone(), format!("{}:{}", p.host, p.as_path)),
@@ -303,6 +337,7 @@ impl Prepared {
                 format!("{}/{}/{}", p.namespace, p.pod, p.volume),
             ),
             Prepared::Retention(p) => (p.repo.name.clone(), String::new()),
+            Prepared::Check(p) => (p.repo.name.clone(), String::new()),
         }
     }
 }
@@ -355,7 +390,7 @@ fn slot_identity(slot: &Slot) -> (&str, &str, &str) {
             volume,
             ..
         } => (namespace, pod, volume),
-        Slot::Retention => ("", "", ""),
+        Slot::Retention | Slot::Check { .. } => ("", "", ""),
     }
 }
 
@@ -687,6 +722,40 @@ async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan
     })
 }
 
+struct CheckPlan {
+    repo: RepoAccess,
+    /// `spec.check.readDataSubset` (from the spec: the status is the
+    /// controller's and the agents', and anyone with status access could
+    /// write it).
+    read_data_subset: Option<String>,
+}
+
+async fn prepare_check(ctx: &Ctx, r: &stash_api::Repository) -> Result<CheckPlan, NotReady> {
+    let ns = r.namespace().unwrap_or_default();
+    let reference = stash_api::RepositoryReference {
+        name: r.name_any(),
+        namespace: None,
+    };
+    let user = format!("the check of Repository {ns}/{}", r.name_any());
+    let repo = fetch(
+        &ctx.client,
+        &ctx.tenants,
+        &ctx.secrets,
+        &ns,
+        &user,
+        &reference,
+    )
+    .await?;
+    Ok(CheckPlan {
+        repo,
+        read_data_subset: r
+            .spec
+            .check
+            .as_ref()
+            .and_then(|c| c.read_data_subset.clone()),
+    })
+}
+
 /// Runs the engine on a worker thread, reporting `progress` every
 /// `progress_every` until it ends.
 async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
@@ -694,12 +763,12 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
     let lost = Arc::new(AtomicBool::new(false));
     // A retention run first takes its repository's maintenance Lease: one
     // forget/prune per repository at a time, whoever's session it is.
-    let (maintenance, last_prune) = match &p {
-        Prepared::Retention(r) => {
-            let (lease, last) = take_maintenance(c, r).await?;
-            (Some((lease, r.repo.name.clone())), last)
+    let (maintenance, last_prune) = match p.maintenance() {
+        Some(repo) => {
+            let (lease, last) = take_maintenance(c, repo).await?;
+            (Some((lease, repo.name.clone())), last)
         }
-        _ => (None, None),
+        None => (None, None),
     };
     let work = {
         let (progress, lost) = (progress.clone(), lost.clone());
@@ -707,6 +776,7 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
             Prepared::Backup(b) => run_backup(&b, &progress),
             Prepared::Restore(r) => run_restore(&r, &progress),
             Prepared::Retention(r) => run_retention(&r, &lost, &progress, last_prune),
+            Prepared::Check(k) => run_check(&k, &lost, &progress),
         })
     };
     tokio::pin!(work);
@@ -722,14 +792,14 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
                         match lease.take().await {
                             Ok(Taken::Held { .. }) => renewed = Instant::now(),
                             Ok(Taken::Busy(holder)) => {
-                                tracing::warn!(lease = %lease.name(), %holder, "the maintenance Lease was taken over; stopping the retention run");
+                                tracing::warn!(lease = %lease.name(), %holder, kind = c.kind, "the maintenance Lease was taken over; stopping");
                                 lost.store(true, Ordering::Relaxed);
                                 progress.cancel();
                             }
                             Err(e) if renewed.elapsed() + MAINTENANCE_RENEW_EVERY >= LEASE_DURATION => {
                                 // Stop before the Lease could expire and
                                 // another run start beside this one.
-                                tracing::warn!(lease = %lease.name(), error = %e, "cannot renew the maintenance Lease; stopping the retention run");
+                                tracing::warn!(lease = %lease.name(), error = %e, kind = c.kind, "cannot renew the maintenance Lease; stopping");
                                 lost.store(true, Ordering::Relaxed);
                                 progress.cancel();
                             }
@@ -738,9 +808,9 @@ async fn execute(c: &Claimed<'_>, p: Prepared) -> Result<Done, String> {
                     }
                 }
                 let s = progress.snapshot();
-                // A retention run reports only its heartbeat.
+                // A retention or check run reports only its heartbeat.
                 let mut f = Map::new();
-                if c.kind != "retention" {
+                if c.kind != "retention" && c.kind != "check" {
                     f.insert("bytesDone".into(), json!(s.bytes_done));
                     f.insert("bytesTotal".into(), json!(s.bytes_total.max(s.bytes_done)));
                     f.insert("filesDone".into(), json!(s.files_done));
@@ -778,13 +848,13 @@ const MAINTENANCE_RENEW_EVERY: Duration = Duration::from_secs(15);
 /// while another run holds it.
 async fn take_maintenance(
     c: &Claimed<'_>,
-    r: &RetentionPlan,
+    repo: &RepoAccess,
 ) -> Result<(MaintenanceLease, Option<chrono::DateTime<Utc>>), String> {
     let ns = &c.ctx.namespace;
     let lease = MaintenanceLease::new(
         c.ctx.client.clone(),
         ns,
-        &r.repo.location.to_string(),
+        &repo.location.to_string(),
         &c.ctx.instance,
     );
     let mut said: Option<String> = None;
@@ -802,15 +872,15 @@ async fn take_maintenance(
         };
         let mut f = Map::new();
         if said.as_deref() != Some(wait.as_str()) {
-            tracing::info!(session = %format!("{}/{}", c.namespace, c.name), reason = %wait, "retention waits");
+            tracing::info!(object = %format!("{}/{}", c.namespace, c.name), kind = c.kind, reason = %wait, "waiting for the maintenance Lease");
             f.insert("message".into(), json!(wait));
             said = Some(wait);
         }
         if c.update(f, c.ctx.progress_every).await == Write::Lost {
-            return Err(
-                "the retention run was taken from this agent while it waited for the maintenance Lease"
-                    .into(),
-            );
+            return Err(format!(
+                "the {} run was taken from this agent while it waited for the maintenance Lease",
+                c.kind
+            ));
         }
         tokio::time::sleep(c.ctx.progress_every.max(Duration::from_secs(2))).await;
     }
@@ -974,6 +1044,7 @@ fn run_backup(p: &BackupPlan, progress: &Arc<Progress>) -> Result<Done> {
         bytes: summary.total_bytes_processed,
         files: summary.total_files_processed,
         file_errors: res.errors.len() as u64,
+        failure: None,
     })
 }
 
@@ -1139,6 +1210,7 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
         bytes: res.bytes_written,
         files: res.files,
         file_errors: 0,
+        failure: None,
     })
 }
 
@@ -1292,5 +1364,100 @@ fn run_retention(
         bytes: 0,
         files: 0,
         file_errors: 0,
+        failure: None,
     })
+}
+
+/// How many of a check's errors its status names (the rest are counted).
+const CHECK_ERRORS_SHOWN: usize = 5;
+
+fn run_check(p: &CheckPlan, lost: &AtomicBool, progress: &Arc<Progress>) -> Result<Done> {
+    use repo_format::ops::check::{check, CheckOptions, Subset};
+    let subset = p
+        .read_data_subset
+        .as_deref()
+        .map(|s| {
+            s.parse::<Subset>()
+                .map_err(|e| anyhow!("check.readDataSubset: {e}"))
+        })
+        .transpose()?;
+    let repo = p.repo.open()?;
+    // A shared lock, as restic's check: backups go on beside it, a prune
+    // (exclusive) cannot start; the maintenance Lease keeps other agents'
+    // prunes away too.
+    let _lock = lock(&repo, false, progress)?;
+    let report = check(
+        &repo,
+        CheckOptions {
+            read_data: false,
+            subset,
+        },
+    )
+    .context("checking the repository")?;
+    if lost.load(Ordering::Relaxed) || progress.is_cancelled() {
+        bail!("the check lost its claim, its maintenance Lease or its repository lock while it ran; its result is discarded");
+    }
+    let mut f = Map::new();
+    f.insert("snapshots".into(), json!(report.snapshots));
+    f.insert("trees".into(), json!(report.trees));
+    f.insert("errorCount".into(), json!(report.errors.len()));
+    f.insert("warningCount".into(), json!(report.warnings.len()));
+    if let Some(s) = &p.read_data_subset {
+        f.insert("readDataSubset".into(), json!(s));
+        f.insert("packsRead".into(), json!(report.packs_read));
+    }
+    for w in report.warnings.iter().take(CHECK_ERRORS_SHOWN) {
+        tracing::info!(repository = %p.repo.name, warning = %w, "check warning");
+    }
+    let failure = (!report.is_ok()).then(|| {
+        let shown: Vec<&str> = report
+            .errors
+            .iter()
+            .take(CHECK_ERRORS_SHOWN)
+            .map(String::as_str)
+            .collect();
+        let more = report.errors.len().saturating_sub(CHECK_ERRORS_SHOWN);
+        let mut msg = format!(
+            "the repository contains {} error(s): {}",
+            report.errors.len(),
+            shown.join("; ")
+        );
+        if more > 0 {
+            msg.push_str(&format!("; and {more} more (run `stash check` to see all)"));
+        }
+        truncate(msg, 4096)
+    });
+    let message = match &failure {
+        None => format!(
+            "no errors found in {} snapshot(s) and {} tree(s){}",
+            report.snapshots,
+            report.trees,
+            match &p.read_data_subset {
+                Some(s) => format!("; {} pack(s) read (subset {s})", report.packs_read),
+                None => String::new(),
+            }
+        ),
+        Some(_) => "failed".to_owned(),
+    };
+    f.insert("message".into(), json!(message));
+    Ok(Done {
+        fields: f,
+        bytes: 0,
+        files: 0,
+        file_errors: report.errors.len() as u64,
+        failure,
+    })
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
 }

@@ -552,6 +552,11 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("watch", "stash.rs", "restoresessions", None),
             ("patch", "stash.rs", "restoresessions/status", None),
             ("get", "stash.rs", "repositories", None),
+            // Check runs (Repository.spec.check): watched by label, claimed
+            // and reported in the status.
+            ("list", "stash.rs", "repositories", None),
+            ("watch", "stash.rs", "repositories", None),
+            ("patch", "stash.rs", "repositories/status", None),
             ("get", "stash.rs", "backupconfigurations", None),
             ("get", "", "namespaces", None),
             ("get", "", "pods", None),
@@ -604,8 +609,9 @@ async fn rbac_grants_what_each_component_needs_and_the_controller_runs_under_it(
             ("delete", "stash.rs", "backupsessions", None),
             ("update", "stash.rs", "backupsessions/status", None),
             ("update", "stash.rs", "restoresessions", None),
-            ("list", "stash.rs", "repositories", None),
-            ("patch", "stash.rs", "repositories/status", None),
+            ("patch", "stash.rs", "repositories", None),
+            ("update", "stash.rs", "repositories", None),
+            ("update", "stash.rs", "repositories/status", None),
             ("list", "stash.rs", "backupconfigurations", None),
             ("patch", "stash.rs", "backupconfigurations", None),
             ("list", "", "namespaces", None),

@@ -2,6 +2,7 @@
 //! in one test binary.
 
 mod auto_backup;
+mod checks;
 mod common;
 mod deploy;
 mod finalizers;
