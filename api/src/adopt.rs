@@ -54,6 +54,11 @@ impl Tool {
         }
     }
 
+    /// Whether its snapshots record the source's namespace.
+    pub fn records_namespace(self) -> bool {
+        self.records().contains(&Field::Namespace)
+    }
+
     /// The identity fields this tool records in its snapshots.
     fn records(self) -> &'static [Field] {
         match self {

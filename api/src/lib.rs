@@ -73,13 +73,14 @@ pub use common::{
 pub use duration::{parse_duration, DurationError};
 pub use notification::{Notification, NotificationFormat, NotifyOn};
 pub use repository::{
-    AllowedNamespaces, Maintenance, MaintenanceWindow, NamespacesFrom, PruneDecision, Repository,
-    RepositorySpec, RepositoryStatus, UsagePolicy, DEFAULT_PRUNE_INTERVAL,
+    AdoptFrom, Adoption, AllowedNamespaces, Maintenance, MaintenanceWindow, NamespacesFrom,
+    PruneDecision, Repository, RepositorySpec, RepositoryStatus, UsagePolicy,
+    DEFAULT_PRUNE_INTERVAL,
 };
 pub use restore_session::{
-    OverwritePolicy, PrivilegedContent, RestoreItem, RestoreSession, RestoreSessionSpec,
-    RestoreSessionStatus, RestoreTarget, SourceIdentity, VolumeMapping, ANNOTATION_RESTORE_SESSION,
-    LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
+    AdoptedSource, OverwritePolicy, PrivilegedContent, RestoreItem, RestoreSession,
+    RestoreSessionSpec, RestoreSessionStatus, RestoreTarget, SourceIdentity, VolumeMapping,
+    ANNOTATION_RESTORE_SESSION, LABEL_RESTORE_SESSION, RESTORE_WAIT_CONTAINER,
 };
 
 /// The API group of every Stash resource.

@@ -284,6 +284,8 @@ mod tests {
                 }),
                 maintenance: None,
                 check: None,
+                read_only: None,
+                adopt: None,
             },
         );
         r.metadata.namespace = Some(ns.into());

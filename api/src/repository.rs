@@ -54,6 +54,7 @@ use crate::common::SecretKeyReference;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.adopt) || !has(self.readOnly) || self.readOnly").message("an adopted repository is read-only: remove readOnly: false, or adopt"))]
 pub struct RepositorySpec {
     /// Backend URL, as restic writes it: `local:/path` or `/path`,
     /// `s3:host/bucket/prefix`, `gs:bucket:/prefix`, `azure:container:/prefix`,
@@ -84,6 +85,72 @@ pub struct RepositorySpec {
     /// `stash.rs/check-now: <any new value>` asks for a check at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckPolicy>,
+    /// Nothing is ever written: BackupConfigurations naming it are refused,
+    /// no retention or prune runs; restores and checks read it with
+    /// restic's shared locks only (removed afterwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// The repository was written by another tool: its snapshots are
+    /// mapped to identities as that tool lays them out (see
+    /// `deploy/ADOPTING.md`), RestoreSessions choose them with
+    /// `spec.adopted`, and the repository is read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<Adoption>,
+}
+
+/// Which tool wrote an adopted repository.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Adoption {
+    /// The tool whose layout the snapshots follow.
+    pub from: AdoptFrom,
+}
+
+/// A tool whose restic repositories can be adopted.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AdoptFrom {
+    /// Velero's file-system backup with the restic uploader.
+    Velero,
+    /// K8up.
+    K8up,
+    /// Stash v1 (AppsCode).
+    Stash,
+    /// VolSync's restic mover.
+    VolSync,
+}
+
+impl AdoptFrom {
+    /// The layout this names.
+    pub fn tool(self) -> crate::adopt::Tool {
+        match self {
+            AdoptFrom::Velero => crate::adopt::Tool::Velero,
+            AdoptFrom::K8up => crate::adopt::Tool::K8up,
+            AdoptFrom::Stash => crate::adopt::Tool::Stash,
+            AdoptFrom::VolSync => crate::adopt::Tool::VolSync,
+        }
+    }
+}
+
+impl RepositorySpec {
+    /// Whether nothing may be written to it (`readOnly`, or adopted).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only == Some(true) || self.adopt.is_some()
+    }
+
+    /// Why a backup (or its retention) may not write to it, if so.
+    pub fn refuses_writes(&self, name: &str) -> Option<String> {
+        match (&self.adopt, self.read_only) {
+            (Some(a), _) => Some(format!(
+                "Repository {name} is adopted from {} and read-only: nothing is written to it; back up into a Repository of your own (snapshots continue there)",
+                a.from.tool().name()
+            )),
+            (None, Some(true)) => Some(format!(
+                "Repository {name} is read-only (spec.readOnly): nothing is written to it"
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// When a Repository's unreferenced data is pruned.

@@ -36,6 +36,8 @@ use crate::notification::Notification;
 #[x_kube(validation = Rule::new("!has(self.before) || self.snapshot == 'latest'").message("before applies only to snapshot \"latest\""))]
 #[x_kube(validation = Rule::new("!has(self.rollout) || !self.rollout || has(self.target.workload)").message("rollout applies only to a workload target"))]
 #[x_kube(validation = Rule::new("!has(self.executor) || self.executor == 'node-agent' || has(self.target.persistentVolumeClaim)").message("executor job restores into a persistentVolumeClaim target only"))]
+#[x_kube(validation = Rule::new("!has(self.adopted) || (!has(self.source) && self.snapshot == 'latest')").message("adopted chooses the snapshot of an adopted Repository: it excludes source and a snapshot id (use before to choose by time)"))]
+#[x_kube(validation = Rule::new("!has(self.adopted) || has(self.target.persistentVolumeClaim) || (has(self.volumes) && size(self.volumes) == 1)").message("adopted restores one source: target a persistentVolumeClaim, or name the one target volume in volumes"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreSessionSpec {
     /// What restores: `node-agent` (the default) into the pods mounting the
@@ -57,6 +59,12 @@ pub struct RestoreSessionSpec {
     /// Whose snapshots to pick `latest` among; the target's own when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceIdentity>,
+    /// For a Repository with `spec.adopt`: the source to restore, as the
+    /// tool that wrote the repository records it (only the fields that tool
+    /// records may be given; see `deploy/ADOPTING.md`). With `before`, its
+    /// latest snapshot before that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<AdoptedSource>,
     /// The pods whose volumes receive the data.
     pub target: RestoreTarget,
     /// Which snapshot volume goes to which target volume; each snapshot
@@ -150,6 +158,82 @@ pub struct SourceIdentity {
     pub tags: Vec<String>,
 }
 
+/// Which source of an adopted repository a restore reads (every field
+/// given must match; see [`crate::adopt::Selector`]).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptedSource {
+    /// The namespace the tool recorded (Velero, K8up); the session's own
+    /// when unset. Another namespace's needs a Repository of the session's
+    /// own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// The PersistentVolumeClaim (K8up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub persistent_volume_claim: Option<String>,
+    /// The PersistentVolumeClaim's UID (Velero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub persistent_volume_claim_uid: Option<String>,
+    /// The pod (Velero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: Option<String>,
+    /// The pod volume (Velero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub volume: Option<String>,
+    /// The replica, `host-<ordinal>` (Stash v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub replica: Option<String>,
+    /// The backed-up path in the workload's container (Stash v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: Option<String>,
+}
+
+impl AdoptedSource {
+    /// The selector for a restore in `session_ns` from a repository
+    /// written by `tool`, or why it cannot be used: a field the tool does
+    /// not record, or another namespace's source from a Repository that is
+    /// not the session's own.
+    pub fn selector(
+        &self,
+        tool: crate::adopt::Tool,
+        session_ns: &str,
+        repo_in_session_ns: bool,
+    ) -> Result<crate::adopt::Selector, String> {
+        let namespace = match &self.namespace {
+            Some(ns) => Some(ns.clone()),
+            // The session's own, where the tool records namespaces.
+            None if tool.records_namespace() => Some(session_ns.to_owned()),
+            None => None,
+        };
+        if let Some(ns) = namespace.as_deref() {
+            if ns != session_ns && !repo_in_session_ns {
+                return Err(format!(
+                    "spec.adopted names namespace {ns}: restoring another namespace's snapshots \
+                     needs a Repository of the session's own namespace {session_ns}"
+                ));
+            }
+        }
+        let sel = crate::adopt::Selector {
+            namespace,
+            pvc: self.persistent_volume_claim.clone(),
+            pvc_uid: self.persistent_volume_claim_uid.clone(),
+            pod: self.pod.clone(),
+            volume: self.volume.clone(),
+            replica: self.replica.clone(),
+            path: self.path.clone(),
+        };
+        sel.check(tool).map_err(|e| format!("spec.adopted: {e}"))?;
+        Ok(sel)
+    }
+}
+
 /// Where restored data goes: exactly one of a pod, a PersistentVolumeClaim or
 /// a workload, in this namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -240,5 +324,41 @@ pub struct RestoreItem {
 impl AsMut<ItemCommon> for RestoreItem {
     fn as_mut(&mut self) -> &mut ItemCommon {
         &mut self.common
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adopt::Tool;
+
+    #[test]
+    fn an_adopted_source_selects_in_the_sessions_namespace_and_by_what_the_tool_records() {
+        let pvc = AdoptedSource {
+            persistent_volume_claim: Some("db-data".into()),
+            ..AdoptedSource::default()
+        };
+        let sel = pvc.selector(Tool::K8up, "shop", false).unwrap();
+        assert_eq!(sel.namespace.as_deref(), Some("shop"));
+        assert_eq!(sel.pvc.as_deref(), Some("db-data"));
+        // Velero does not record the claim's name, only its UID.
+        let e = pvc.selector(Tool::Velero, "shop", false).unwrap_err();
+        assert!(e.contains("--pvc"), "{e}");
+        // Another namespace only through a Repository of the session's own.
+        let other = AdoptedSource {
+            namespace: Some("bank".into()),
+            ..pvc.clone()
+        };
+        let e = other.selector(Tool::K8up, "shop", false).unwrap_err();
+        assert!(e.contains("namespace bank"), "{e}");
+        assert!(other.selector(Tool::K8up, "shop", true).is_ok());
+        // VolSync records nothing: time alone, and no namespace is implied.
+        let none = AdoptedSource::default();
+        assert_eq!(
+            none.selector(Tool::VolSync, "shop", false)
+                .unwrap()
+                .namespace,
+            None
+        );
     }
 }

@@ -280,7 +280,7 @@ async fn start(
         Ok(repo) => repo,
         Err(r) => return Ok(fail(status, now, generation, r.reason, r.message)),
     };
-    if let Err(r) = source_allowed(rs, &ns, repo.metadata.namespace.as_deref(), &user) {
+    if let Err(r) = source_allowed(rs, &ns, &repo, &user) {
         return Ok(fail(status, now, generation, r.reason, r.message));
     }
     let expired = deadline.is_some_and(|d| now >= d);
@@ -389,9 +389,46 @@ async fn start(
 fn source_allowed(
     rs: &RestoreSession,
     ns: &str,
-    repo_ns: Option<&str>,
+    repo: &stash_api::Repository,
     user: &str,
 ) -> std::result::Result<(), Refusal> {
+    let repo_ns = repo.metadata.namespace.as_deref();
+    let repo_name = format!(
+        "{}/{}",
+        repo_ns.unwrap_or_default(),
+        rs.spec.repository.name
+    );
+    match (&repo.spec.adopt, &rs.spec.adopted) {
+        (None, Some(_)) => {
+            return Err(Refusal {
+                reason: "NotAdopted",
+                message: format!(
+                    "{user}: spec.adopted chooses snapshots of an adopted repository, and Repository {repo_name} has no spec.adopt"
+                ),
+            })
+        }
+        (Some(a), None) => {
+            let tool = a.from.tool();
+            return Err(Refusal {
+                reason: "AdoptedSourceRequired",
+                message: format!(
+                    "{user}: Repository {repo_name} is adopted from {}, whose snapshots carry {}: name the source in spec.adopted",
+                    tool.name(),
+                    tool.layout()
+                ),
+            });
+        }
+        (Some(a), Some(src)) => {
+            return src
+                .selector(a.from.tool(), ns, repo_ns == Some(ns))
+                .map(|_| ())
+                .map_err(|e| Refusal {
+                    reason: "SourceNotAllowed",
+                    message: format!("{user}: {e}"),
+                })
+        }
+        (None, None) => {}
+    }
     let Some(src_ns) = rs.spec.source.as_ref().and_then(|s| s.namespace.as_deref()) else {
         return Ok(());
     };
@@ -525,7 +562,7 @@ async fn workload_step(
             Ok(repo) => repo,
             Err(r) => return Ok(fail(status, now, generation, r.reason, r.message)),
         };
-        if let Err(r) = source_allowed(rs, &ns, repo.metadata.namespace.as_deref(), &user) {
+        if let Err(r) = source_allowed(rs, &ns, &repo, &user) {
             return Ok(fail(status, now, generation, r.reason, r.message));
         }
     }

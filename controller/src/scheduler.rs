@@ -108,7 +108,7 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
         return Ok(Action::await_change());
     }
     let user = format!("BackupConfiguration {ns}/{name}");
-    if let Err(refusal) = check_repository(&ctx, &ns, &user, &cfg.spec.repository).await? {
+    if let Err(refusal) = check_writable_repository(&ctx, &ns, &user, &cfg.spec.repository).await? {
         status.next_schedule_time = None;
         let changed = conditions::get(&status.conditions, "Ready").map(|c| c.reason.as_str())
             != Some(refusal.reason);
@@ -350,7 +350,7 @@ pub(crate) async fn fire_tick(
         return Ok(None);
     }
     let user = format!("BackupConfiguration {ns}/{name}");
-    if check_repository(ctx, &ns, &user, &cfg.spec.repository)
+    if check_writable_repository(ctx, &ns, &user, &cfg.spec.repository)
         .await?
         .is_err()
     {
@@ -636,6 +636,32 @@ pub fn session_name(config: &str, tick: DateTime<Utc>) -> String {
     let keep = 253 - suffix.len();
     let base: String = config.chars().take(keep).collect();
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
+}
+
+/// [`check_repository`] for a backup: the Repository must also take
+/// writes (not `readOnly`, not adopted).
+pub async fn check_writable_repository(
+    ctx: &Context,
+    ns: &str,
+    user: &str,
+    reference: &RepositoryReference,
+) -> Result<std::result::Result<Repository, Refusal>> {
+    Ok(check_repository(ctx, ns, user, reference)
+        .await?
+        .and_then(|repo| {
+            let name = format!(
+                "{}/{}",
+                repo.metadata.namespace.as_deref().unwrap_or(ns),
+                reference.name
+            );
+            match repo.spec.refuses_writes(&name) {
+                Some(why) => Err(Refusal {
+                    reason: "RepositoryReadOnly",
+                    message: format!("{user} cannot back up into it: {why}"),
+                }),
+                None => Ok(repo),
+            }
+        }))
 }
 
 /// Whether `user` in `ns` may use the Repository `reference` names: the

@@ -53,7 +53,7 @@ use stash_api::{
 
 use crate::error::{kube_err, Error, Result};
 use crate::events::publish;
-use crate::scheduler::check_repository;
+use crate::scheduler::check_writable_repository;
 use crate::status::{decide_until_written, write_if_unchanged, Written};
 use crate::targets::{resolve_items, target_pods};
 use crate::{conditions, Context};
@@ -227,7 +227,7 @@ async fn start(session: &BackupSession, ctx: &Context) -> Result<Option<Action>>
             .then(Action::await_change));
     }
     let user = format!("BackupSession {ns}/{}", session.name_any());
-    if let Err(refusal) = check_repository(ctx, &ns, &user, &cfg.spec.repository).await? {
+    if let Err(refusal) = check_writable_repository(ctx, &ns, &user, &cfg.spec.repository).await? {
         fail(&mut status, refusal.reason, refusal.message.clone());
         let note = Note::new(EventType::Warning, refusal.reason, refusal.message);
         return Ok(commit(ctx, session, &old, &status, vec![note])

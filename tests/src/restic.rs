@@ -338,6 +338,72 @@ fn snapshot_id(stdout: &str) -> String {
         })
 }
 
+impl Restic {
+    /// Runs `restic backup --json ARGS` in `cwd` as another tool's pod runs
+    /// it, so that the snapshot records the paths that tool records: in a
+    /// private mount namespace whose `/` is an overlay of the host's (its
+    /// scratch space under `scratch`), with each `(source, at)` of `mounts`
+    /// bind-mounted at `at`. Needs root (`unshare`, `mount`, `chroot`).
+    /// Returns the snapshot id from restic's JSON summary.
+    pub fn backup_in_mount_namespace(
+        &self,
+        scratch: &Path,
+        mounts: &[(&Path, &str)],
+        cwd: &str,
+        args: &[&str],
+    ) -> String {
+        fs::create_dir_all(scratch).unwrap();
+        let mut script = format!(
+            "set -e\nT='{root}'\nmount -t tmpfs tmpfs \"$T\"\nmkdir \"$T/u\" \"$T/w\" \"$T/m\"\n\
+             mount -t overlay overlay -o \"lowerdir=/,upperdir=$T/u,workdir=$T/w\" \"$T/m\"\n\
+             mount --bind /tmp \"$T/m/tmp\"\nmount --rbind /proc \"$T/m/proc\"\nmount --rbind /dev \"$T/m/dev\"\n",
+            root = scratch.display()
+        );
+        for (src, at) in mounts {
+            script.push_str(&format!(
+                "mkdir -p \"$T/m{at}\"\nmount --bind '{}' \"$T/m{at}\"\n",
+                src.display()
+            ));
+        }
+        script.push_str(&format!(
+            "exec chroot \"$T/m\" sh -c 'cd {cwd} && exec \"$0\" \"$@\"' \"$@\"\n"
+        ));
+        let template = self.command();
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(self.bin())
+        .args(["backup", "--json"])
+        .args(args);
+        for (k, v) in template.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c.output().expect("run unshare");
+        assert!(
+            out.status.success(),
+            "restic backup {args:?} in a pod's mount namespace failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let summary = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message_type"] == "summary")
+            .unwrap_or_else(|| panic!("no summary in restic's output:\n{stdout}"));
+        summary["snapshot_id"].as_str().unwrap().to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,10 @@ pub struct RepoAccess {
     pub location: Location,
     /// When the repository may be pruned.
     pub maintenance: stash_api::Maintenance,
+    /// Why nothing may be written to it (`readOnly`, or adopted), if so.
+    pub read_only: Option<String>,
+    /// The tool that wrote it, for an adopted repository.
+    pub adopt: Option<stash_api::adopt::Tool>,
     /// The password.
     password: Vec<u8>,
     /// Backend credentials.
@@ -192,9 +196,11 @@ pub async fn fetch(
         .check(&location, &credentials)
         .with_context(|| format!("Repository {name}"))?;
     Ok(RepoAccess {
+        read_only: repo.spec.refuses_writes(&name),
         name,
         location,
         maintenance: repo.spec.maintenance.clone().unwrap_or_default(),
+        adopt: repo.spec.adopt.as_ref().map(|a| a.from.tool()),
         password,
         credentials,
         confinement,
@@ -304,6 +310,8 @@ mod tests {
             name: "team/main".into(),
             location,
             maintenance: Default::default(),
+            read_only: None,
+            adopt: None,
             password: b"pw".to_vec(),
             credentials,
             confinement,
@@ -439,6 +447,8 @@ mod tests {
                 name: "team/main".into(),
                 location: Location::parse(&repo).unwrap(),
                 maintenance: Default::default(),
+                read_only: None,
+                adopt: None,
                 password: b"pw".to_vec(),
                 credentials: credentials(env_map).unwrap(),
                 confinement: policy.for_namespace("team"),

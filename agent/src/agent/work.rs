@@ -192,7 +192,9 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
     };
     let prepared = match &work {
         Work::Backup(s, slot, _) => prepare_backup(ctx, s, slot).await.map(Prepared::Backup),
-        Work::Restore(s, slot, _) => prepare_restore(ctx, s, slot).await.map(Prepared::Restore),
+        Work::Restore(s, slot, _) => prepare_restore(ctx, s, slot)
+            .await
+            .map(|p| Prepared::Restore(Box::new(p))),
         Work::Retention(s, _) => prepare_retention(ctx, s).await.map(Prepared::Retention),
         Work::Check(r, _, _) => prepare_check(ctx, r).await.map(Prepared::Check),
     };
@@ -313,7 +315,7 @@ pub async fn run(ctx: &Ctx, work: Work) -> bool {
 /// Everything a piece of work needs, found before claiming it.
 enum Prepared {
     Backup(BackupPlan),
-    Restore(RestorePlan),
+    Restore(Box<RestorePlan>),
     Retention(RetentionPlan),
     Check(CheckPlan),
 }
@@ -373,6 +375,9 @@ struct RestorePlan {
     includes: Vec<String>,
     excludes: Vec<String>,
     overwrite: Overwrite,
+    /// An adopted repository's tool and the source chosen in it
+    /// (`spec.adopted`).
+    adopted: Option<(stash_api::adopt::Tool, stash_api::adopt::Selector)>,
 }
 
 struct RetentionPlan {
@@ -520,15 +525,26 @@ async fn session_repository(ctx: &Ctx, s: &BackupSession) -> Result<RepoAccess, 
     let session_ns = s.namespace().unwrap_or_default();
     let cfg = backup_configuration(ctx, &session_ns, &s.spec.backup_configuration).await?;
     let user = format!("BackupSession {session_ns}/{}", s.name_any());
-    Ok(fetch(
-        &ctx.client,
-        &ctx.tenants,
-        &ctx.secrets,
-        &session_ns,
-        &user,
-        &cfg.spec.repository,
+    writable(
+        fetch(
+            &ctx.client,
+            &ctx.tenants,
+            &ctx.secrets,
+            &session_ns,
+            &user,
+            &cfg.spec.repository,
+        )
+        .await?,
     )
-    .await?)
+}
+
+/// `repo`, unless nothing may be written to it (defence in depth: the
+/// controller refuses such configurations first).
+fn writable(repo: RepoAccess) -> Result<RepoAccess, NotReady> {
+    match &repo.read_only {
+        Some(why) => Err(NotReady::Refuse(why.clone())),
+        None => Ok(repo),
+    }
 }
 
 async fn prepare_backup(ctx: &Ctx, s: &BackupSession, slot: &Slot) -> Result<BackupPlan, NotReady> {
@@ -657,7 +673,31 @@ async fn prepare_restore(
     let session_uid = s
         .uid()
         .ok_or_else(|| NotReady::Refuse("the RestoreSession has no uid".into()))?;
+    // From the spec again (the controller checked first): an adopted
+    // repository's source, in this namespace unless the Repository is ours.
+    let adopted = match (repo.adopt, &spec.adopted) {
+        (Some(tool), Some(src)) => Some((
+            tool,
+            src.selector(tool, &session_ns, repo_ns == session_ns)
+                .map_err(NotReady::Refuse)?,
+        )),
+        (Some(tool), None) => {
+            return Err(NotReady::Refuse(format!(
+                "Repository {} is adopted from {}: name the source in spec.adopted",
+                repo.name,
+                tool.name()
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(NotReady::Refuse(format!(
+                "spec.adopted needs an adopted Repository, and {} has no spec.adopt",
+                repo.name
+            )))
+        }
+        (None, None) => None,
+    };
     Ok(RestorePlan {
+        adopted,
         marker,
         repo,
         dir,
@@ -705,15 +745,17 @@ async fn prepare_retention(ctx: &Ctx, s: &BackupSession) -> Result<RetentionPlan
             ))
         })?;
     let user = format!("BackupSession {ns}/{}", s.name_any());
-    let repo = fetch(
-        &ctx.client,
-        &ctx.tenants,
-        &ctx.secrets,
-        &ns,
-        &user,
-        &cfg.spec.repository,
-    )
-    .await?;
+    let repo = writable(
+        fetch(
+            &ctx.client,
+            &ctx.tenants,
+            &ctx.secrets,
+            &ns,
+            &user,
+            &cfg.spec.repository,
+        )
+        .await?,
+    )?;
     Ok(RetentionPlan {
         repo,
         namespace: ns,
@@ -1107,11 +1149,10 @@ fn pick_snapshot(repo: &Repository, p: &RestorePlan) -> Result<(Id, repo_format:
     })
 }
 
-fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
-    let repo = p.repo.open()?;
-    let lock = lock(&repo, false, progress)?;
-    repo.load_index().context("loading the index")?;
-    let (id, snap) = pick_snapshot(&repo, p)?;
+/// The snapshot a restore from one of our repositories reads, and the
+/// tree of its source volume.
+fn own_subtree(repo: &Repository, p: &RestorePlan) -> Result<(Id, Id)> {
+    let (id, snap) = pick_snapshot(repo, p)?;
     let source_volume = if p.source_volume.is_empty() {
         snap.paths
             .first()
@@ -1143,6 +1184,28 @@ fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
     let subtree = node
         .subtree
         .ok_or_else(|| anyhow!("snapshot {}: directory without a tree", id.short()))?;
+    Ok((id, subtree))
+}
+
+fn run_restore(p: &RestorePlan, progress: &Arc<Progress>) -> Result<Done> {
+    let repo = p.repo.open()?;
+    let lock = lock(&repo, false, progress)?;
+    repo.load_index().context("loading the index")?;
+    let (id, subtree) = match &p.adopted {
+        Some((tool, sel)) => {
+            let all = repo.snapshots_readable()?;
+            for (id, e) in &all.unreadable {
+                tracing::warn!(snapshot = %id, error = %e, "skipping a snapshot that cannot be read");
+            }
+            let at = p.before.map(|b| b.fixed_offset());
+            let (id, _, tree, what) =
+                crate::cmd::adopt::choose_tree(&repo, *tool, all.snapshots, sel, at)
+                    .with_context(|| format!("Repository {}", p.repo.name))?;
+            tracing::info!(snapshot = %id.short(), source = %what, "restoring an adopted snapshot");
+            (id, tree)
+        }
+        None => own_subtree(&repo, p)?,
+    };
     let res = restore_with_progress(
         &repo,
         &subtree,

@@ -64,3 +64,66 @@ pub fn found(s: &Snapshot) -> String {
         s.tags.join(", ")
     )
 }
+
+/// Of `snapshots` (as `Repository::snapshots_readable` lists them), the one
+/// `sel` chooses at `at` (the latest when `None`) among those that fit
+/// `tool`'s layout, and the tree of its source's contents (below the paths
+/// the tool recorded, such as K8up's `/data/<pvc>`), with a description.
+/// Snapshots of another layout in the repository are an error: nothing is
+/// guessed.
+pub fn choose_tree(
+    r: &repo_format::Repository,
+    tool: Tool,
+    snapshots: Vec<(Id, Snapshot)>,
+    sel: &stash_api::adopt::Selector,
+    at: Option<chrono::DateTime<chrono::FixedOffset>>,
+) -> anyhow::Result<(Id, Snapshot, Id, String)> {
+    use anyhow::{anyhow, Context as _};
+    use stash_api::adopt::{choose, Adopted};
+    let adoption = Adoption::of(tool, snapshots);
+    if let Some(v) = adoption.not_the_tools() {
+        anyhow::bail!("{v}; see `stash snapshots --adopt` for what each snapshot carries");
+    }
+    let candidates: Vec<Adopted> = adoption
+        .fits
+        .iter()
+        .map(|(id, s, identity)| Adopted {
+            id: id.to_hex(),
+            time: s.time,
+            identity: identity.clone(),
+        })
+        .collect();
+    let i = choose(&candidates, sel, at).map_err(|e| anyhow!("{e}"))?;
+    let (id, s, identity) = adoption.fits.into_iter().nth(i).expect("chosen");
+    let mut tree = s.tree;
+    let mut below = String::new();
+    for name in &identity.subdir {
+        below.push('/');
+        below.push_str(name);
+        let t = r
+            .load_tree(&tree)
+            .with_context(|| format!("snapshot {}: reading {below:?}", id.short()))?;
+        let node = t
+            .nodes
+            .iter()
+            .find(|n| n.name == name.as_bytes())
+            .ok_or_else(|| {
+                anyhow!(
+                    "snapshot {}: {below:?} is not in the snapshot, though {} records it",
+                    id.short(),
+                    tool.name()
+                )
+            })?;
+        if node.node_type != repo_format::NodeType::Dir {
+            anyhow::bail!("snapshot {}: {below:?} is not a directory", id.short());
+        }
+        tree = node.subtree.ok_or_else(|| {
+            anyhow!(
+                "snapshot {}: directory {below:?} without a tree",
+                id.short()
+            )
+        })?;
+    }
+    let what = format!("{} ({})", identity.describe(), tool.name());
+    Ok((id, s, tree, what))
+}

@@ -1,6 +1,6 @@
 //! One module per command; `run` dispatches.
 
-mod adopt;
+pub(crate) mod adopt;
 mod backup;
 mod cat;
 mod check;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use repo_format::ops::progress::Progress;
 use repo_format::ops::restore::{restore_with_progress, RestoreOptions};
-use repo_format::NodeType;
 use serde_json::json;
 
 use crate::cli::{AdoptSelectArgs, GlobalArgs, RestoreArgs};
@@ -127,9 +126,8 @@ pub fn run(g: &GlobalArgs, a: &RestoreArgs) -> Result<u8> {
     }
 }
 
-/// The snapshot `--adopt` and the selectors choose, and the tree of its
-/// source's contents (below the paths the tool recorded, such as K8up's
-/// `/data/<pvc>`), with a description for the user.
+/// The snapshot `--adopt` and the selectors choose (see
+/// [`super::adopt::choose_tree`]).
 fn adopted(
     r: &repo_format::Repository,
     tool: stash_api::adopt::Tool,
@@ -140,7 +138,7 @@ fn adopted(
     repo_format::Id,
     String,
 )> {
-    use stash_api::adopt::{choose, Adopted, Selector};
+    use stash_api::adopt::Selector;
     let sel = Selector {
         namespace: a.namespace.clone(),
         pvc: a.pvc.clone(),
@@ -157,50 +155,5 @@ fn adopted(
     };
     let all = r.snapshots_readable()?;
     super::warn_unreadable(&all.unreadable);
-    let adoption = super::adopt::Adoption::of(tool, all.snapshots);
-    if let Some(v) = adoption.not_the_tools() {
-        anyhow::bail!("{v}; see `stash snapshots --adopt` for what each snapshot carries");
-    }
-    let candidates: Vec<Adopted> = adoption
-        .fits
-        .iter()
-        .map(|(id, s, identity)| Adopted {
-            id: id.to_hex(),
-            time: s.time,
-            identity: identity.clone(),
-        })
-        .collect();
-    let i = choose(&candidates, &sel, at).map_err(|e| anyhow!("{e}"))?;
-    let (id, s, identity) = adoption.fits.into_iter().nth(i).expect("chosen");
-    let mut tree = s.tree;
-    let mut below = String::new();
-    for name in &identity.subdir {
-        below.push('/');
-        below.push_str(name);
-        let t = r
-            .load_tree(&tree)
-            .with_context(|| format!("snapshot {}: reading {below:?}", id.short()))?;
-        let node = t
-            .nodes
-            .iter()
-            .find(|n| n.name == name.as_bytes())
-            .ok_or_else(|| {
-                anyhow!(
-                    "snapshot {}: {below:?} is not in the snapshot, though {} records it",
-                    id.short(),
-                    tool.name()
-                )
-            })?;
-        if node.node_type != NodeType::Dir {
-            anyhow::bail!("snapshot {}: {below:?} is not a directory", id.short());
-        }
-        tree = node.subtree.ok_or_else(|| {
-            anyhow!(
-                "snapshot {}: directory {below:?} without a tree",
-                id.short()
-            )
-        })?;
-    }
-    let what = format!("{} ({})", identity.describe(), tool.name());
-    Ok((id, s, tree, what))
+    super::adopt::choose_tree(r, tool, all.snapshots, &sel, at)
 }

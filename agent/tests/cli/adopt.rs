@@ -58,61 +58,11 @@ impl Repo {
         }
     }
 
-    /// Runs restic with `args` in `cwd` as a tool's pod would, with each
-    /// `(source, at)` of `mounts` bind-mounted at `at`; returns the
-    /// snapshot id from restic's JSON summary.
+    /// Runs restic with `args` in `cwd` as a tool's pod would (see
+    /// [`Restic::backup_in_mount_namespace`]); returns the snapshot id.
     fn backup_in_pod(&self, mounts: &[(&Path, &str)], cwd: &str, args: &[&str]) -> String {
-        let root = self.path("pod-root");
-        std::fs::create_dir_all(&root).unwrap();
-        let mut script = format!(
-            "set -e\nT='{root}'\nmount -t tmpfs tmpfs \"$T\"\nmkdir \"$T/u\" \"$T/w\" \"$T/m\"\n\
-             mount -t overlay overlay -o \"lowerdir=/,upperdir=$T/u,workdir=$T/w\" \"$T/m\"\n\
-             mount --bind /tmp \"$T/m/tmp\"\nmount --rbind /proc \"$T/m/proc\"\nmount --rbind /dev \"$T/m/dev\"\n",
-            root = root.display()
-        );
-        for (src, at) in mounts {
-            script.push_str(&format!(
-                "mkdir -p \"$T/m{at}\"\nmount --bind '{}' \"$T/m{at}\"\n",
-                src.display()
-            ));
-        }
-        script.push_str(&format!(
-            "exec chroot \"$T/m\" sh -c 'cd {cwd} && exec \"$0\" \"$@\"' \"$@\"\n"
-        ));
-        let restic = self.restic();
-        let template = restic.command();
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-            "sh",
-        ])
-        .arg(restic.bin())
-        .args(["backup", "--json"])
-        .args(args);
-        for (k, v) in template.get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
-        let out = c.output().expect("run unshare");
-        assert!(
-            out.status.success(),
-            "restic backup {args:?} in a pod's mount namespace failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let summary = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["message_type"] == "summary")
-            .unwrap_or_else(|| panic!("no summary in restic's output:\n{stdout}"));
-        summary["snapshot_id"].as_str().unwrap().to_owned()
+        self.restic()
+            .backup_in_mount_namespace(&self.path("pod-root"), mounts, cwd, args)
     }
 }
 
