@@ -8,7 +8,8 @@
 #      hack/import-cycles.py     no two files of a crate import each other
 #   4. hack/test-servers.sh     builds (once; cached in ~/.cache/stash-test-bin)
 #                               MinIO, rest-server, Azurite, fake-gcs-server,
-#                               toxiproxy and a current restic
+#                               toxiproxy, a current restic, and prometheus
+#                               with promtool (deploy/monitoring/'s tests)
 #   5. hack/envtest.sh          builds (once; cached in ~/.cache/stash-envtest)
 #                               etcd, and kube-apiserver with the kubelet,
 #                               kube-controller-manager, kube-scheduler,

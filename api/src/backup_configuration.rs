@@ -253,6 +253,10 @@ pub struct BackupConfigurationStatus {
     /// The next tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
+    /// When the last session that succeeded finished (kept when history
+    /// limits delete that session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
     /// The session created for the last tick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_session: Option<String>,

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub check_time: IntGaugeVec,
     /// 1 when the last check of a Repository passed, 0 when it failed.
     pub check_passed: IntGaugeVec,
+    /// Unix time of a configuration's last successful session (its
+    /// creation when none succeeded yet), by namespace and configuration.
+    pub last_success: IntGaugeVec,
+    /// 1 when a configuration's last finished session succeeded, 0 when it
+    /// failed or partially failed.
+    pub last_session_succeeded: IntGaugeVec,
+    /// Seconds between two ticks of a configuration's schedule.
+    pub schedule_interval: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -127,8 +135,27 @@ impl Default for Metrics {
             &["namespace", "repository"],
         )
         .expect("valid metric");
+        let by_config = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["namespace", "configuration"])
+                .expect("valid metric")
+        };
+        let last_success = by_config(
+            "backup_last_success_timestamp_seconds",
+            "Unix time the last successful BackupSession of a configuration finished (its creation when none has succeeded yet)",
+        );
+        let last_session_succeeded = by_config(
+            "backup_last_session_succeeded",
+            "1 when the last finished BackupSession of a configuration succeeded, 0 when it failed or partially failed",
+        );
+        let schedule_interval = by_config(
+            "backup_schedule_interval_seconds",
+            "Seconds between two ticks of a configuration's schedule",
+        );
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(last_success.clone()),
+            Box::new(last_session_succeeded.clone()),
+            Box::new(schedule_interval.clone()),
             Box::new(check_time.clone()),
             Box::new(check_passed.clone()),
             Box::new(notifications.clone()),
@@ -157,6 +184,9 @@ impl Default for Metrics {
             notifications,
             check_time,
             check_passed,
+            last_success,
+            last_session_succeeded,
+            schedule_interval,
         }
     }
 }

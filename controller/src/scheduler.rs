@@ -145,6 +145,7 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     let (_, next) = plan(&schedule, jitter, last_handled(&cfg, &ctx.ticks, now), now);
     status.next_schedule_time = next.map(to_time);
     stuck(&ctx, &cfg, &sessions, &mut status, now);
+    outcomes(&ctx, &cfg, &sessions, &mut status, &schedule, now);
     // The message does not name the next tick, so it does not change (and
     // cost a write) on every tick: nextScheduleTime says it.
     set_ready(
@@ -182,6 +183,71 @@ fn oldest_running(sessions: &[Arc<BackupSession>]) -> Option<(&Arc<BackupSession
                 .map(|t| (s, from_time(t)))
         })
         .min_by_key(|(_, t)| *t)
+}
+
+/// Records how the configuration's sessions ended: `lastSuccessfulTime`
+/// in the status, and the gauges the alerts of `deploy/monitoring/` use
+/// (last success, or the configuration's creation when none succeeded
+/// yet; whether the last finished session succeeded; the schedule's
+/// interval, for "no success for twice the interval").
+fn outcomes(
+    ctx: &Context,
+    cfg: &BackupConfiguration,
+    sessions: &[Arc<BackupSession>],
+    status: &mut BackupConfigurationStatus,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) {
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+    let ended: Vec<(SessionPhase, DateTime<Utc>)> = sessions
+        .iter()
+        .filter_map(|s| {
+            let st = s.status.as_ref()?;
+            let ran = matches!(
+                st.phase,
+                SessionPhase::Succeeded | SessionPhase::PartiallyFailed | SessionPhase::Failed
+            );
+            ran.then_some((st.phase, from_time(st.completion_time.as_ref()?)))
+        })
+        .collect();
+    let last_ok = ended
+        .iter()
+        .filter(|(p, _)| *p == SessionPhase::Succeeded)
+        .map(|(_, t)| *t)
+        .max();
+    if let Some(t) = last_ok {
+        if status.last_successful_time.as_ref().map(from_time) < Some(t) {
+            status.last_successful_time = Some(to_time(t));
+        }
+    }
+    let labels = [ns.as_str(), name.as_str()];
+    let since = status
+        .last_successful_time
+        .as_ref()
+        .map(from_time)
+        .or_else(|| cfg.metadata.creation_timestamp.as_ref().map(from_time));
+    if let Some(t) = since {
+        ctx.metrics
+            .last_success
+            .with_label_values(&labels)
+            .set(t.timestamp());
+    }
+    if let Some((phase, _)) = ended.iter().max_by_key(|(_, t)| *t) {
+        ctx.metrics
+            .last_session_succeeded
+            .with_label_values(&labels)
+            .set(i64::from(*phase == SessionPhase::Succeeded));
+    }
+    let interval = schedule
+        .next_after(now)
+        .and_then(|a| Some((schedule.next_after(a)? - a).num_seconds()));
+    if let Some(i) = interval {
+        ctx.metrics
+            .schedule_interval
+            .with_label_values(&labels)
+            .set(i);
+    }
 }
 
 /// When the session's unfinished work fails, as its status says.

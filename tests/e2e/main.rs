@@ -468,6 +468,31 @@ fn agent_kubeconfig(env: &Envtest, base: &Path) -> PathBuf {
 }
 
 fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    start_controller_with(client, shutdown, Metrics::default())
+}
+
+/// [`start_controller`], also serving its `/metrics` on a loopback port
+/// (returned).
+async fn start_controller_serving(
+    client: Client,
+    shutdown: CancellationToken,
+) -> (tokio::task::JoinHandle<()>, std::net::SocketAddr) {
+    let metrics = Metrics::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(stash_controller::metrics::serve(
+        listener,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    (start_controller_with(client, shutdown, metrics), addr)
+}
+
+fn start_controller_with(
+    client: Client,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let settings = Settings {
             host_paths: HostPathAllowList::new([PathBuf::from("/srv")]),
@@ -480,9 +505,7 @@ fn start_controller(client: Client, shutdown: CancellationToken) -> tokio::task:
             lease_duration: Duration::from_secs(15),
             renew_period: Duration::from_secs(5),
         };
-        if let Err(e) =
-            stash_controller::run(client, settings, lease, Metrics::default(), shutdown).await
-        {
+        if let Err(e) = stash_controller::run(client, settings, lease, metrics, shutdown).await {
             panic!("controller: {e}");
         }
     })
@@ -1752,7 +1775,8 @@ async fn check_now(w: &World, value: &str, timeout: Duration) -> Repository {
 async fn checks_run_on_an_agent_never_beside_maintenance_and_report_damage() {
     let w = setup().await;
     let shutdown = CancellationToken::new();
-    let controller = start_controller(w.client.clone(), shutdown.clone());
+    let (controller, controller_metrics) =
+        start_controller_serving(w.client.clone(), shutdown.clone()).await;
     let c = w.client.clone();
     // A snapshot made by restic, of data that does not compress away.
     let data = w.base.join("data");
@@ -1929,6 +1953,73 @@ async fn checks_run_on_an_agent_never_beside_maintenance_and_report_damage() {
             .any(|(r, n)| r == "CheckFailed" && n.contains(&damaged[..8])),
         "{reasons:?}"
     );
+
+    // 4. A real Prometheus scraping the agents and the controller, with
+    // deploy/monitoring/'s rules: the series the rules use exist with their
+    // labels, and the failed check raises StashRepositoryCheckFailed.
+    let agents: Vec<String> = w.nodes.iter().map(agent_metrics_addr).collect();
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         rule_files: [rules.yaml]\n\
+         scrape_configs:\n\
+         - job_name: stash-system/stash-agent\n  static_configs: [{{targets: [{}]}}]\n\
+         - job_name: stash-system/stash-controller\n  static_configs: [{{targets: ['{controller_metrics}']}}]\n",
+        agents.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(", ")
+    );
+    let prom = servers::prometheus(&config, &[("rules.yaml", &monitoring_rules())]);
+    let port = prom.port;
+    let query = |q: &'static str, want: usize| {
+        let w = &w;
+        async move {
+            let start = Instant::now();
+            loop {
+                let got = tokio::task::spawn_blocking(move || servers::prometheus_query(port, q))
+                    .await
+                    .unwrap()
+                    .unwrap_or_default();
+                if got.len() >= want {
+                    return got;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{q}: {got:?} after 60 s\n{}",
+                    w.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let up = query(r#"up{job="stash-system/stash-agent"} == 1"#, 2).await;
+    assert_eq!(up.len(), 2, "{up:?}");
+    let checked = query(
+        r#"stash_agent_items_finished_total{kind="check",repository="shop/main"}"#,
+        1,
+    )
+    .await;
+    assert!(
+        checked
+            .iter()
+            .any(|(l, _)| l.get("result").map(String::as_str) == Some("failed")),
+        "{checked:?}"
+    );
+    let passed = query(
+        r#"stash_controller_repository_check_passed{namespace="shop",repository="main"}"#,
+        1,
+    )
+    .await;
+    assert_eq!(passed[0].1, "0", "{passed:?}");
+    query(r#"stash_controller_leader == 1"#, 1).await;
+    let firing = query(
+        r#"ALERTS{alertname="StashRepositoryCheckFailed",alertstate="firing"}"#,
+        1,
+    )
+    .await;
+    assert_eq!(
+        firing[0].0.get("repository").map(String::as_str),
+        Some("main"),
+        "{firing:?}"
+    );
+    drop(prom);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
 }
@@ -2158,4 +2249,59 @@ async fn an_adopted_k8up_repository_is_restored_by_identity_and_never_written() 
     );
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+}
+
+/// The address the agent of `n` serves its metrics on, from its log.
+fn agent_metrics_addr(n: &Node) -> String {
+    let log = n.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("agent started"))
+        .unwrap_or_else(|| panic!("no start line in the log of {}:\n{log}", n.name));
+    let at = line
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("metrics="))
+        .unwrap_or_else(|| panic!("no metrics= in {line:?}"));
+    at.trim_matches('"').to_owned()
+}
+
+/// `deploy/monitoring/prometheus-rule.yaml`'s `spec` (its rule groups) as a
+/// plain Prometheus rules file.
+fn monitoring_rules() -> String {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/prometheus-rule.yaml");
+    let rule: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    serde_yaml::to_string(&rule["spec"]).unwrap()
+}
+
+/// Issue 17: `promtool` finds deploy/monitoring/'s rules valid, and its
+/// unit tests (`tests.yaml`) of every alert pass: a failed backup, no
+/// success for twice the schedule's interval, a failed check, an agent
+/// down, no controller leading.
+#[test]
+fn monitoring_rules_pass_promtool_check_and_their_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("rules.yaml"), monitoring_rules()).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/tests.yaml"),
+        dir.path().join("tests.yaml"),
+    )
+    .unwrap();
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "tests.yaml"],
+    ] {
+        let out = Command::new(servers::promtool())
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

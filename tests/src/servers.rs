@@ -46,6 +46,7 @@ fn executable(name: &str) -> &'static str {
         "rest-server" => "rest-server",
         "restic" => "restic",
         "fake-gcs-server" => "fake-gcs-server",
+        "prometheus" => "prometheus",
         other => panic!("unknown test server {other}"),
     }
 }
@@ -73,6 +74,11 @@ pub fn bin(name: &str) -> PathBuf {
         );
     }
     path
+}
+
+/// promtool, built beside prometheus (one module, one build).
+pub fn promtool() -> PathBuf {
+    bin("prometheus").with_file_name("promtool")
 }
 
 /// A loopback port that was free a moment ago.
@@ -292,6 +298,85 @@ fn start_on_free_port(
     std::panic::resume_unwind(last.expect("tried"))
 }
 
+/// Prometheus with `config` (YAML; its `rule_files` may name files in
+/// `rules`, written beside it as `(name, content)`), storing in its data
+/// directory and answering its HTTP API on the port. Ready once `/-/ready`
+/// answers 200.
+pub fn prometheus(config: &str, rules: &[(&str, &str)]) -> Server {
+    let config = config.to_owned();
+    let rules: Vec<(String, String)> = rules
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.to_string()))
+        .collect();
+    start_on_free_port(
+        "prometheus",
+        |port, data| {
+            let conf = data.join("prometheus.yml");
+            fs::write(&conf, &config).expect("write prometheus.yml");
+            for (name, content) in &rules {
+                fs::write(data.join(name), content).expect("write a rules file");
+            }
+            let args = vec![
+                format!("--config.file={}", conf.display()),
+                format!("--storage.tsdb.path={}", data.join("tsdb").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+            ];
+            (args, vec![])
+        },
+        &|port| {
+            http_at(Ipv4Addr::LOCALHOST, port, "GET", "/-/ready", "").is_some_and(|(c, _)| c == 200)
+        },
+        Duration::from_secs(60),
+    )
+}
+
+/// Runs the PromQL `query` at Prometheus on `port` now: the result vector
+/// as (labels, value) pairs, or `None` when the API did not answer.
+pub fn prometheus_query(
+    port: u16,
+    query: &str,
+) -> Option<Vec<(std::collections::BTreeMap<String, String>, String)>> {
+    let mut q = String::new();
+    for b in query.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                q.push(b as char)
+            }
+            _ => q.push_str(&format!("%{b:02X}")),
+        }
+    }
+    let (code, body) = http_at(
+        Ipv4Addr::LOCALHOST,
+        port,
+        "GET",
+        &format!("/api/v1/query?query={q}"),
+        "",
+    )?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let out = v["data"]["result"]
+        .as_array()?
+        .iter()
+        .map(|r| {
+            let labels = r["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                labels,
+                r["value"][1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    Some(out)
+}
+
 /// restic's rest-server, without authentication (or with `htpasswd`).
 pub fn rest_server(extra_args: &[&str]) -> Server {
     let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
@@ -508,6 +593,7 @@ mod tests {
             "toxiproxy",
             "fake-gcs-server",
             "azurite",
+            "prometheus",
         ] {
             assert!(!version(name).is_empty(), "{name}");
         }

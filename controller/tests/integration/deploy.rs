@@ -87,7 +87,10 @@ fn manifest_files() -> BTreeSet<String> {
                 .to_string_lossy()
                 .into_owned();
             if path.is_dir() {
-                if rel != "helm" {
+                // The Helm chart, and the optional monitoring add-on
+                // (Prometheus Operator CRDs; tested by the e2e binary's
+                // promtool and Prometheus tests).
+                if rel != "helm" && rel != "monitoring" {
                     walk(&path, root, out);
                 }
             } else if (rel.ends_with(".yaml") || rel.ends_with(".yml"))

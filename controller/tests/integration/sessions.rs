@@ -186,6 +186,44 @@ async fn agent_updates_are_never_overwritten_by_the_controller() {
     .await;
     // A finished session concerns no agent.
     node_labels_become::<BackupSession>(&client, ns, "manual", &[]).await;
+    // Its success is kept on the configuration and in the gauges the
+    // alerts of deploy/monitoring/ use.
+    let configs: Api<stash_api::BackupConfiguration> = Api::namespaced(client.clone(), ns);
+    let done = api
+        .get("manual")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .completion_time;
+    eventually(Duration::from_secs(10), "lastSuccessfulTime", || {
+        let configs = configs.clone();
+        let done = done.clone();
+        async move {
+            let st = configs.get("db").await.ok()?.status?;
+            (st.last_successful_time.is_some() && st.last_successful_time == done).then_some(())
+        }
+    })
+    .await;
+    let at = done
+        .as_ref()
+        .map(stash_api::time::from_time)
+        .unwrap()
+        .timestamp();
+    let text = metrics.render();
+    for want in [
+        format!(
+            r#"stash_controller_backup_last_success_timestamp_seconds{{configuration="db",namespace="{ns}"}} {at}"#
+        ),
+        format!(
+            r#"stash_controller_backup_last_session_succeeded{{configuration="db",namespace="{ns}"}} 1"#
+        ),
+        format!(
+            r#"stash_controller_backup_schedule_interval_seconds{{configuration="db",namespace="{ns}"}}"#
+        ),
+    ] {
+        assert!(text.contains(&want), "{want} in\n{text}");
+    }
     stop_controller(shutdown, handle).await;
 }
 
