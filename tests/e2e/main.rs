@@ -1954,9 +1954,40 @@ async fn checks_run_on_an_agent_never_beside_maintenance_and_report_damage() {
         "{reasons:?}"
     );
 
-    // 4. A real Prometheus scraping the agents and the controller, with
-    // deploy/monitoring/'s rules: the series the rules use exist with their
-    // labels, and the failed check raises StashRepositoryCheckFailed.
+    // 4. A backup, so that the backup series exist too.
+    let uid = running_pod(
+        &c,
+        NS,
+        "app",
+        "node-a",
+        json!({"app": "tenant"}),
+        json!({"stash.rs/backup-volumes": "data"}),
+        json!([{"name": "data", "emptyDir": {}}]),
+    )
+    .await;
+    let vol = w
+        .nodes
+        .iter()
+        .find(|n| n.name == "node-a")
+        .unwrap()
+        .pod_volumes(&uid)
+        .join("kubernetes.io~empty-dir/data");
+    fs::create_dir_all(&vol).unwrap();
+    write_random_file(&vol.join("f"), 100_000, 7).unwrap();
+    create::<BackupConfiguration>(
+        &c,
+        None,
+        json!({"apiVersion": "stash.rs/v1alpha1", "kind": "BackupConfiguration", "metadata": {"name": "nightly"},
+               "spec": {"schedule": "0 3 * * *", "target": {"selector": {"matchLabels": {"app": "tenant"}}},
+                        "repository": {"name": "main"}}}),
+    )
+    .await;
+    back_up_now(&w, "now-1").await;
+
+    // 5. A real Prometheus scraping the agents and the controller, with
+    // deploy/monitoring/'s rules: the series the rules and every panel of
+    // the dashboard use exist with their labels, and the failed check
+    // raises StashRepositoryCheckFailed.
     let agents: Vec<String> = w.nodes.iter().map(agent_metrics_addr).collect();
     let config = format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
@@ -2019,6 +2050,37 @@ async fn checks_run_on_an_agent_never_beside_maintenance_and_report_damage() {
         Some("main"),
         "{firing:?}"
     );
+    let dashboard: Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/monitoring/grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr: &'static str =
+                Box::leak(t["expr"].as_str().unwrap().to_owned().into_boxed_str());
+            let got = query(expr, 1).await;
+            // Every label the legend names is on the result.
+            let legend = t["legendFormat"].as_str().unwrap_or_default();
+            for label in legend
+                .split("{{")
+                .skip(1)
+                .filter_map(|x| x.split_once("}}"))
+            {
+                assert!(
+                    got.iter().all(|(l, _)| l.contains_key(label.0)),
+                    "panel {:?}: {expr} has no label {} in {got:?}",
+                    p["title"],
+                    label.0
+                );
+            }
+        }
+    }
     drop(prom);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
