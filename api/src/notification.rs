@@ -37,7 +37,8 @@ pub struct Notification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret: Option<String>,
-    /// Which outcomes are sent; `Failed` and `PartiallyFailed` when empty.
+    /// Which outcomes are sent; `Failed`, `PartiallyFailed` and `Stale`
+    /// when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
     pub on: Vec<NotifyOn>,
@@ -63,9 +64,18 @@ pub enum NotifyOn {
     PartiallyFailed,
     /// The session failed.
     Failed,
+    /// A BackupConfiguration has had no successful backup for twice its
+    /// schedule's interval (detected by the controller even when nothing
+    /// runs: pods gone, sessions skipped or stuck).
+    Stale,
 }
 
 impl Notification {
+    /// Whether this receiver wants to hear that a configuration went stale.
+    pub fn wants_stale(&self) -> bool {
+        self.on.is_empty() || self.on.contains(&NotifyOn::Stale)
+    }
+
     /// Whether this receiver wants to hear of `phase` (a finished session's).
     pub fn wants(&self, phase: crate::SessionPhase) -> bool {
         let on = match phase {
@@ -98,10 +108,15 @@ mod tests {
         };
         assert!(n.wants(SessionPhase::Failed));
         assert!(n.wants(SessionPhase::PartiallyFailed));
+        assert!(n.wants_stale());
         assert!(!n.wants(SessionPhase::Succeeded));
         assert!(!n.wants(SessionPhase::Skipped));
         n.on = vec![NotifyOn::Succeeded];
         assert!(n.wants(SessionPhase::Succeeded));
+        assert!(!n.wants(SessionPhase::Failed));
+        assert!(!n.wants_stale());
+        n.on = vec![NotifyOn::Stale];
+        assert!(n.wants_stale());
         assert!(!n.wants(SessionPhase::Failed));
     }
 }

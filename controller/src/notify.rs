@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -34,8 +34,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 use stash_api::time::to_time;
 use stash_api::{
-    BackupSession, BackupSessionStatus, Notification, NotificationFormat, RestoreSession,
-    RestoreSessionStatus, SessionPhase,
+    BackupConfiguration, BackupSession, BackupSessionStatus, Notification, NotificationFormat,
+    RestoreSession, RestoreSessionStatus, SessionPhase,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,8 @@ impl Default for NotifySettings {
 enum Kind {
     Backup,
     Restore,
+    /// A BackupConfiguration without a success for twice its interval.
+    Stale,
 }
 
 /// One finished session to announce.
@@ -181,8 +183,85 @@ impl Notifier {
         if receivers.is_empty() {
             return;
         }
-        let document = document();
-        let uid = obj.meta().uid.clone().unwrap_or_default();
+        let job = Job {
+            kind,
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+            uid: obj.meta().uid.clone().unwrap_or_default(),
+            phase,
+            receivers,
+            document: document(),
+        };
+        self.enqueue(ctx, job);
+    }
+
+    /// Offers that configuration `cfg` went stale: no success since `since`
+    /// (its creation when none ever succeeded), more than twice its
+    /// schedule's `interval`. Sent once per stale spell (the caller offers
+    /// it when the `Stale` condition turns True).
+    pub(crate) fn offer_stale(
+        &self,
+        ctx: &Context,
+        cfg: &BackupConfiguration,
+        since: DateTime<Utc>,
+        succeeded_once: bool,
+        interval: chrono::TimeDelta,
+    ) {
+        let receivers: Vec<Notification> = cfg
+            .spec
+            .notifications
+            .iter()
+            .filter(|n| n.wants_stale())
+            .cloned()
+            .collect();
+        if receivers.is_empty() {
+            return;
+        }
+        let ns = cfg.namespace().unwrap_or_default();
+        let name = cfg.name_any();
+        let message = format!(
+            "no successful backup {} {}: more than twice the schedule's interval of {}s",
+            if succeeded_once {
+                "since"
+            } else {
+                "since the configuration was created at"
+            },
+            since.to_rfc3339(),
+            interval.num_seconds()
+        );
+        let job = Job {
+            kind: Kind::Stale,
+            namespace: ns.clone(),
+            name: name.clone(),
+            // One announcement per stale spell.
+            uid: format!(
+                "{}/stale/{}",
+                cfg.uid().unwrap_or_default(),
+                since.timestamp()
+            ),
+            phase: SessionPhase::Failed,
+            receivers,
+            document: json!({
+                "version": 1,
+                "kind": "BackupConfiguration",
+                "namespace": ns,
+                "name": name,
+                "configuration": name,
+                "phase": "Stale",
+                "lastSuccessfulTime": succeeded_once.then(|| to_time(since)),
+                "scheduleIntervalSeconds": interval.num_seconds(),
+                "message": message,
+                "items": [],
+                "object": format!("/apis/stash.rs/v1alpha1/namespaces/{ns}/backupconfigurations/{name}"),
+            }),
+        };
+        self.enqueue(ctx, job);
+    }
+
+    /// Queues `job` unless its object is queued already; drops it (counted)
+    /// when the queue is full.
+    fn enqueue(&self, ctx: &Context, job: Job) {
+        let uid = job.uid.clone();
         if !self
             .pending
             .lock()
@@ -191,15 +270,7 @@ impl Notifier {
         {
             return;
         }
-        let job = Job {
-            kind,
-            namespace: obj.meta().namespace.clone().unwrap_or_default(),
-            name: obj.meta().name.clone().unwrap_or_default(),
-            uid: uid.clone(),
-            phase,
-            receivers,
-            document,
-        };
+        let what = format!("{}/{}", job.namespace, job.name);
         if self.tx.try_send(job).is_err() {
             self.pending.lock().expect("not poisoned").remove(&uid);
             ctx.metrics
@@ -207,7 +278,7 @@ impl Notifier {
                 .with_label_values(&["", "dropped"])
                 .inc();
             tracing::warn!(
-                session = %format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or("")),
+                object = %what,
                 "notification queue full: this outcome is not announced"
             );
         }
@@ -307,6 +378,16 @@ fn summary(job: &Job) -> String {
             job.document["configuration"].as_str().unwrap_or("")
         ),
         Kind::Restore => format!("Restore {}/{}", job.namespace, job.name),
+        Kind::Stale => {
+            return format!(
+                "Backup {}/{}: {}",
+                job.namespace,
+                job.name,
+                job.document["message"]
+                    .as_str()
+                    .unwrap_or("no recent success")
+            )
+        }
     };
     let items = job.document["items"]
         .as_array()
@@ -351,9 +432,10 @@ fn body(job: &Job, format: NotificationFormat) -> Value {
             let (alertname, object_label) = match job.kind {
                 Kind::Backup => ("StashBackupFailed", "configuration"),
                 Kind::Restore => ("StashRestoreFailed", "restoresession"),
+                Kind::Stale => ("StashBackupMissing", "configuration"),
             };
             let object = match job.kind {
-                Kind::Backup => job.document["configuration"].clone(),
+                Kind::Backup | Kind::Stale => job.document["configuration"].clone(),
                 Kind::Restore => json!(job.name),
             };
             let now = Utc::now();
@@ -374,7 +456,7 @@ fn body(job: &Job, format: NotificationFormat) -> Value {
                 "annotations": {
                     "summary": summary(job),
                     "session": job.name,
-                    "phase": job.phase,
+                    "phase": job.document["phase"].clone(),
                 },
                 "startsAt": to_time(now),
                 "endsAt": to_time(ends),
@@ -487,6 +569,9 @@ async fn record(ctx: &Context, job: &Job, ok: bool, message: &str) -> crate::Res
     match job.kind {
         Kind::Backup => record_on::<BackupSession>(ctx, job, ok, message).await,
         Kind::Restore => record_on::<RestoreSession>(ctx, job, ok, message).await,
+        // The configuration's `Stale` condition says it; a failed delivery
+        // is logged and counted.
+        Kind::Stale => Ok(()),
     }
 }
 

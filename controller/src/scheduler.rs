@@ -40,6 +40,9 @@ use stash_api::time::{from_time, to_time};
 /// Condition type on a BackupConfiguration: True while a tick was skipped
 /// because a session still runs (concurrencyPolicy Forbid), naming it.
 pub const CONDITION_STUCK: &str = "Stuck";
+/// Condition: True while no session succeeded for twice the schedule's
+/// interval (since creation when none ever did).
+pub const CONDITION_STALE: &str = "Stale";
 
 /// How often to look again at a configuration refused for a reason outside
 /// it (a Repository missing or not admitting it), since those objects are
@@ -145,7 +148,7 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     let (_, next) = plan(&schedule, jitter, last_handled(&cfg, &ctx.ticks, now), now);
     status.next_schedule_time = next.map(to_time);
     stuck(&ctx, &cfg, &sessions, &mut status, now);
-    outcomes(&ctx, &cfg, &sessions, &mut status, &schedule, now);
+    let stale_in = outcomes(&ctx, &cfg, &sessions, &mut status, &schedule, now);
     // The message does not name the next tick, so it does not change (and
     // cost a write) on every tick: nextScheduleTime says it.
     set_ready(
@@ -162,8 +165,11 @@ pub async fn reconcile(cfg: Arc<BackupConfiguration>, ctx: Arc<Context>) -> Resu
     );
     write_status(&ctx, &cfg, status).await?;
     // The ticks come from the ticker; this runs again when the object or
-    // one of its sessions changes.
-    Ok(Action::await_change())
+    // one of its sessions changes, or when it would go stale.
+    Ok(match stale_in {
+        Some(d) => Action::requeue(d.max(Duration::from_secs(1))),
+        None => Action::await_change(),
+    })
 }
 
 /// A session's phase; one without status has not started.
@@ -189,7 +195,9 @@ fn oldest_running(sessions: &[Arc<BackupSession>]) -> Option<(&Arc<BackupSession
 /// in the status, and the gauges the alerts of `deploy/monitoring/` use
 /// (last success, or the configuration's creation when none succeeded
 /// yet; whether the last finished session succeeded; the schedule's
-/// interval, for "no success for twice the interval").
+/// interval, for "no success for twice the interval"); and the `Stale`
+/// condition, offering a notification when it turns True. Returns how long
+/// until the configuration goes stale, if it is not.
 fn outcomes(
     ctx: &Context,
     cfg: &BackupConfiguration,
@@ -197,7 +205,7 @@ fn outcomes(
     status: &mut BackupConfigurationStatus,
     schedule: &Schedule,
     now: DateTime<Utc>,
-) {
+) -> Option<Duration> {
     let ns = cfg.namespace().unwrap_or_default();
     let name = cfg.name_any();
     let ended: Vec<(SessionPhase, DateTime<Utc>)> = sessions
@@ -248,6 +256,51 @@ fn outcomes(
             .with_label_values(&labels)
             .set(i);
     }
+    let (since, interval) = (since?, chrono::TimeDelta::seconds(interval?));
+    let stale_at = since + interval * 2;
+    let was =
+        conditions::get(&status.conditions, CONDITION_STALE).is_some_and(|c| c.status == "True");
+    let generation = cfg.metadata.generation;
+    let succeeded_once = status.last_successful_time.is_some();
+    if now >= stale_at {
+        let message = format!(
+            "no successful backup {} {}: more than twice the schedule's interval of {}s",
+            if succeeded_once {
+                "since"
+            } else {
+                "since the configuration was created at"
+            },
+            since.to_rfc3339(),
+            interval.num_seconds()
+        );
+        if !was {
+            tracing::warn!(configuration = %format!("{ns}/{name}"), %message, "stale");
+            ctx.notifier
+                .offer_stale(ctx, cfg, since, succeeded_once, interval);
+        }
+        conditions::set(
+            &mut status.conditions,
+            CONDITION_STALE,
+            true,
+            "NoRecentSuccess",
+            message,
+            generation,
+            to_time(now),
+        );
+        return None;
+    }
+    if was {
+        conditions::set(
+            &mut status.conditions,
+            CONDITION_STALE,
+            false,
+            "RecentSuccess",
+            format!("succeeded at {}", since.to_rfc3339()),
+            generation,
+            to_time(now),
+        );
+    }
+    (stale_at - now).to_std().ok()
 }
 
 /// When the session's unfinished work fails, as its status says.

@@ -2218,7 +2218,13 @@ async fn an_adopted_k8up_repository_is_restored_by_identity_and_never_written() 
         },
     )
     .await;
-    let msg = &refused.status.unwrap().conditions[0].message;
+    let st = refused.status.unwrap();
+    let msg = &st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .message;
     assert!(msg.contains("adopted from K8up"), "{msg}");
 
     // The target: a pod on node-b with an emptyDir.

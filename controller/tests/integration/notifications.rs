@@ -232,3 +232,86 @@ async fn outcomes_reach_webhook_slack_and_alertmanager_once_and_metadata_is_refu
         "{rendered}"
     );
 }
+
+/// Issue 17: a configuration with no successful backup for twice its
+/// schedule's interval gets the `Stale` condition and one notification per
+/// receiver asking for `Stale`, in each format, even though nothing it
+/// could back up exists; and only one, however often it is reconciled.
+#[tokio::test]
+async fn a_configuration_without_a_recent_success_goes_stale_once() {
+    let (_env, client) = control_plane().await;
+    let (base, seen) = receivers().await;
+    let ns = "lapsed";
+    namespace(&client, ns, &[]).await;
+    repository(&client, ns, "main", None).await;
+    configuration(
+        &client,
+        ns,
+        "gone",
+        json!({
+            // Every 2 s: stale 4 s after creation, as no session can succeed.
+            "schedule": "*/2 * * * * *",
+            "target": {"selector": {"matchLabels": {"app": "nothing"}}},
+            "repository": {"name": "main"},
+            "notifications": [
+                {"name": "hook", "format": "Webhook", "url": format!("{base}/hook"), "on": ["Stale"]},
+                {"name": "chat", "format": "Slack", "url": format!("{base}/chat"), "on": ["Stale"]},
+                {"name": "am", "format": "Alertmanager", "url": format!("{base}/am"), "on": ["Stale"]},
+                {"name": "failures", "format": "Webhook", "url": format!("{base}/failures"), "on": ["Failed"]},
+            ],
+        }),
+    )
+    .await;
+    let (shutdown, handle, _) = start_controller(&client, settings());
+    let configs: Api<stash_api::BackupConfiguration> = Api::namespaced(client.clone(), ns);
+    let cond = eventually(Duration::from_secs(30), "the Stale condition", || {
+        let configs = configs.clone();
+        async move {
+            let st = configs.get("gone").await.ok()?.status?;
+            st.conditions
+                .into_iter()
+                .find(|c| c.type_ == "Stale" && c.status == "True")
+        }
+    })
+    .await;
+    assert_eq!(cond.reason, "NoRecentSuccess");
+    assert!(
+        cond.message.contains("since the configuration was created"),
+        "{}",
+        cond.message
+    );
+    eventually(Duration::from_secs(30), "one call per receiver", || {
+        let seen = seen.clone();
+        async move {
+            (["hook", "chat", "am"]
+                .iter()
+                .all(|r| !calls(&seen, r).is_empty()))
+            .then_some(())
+        }
+    })
+    .await;
+    // Sessions keep failing (and are reconciled): still one call each.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for r in ["hook", "chat", "am"] {
+        assert_eq!(calls(&seen, r).len(), 1, "{r}: {:?}", calls(&seen, r));
+    }
+    let (_, doc) = &calls(&seen, "hook")[0];
+    assert_eq!(doc["phase"], "Stale", "{doc}");
+    assert_eq!(doc["kind"], "BackupConfiguration");
+    assert_eq!(doc["configuration"], "gone");
+    assert_eq!(doc["scheduleIntervalSeconds"], 2);
+    let (_, chat) = &calls(&seen, "chat")[0];
+    let text = chat["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Backup lapsed/gone: no successful backup"),
+        "{text}"
+    );
+    let (_, am) = &calls(&seen, "am")[0];
+    assert_eq!(am[0]["labels"]["alertname"], "StashBackupMissing", "{am}");
+    assert_eq!(am[0]["labels"]["configuration"], "gone");
+    // The failures receiver hears of failed sessions, not of staleness.
+    assert!(calls(&seen, "failures")
+        .iter()
+        .all(|(_, d)| d["kind"] == "BackupSession"));
+    stop_controller(shutdown, handle).await;
+}
