@@ -206,6 +206,7 @@ impl Notifier {
         since: DateTime<Utc>,
         succeeded_once: bool,
         interval: chrono::TimeDelta,
+        message: &str,
     ) {
         let receivers: Vec<Notification> = cfg
             .spec
@@ -219,16 +220,6 @@ impl Notifier {
         }
         let ns = cfg.namespace().unwrap_or_default();
         let name = cfg.name_any();
-        let message = format!(
-            "no successful backup {} {}: more than twice the schedule's interval of {}s",
-            if succeeded_once {
-                "since"
-            } else {
-                "since the configuration was created at"
-            },
-            since.to_rfc3339(),
-            interval.num_seconds()
-        );
         let job = Job {
             kind: Kind::Stale,
             namespace: ns.clone(),

@@ -276,7 +276,7 @@ fn outcomes(
         if !was {
             tracing::warn!(configuration = %format!("{ns}/{name}"), %message, "stale");
             ctx.notifier
-                .offer_stale(ctx, cfg, since, succeeded_once, interval);
+                .offer_stale(ctx, cfg, since, succeeded_once, interval, &message);
         }
         conditions::set(
             &mut status.conditions,
